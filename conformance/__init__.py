@@ -1,0 +1,1 @@
+"""The protocol conformance suite (placeholder: being built)."""

@@ -1,0 +1,5 @@
+"""`stateshift conformance` (placeholder: being built)."""
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,1 @@
+"""The reference old state server (placeholder: being built)."""

@@ -1,0 +1,5 @@
+"""`stateshift legacy` (placeholder: being built)."""
+
+import typer
+
+app = typer.Typer()

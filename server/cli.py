@@ -1,0 +1,5 @@
+"""`stateshift serve` (placeholder: being built)."""
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,50 @@
+"""The `stateshift` console script: one typer app joining each component's sub-commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from conformance.cli import app as conformance_app
+from legacy.cli import app as legacy_app
+from server.cli import app as server_app
+from stateshift.tokens import ROLES, SECRET_ENV, mint_token
+
+app = typer.Typer(
+    name="stateshift",
+    help="Move a live, stateful WebSocket game server to a new one without its users noticing.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+# Each component owns its typer app; their commands appear at the top level.
+for component in (server_app, legacy_app, conformance_app):
+    app.add_typer(component)
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option(help="Player id (the `sub` claim).")],
+    role: Annotated[str, typer.Option(help="player | observer | admin")] = "player",
+    game: Annotated[
+        list[str] | None,
+        typer.Option("--game", help="A game the token may open (repeat); default: all (`*`)."),
+    ] = None,
+    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 3600.0,
+    secret: Annotated[
+        str, typer.Option(envvar=SECRET_ENV, show_default=False, help="Signing secret.")
+    ] = "",
+) -> None:
+    """Print a signed client token (JWT, HS256) on stdout."""
+    if not secret:
+        typer.echo(f"error: {SECRET_ENV} is not set (the secret shared by both servers)", err=True)
+        raise typer.Exit(code=2)
+    if role not in ROLES:
+        typer.echo(f"error: --role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(mint_token(secret, sub, role, game or ["*"], ttl))
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

@@ -1,0 +1,54 @@
+"""Minting of signed client tokens (JWT, HS256) for scripts, tests and the load generator.
+
+Verification is deliberately not here: each server verifies tokens with its own code, so
+that mirroring one against the other can reveal a bug in either.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import jwt
+
+SECRET_ENV = "STATESHIFT_SECRET"
+ROLES = ("player", "observer", "admin")
+
+
+class MissingSecretError(RuntimeError):
+    """The shared signing secret is not configured."""
+
+
+def secret_from_env(env_var: str = SECRET_ENV) -> str:
+    """Return the shared secret from the environment, or raise with a message saying how to set it."""
+    secret = os.environ.get(env_var, "")
+    if not secret:
+        raise MissingSecretError(
+            f"{env_var} is not set: export the secret shared by the old and new servers, "
+            f"e.g. `export {env_var}=$(openssl rand -hex 32)`"
+        )
+    return secret
+
+
+def mint_token(
+    secret: str,
+    sub: str,
+    role: str,
+    games: Sequence[str] = ("*",),
+    ttl: float = 3600.0,
+    *,
+    now: float | None = None,
+) -> str:
+    """Return an HS256 JWT for `sub` with `role`, the `games` it may open, expiring after `ttl` s."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    issued = time.time() if now is None else now
+    claims = {
+        "sub": sub,
+        "role": role,
+        "games": list(games),
+        "iat": int(issued),
+        "exp": int(issued + ttl),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
