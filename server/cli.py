@@ -1,5 +1,71 @@
-"""`stateshift serve` (placeholder: being built)."""
+"""`stateshift serve`: run the new state server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from server.app import ServerSettings, StateServer
+from server.errors import DatabaseError
+from stateshift.runtime import run, serve_until_signalled
+from stateshift.tokens import SECRET_ENV
+
 app = typer.Typer()
+
+
+@app.command()
+def serve(
+    db: Annotated[Path, typer.Option(help="SQLite database file (created if missing).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
+    rate: Annotated[float, typer.Option(help="Messages per second per connection.")] = 50.0,
+    burst: Annotated[int, typer.Option(help="Token bucket burst per connection.")] = 100,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to send CONNECT.")] = 10.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before 4408.")] = 60.0,
+    ping_interval: Annotated[float, typer.Option(help="Seconds between pings.")] = 20.0,
+    secret: Annotated[
+        str,
+        typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
+    ] = "",
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    """Run the new state server (PROTOCOL.md over WebSocket, state in SQLite).
+
+    Prints `listening on ws://HOST:PORT` once it accepts connections. SIGTERM or SIGINT stop
+    it gracefully: in-flight commits finish, clients are closed with 1012.
+    """
+    if not secret:
+        typer.echo(
+            f"error: {SECRET_ENV} is not set: the token secret shared by the old and new "
+            f"servers is required (e.g. export {SECRET_ENV}=$(openssl rand -hex 32))",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    # one line per connection is noise at this rate; websockets' warnings still show
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    settings = ServerSettings(
+        db=db,
+        secret=secret,
+        host=host,
+        port=port,
+        rate=rate,
+        burst=burst,
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        ping_interval=ping_interval,
+    )
+    server = StateServer(settings)
+
+    def ready() -> None:
+        typer.echo(f"listening on {server.url}")
+
+    try:
+        code = run(serve_until_signalled(server.start, server.stop, ready))
+    except DatabaseError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    raise typer.Exit(code=code)

@@ -28,6 +28,8 @@ class StateServerError(Exception):
     code: ClassVar[str] = "INTERNAL"
     #: close code when this error happens while handling CONNECT (None: stays open)
     connect_close_code: ClassVar[int | None] = None
+    #: the offending message's `id` when it was readable (the answer's `re`)
+    re: str | None = None
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.code.lower().replace("_", " "))

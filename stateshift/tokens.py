@@ -21,7 +21,7 @@ class MissingSecretError(RuntimeError):
 
 
 def secret_from_env(env_var: str = SECRET_ENV) -> str:
-    """Return the shared secret from the environment, or raise with a message saying how to set it."""
+    """The shared secret from the environment; raises saying how to set it when missing."""
     secret = os.environ.get(env_var, "")
     if not secret:
         raise MissingSecretError(
@@ -40,7 +40,7 @@ def mint_token(
     *,
     now: float | None = None,
 ) -> str:
-    """Return an HS256 JWT for `sub` with `role`, the `games` it may open, expiring after `ttl` s."""
+    """An HS256 JWT for `sub` with `role`, the `games` it may open, expiring after `ttl` s."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     issued = time.time() if now is None else now

@@ -1,0 +1,505 @@
+"""The new server's asyncio layer: websockets in, rules and group commit in the middle,
+frames out. Decisions live in `rules`, `auth`, `ratelimit` and `games`; this module moves
+frames, keeps per-connection bookkeeping and runs the liveness sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response
+
+from server import errors
+from server.auth import Claims, verify
+from server.errors import (
+    BadMessage,
+    DatabaseError,
+    Forbidden,
+    NotFound,
+    StateServerError,
+    Unauthenticated,
+)
+from server.games import Change, Game, Games
+from server.metrics import ServerMetrics
+from server.ratelimit import RateLimiter
+from server.rules import (
+    GameState,
+    Request,
+    apply_update,
+    is_identifier,
+    join,
+    parse_import,
+    parse_list_games,
+    parse_request,
+    parse_update,
+    timestamp,
+)
+from server.storage import Storage
+
+log = logging.getLogger("stateshift.server")
+
+GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
+ADMIN_PATH = "/v1/admin"
+MAX_FRAME = 65_536
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    """Everything `stateshift serve` can be told (PROTOCOL.md's limits as defaults)."""
+
+    db: Path
+    secret: str
+    host: str = "127.0.0.1"
+    port: int = 8765
+    rate: float = 50.0
+    burst: int = 100
+    connect_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    ping_interval: float = 20.0
+    abuse_limit: int = 200
+    abuse_window: float = 10.0
+    max_batch: int = 256
+    #: a connection whose unsent output exceeds this is dropped (a reader that never reads)
+    max_write_buffer: int = 8 * 1024 * 1024
+
+
+def split_path(path: str) -> tuple[str, str | None] | None:
+    """(`game`, game_id) or (`admin`, None) for a protocol path, None for any other path."""
+    path = path.split("?", 1)[0]
+    if path == ADMIN_PATH:
+        return "admin", None
+    match = GAME_PATH.fullmatch(path)
+    return ("game", match.group(1)) if match else None
+
+
+def dumps(frame: dict[str, Any]) -> bytes:
+    """One frame's JSON encoding (UTF-8 bytes, sent as a text frame)."""
+    return orjson.dumps(frame)
+
+
+class Conn:
+    """Per-connection bookkeeping."""
+
+    __slots__ = (
+        "claims",
+        "closing",
+        "game",
+        "game_id",
+        "kind",
+        "last_activity",
+        "last_ping",
+        "limiter",
+        "opened",
+        "session_id",
+        "ws",
+    )
+
+    def __init__(self, ws: ServerConnection, kind: str, game_id: str | None, now: float, s: Any):
+        self.ws = ws
+        self.kind = kind
+        self.game_id = game_id
+        self.opened = self.last_activity = self.last_ping = now
+        self.limiter = RateLimiter(s.rate, s.burst, now, s.abuse_limit, s.abuse_window)
+        self.claims: Claims | None = None
+        self.game: Game | None = None
+        self.session_id = ""
+        self.closing = False
+
+    def touch(self, *_: object) -> None:
+        """Record activity (a message or a pong): the idle clock restarts."""
+        self.last_activity = time.monotonic()
+
+
+def write(conn: Conn, data: bytes) -> None:
+    """Write a frame now, without awaiting (used in commit order by the writer)."""
+    broadcast((conn.ws,), data, text=True)
+
+
+class StateServer:
+    """The new state server: `await start()`, then `await stop()` (graceful)."""
+
+    def __init__(self, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or ServerMetrics()
+        self.storage = Storage(settings.db)
+        self.games = Games(self.storage, self.metrics, settings.max_batch)
+        self.conns: set[Conn] = set()
+        self.serving = False
+        self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[str, Callable[[Conn, Request], Awaitable[None]]] = {
+            "CONNECT": self._connect,
+            "HEARTBEAT": self._heartbeat,
+            "STATE_UPDATE": self._state_update,
+            "GET_STATE": self._get_state,
+            "DISCONNECT": self._disconnect,
+            "LIST_GAMES": self._list_games,
+            "IMPORT_STATE": self._import_state,
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with port 0)."""
+        assert self._server is not None
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """`ws://host:port` of the listening socket."""
+        return f"ws://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Open the database, start the writer and the sweeper, listen."""
+        await self.storage.open()
+        self.games.start()
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=MAX_FRAME,
+            compression=None,
+            ping_interval=None,  # pings and the idle rule are ours (4408, not 1011)
+            ping_timeout=None,
+            close_timeout=5,
+        )
+        self.serving = True
+        self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, finish in-flight commits, close clients 1012."""
+        if self._server is None:
+            return
+        self.serving = False
+        self._server.close(close_connections=False)
+        await self.games.drain()
+        for conn in list(self.conns):
+            self._close(conn, errors.CLOSE_RESTART, "server restarting")
+        await self._server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.games.stop()
+        await self.storage.close()
+        self._server = None
+
+    # ----------------------------------------------------------------- HTTP
+
+    def _process_request(self, ws: ServerConnection, request: HttpRequest) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            if self.serving:
+                return ws.respond(HTTPStatus.OK, "ok\n")
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        if path == "/metrics":
+            body = generate_latest(self.metrics.registry)
+            headers = Headers([("Content-Type", CONTENT_TYPE_LATEST)])
+            headers["Content-Length"] = str(len(body))
+            return Response(HTTPStatus.OK, "OK", headers, body)
+        if split_path(path) is None:
+            return ws.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if not self.serving:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        return None
+
+    # ----------------------------------------------------------------- connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        route = split_path(ws.request.path if ws.request else "")
+        if route is None:  # process_request refused it already; belt and braces
+            return
+        conn = Conn(ws, route[0], route[1], time.monotonic(), self.settings)
+        self.conns.add(conn)
+        self.metrics.connections.labels(conn.kind).inc()
+        try:
+            async for raw in ws:
+                if conn.closing:
+                    continue  # closing: what arrives now is not processed
+                now = time.monotonic()
+                conn.last_activity = now
+                retry_ms = conn.limiter.take(now)
+                if retry_ms:
+                    await self._refuse(conn, raw, retry_ms, now)
+                else:
+                    await self._process(conn, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.conns.discard(conn)
+            self.metrics.connections.labels(conn.kind).dec()
+            game = conn.game
+            if game is not None:
+                game.conns.discard(conn)
+                self.games.maybe_evict(game)
+
+    async def _refuse(self, conn: Conn, raw: str | bytes, retry_ms: int, now: float) -> None:
+        """Answer a message over the rate (not processed); close 4429 on abuse (note 25)."""
+        if conn.limiter.abusive(now):
+            self._close(conn, errors.CLOSE_RATE_LIMITED, "rate limit abuse")
+            return
+        re_id = None
+        if isinstance(raw, str):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                body = orjson.loads(raw)
+                if isinstance(body, dict):
+                    candidate = body.get("id")
+                    if isinstance(candidate, str) and 1 <= len(candidate) <= 64:
+                        re_id = candidate
+        self.metrics.message("invalid", "RATE_LIMITED")
+        await self._send_error(conn, errors.RateLimited(retry_ms), re_id)
+
+    async def _process(self, conn: Conn, raw: str | bytes) -> None:
+        request: Request | None = None
+        try:
+            request = parse_request(raw)
+            if conn.claims is None and request.type != "CONNECT":
+                raise Unauthenticated("send CONNECT first")
+            await self._handlers[request.type](conn, request)
+            self.metrics.message(request.type, "ok")
+        except StateServerError as exc:
+            re_id = exc.re if exc.re is not None else (request.id if request else None)
+            self.metrics.message(request.type if request else "invalid", exc.code)
+            await self._send_error(conn, exc, re_id)
+            closes = exc.connect_close_code
+            if request is not None and request.type == "CONNECT" and conn.claims is None and closes:
+                self._close(conn, closes, exc.code)
+        except ConnectionClosed:
+            raise
+        except Exception:
+            log.exception("unexpected error handling a %s", request.type if request else "frame")
+            self.metrics.message(request.type if request else "invalid", "INTERNAL")
+            await self._send_error(
+                conn, StateServerError("the server failed"), request.id if request else None
+            )
+
+    async def _send_error(self, conn: Conn, exc: StateServerError, re_id: str | None) -> None:
+        self.metrics.errors.labels(exc.code).inc()
+        frame = {"type": "ERROR", "re": re_id, "code": exc.code, "message": exc.message}
+        frame.update(exc.extra())
+        await conn.ws.send(dumps(frame), text=True)
+
+    def _close(self, conn: Conn, code: int, reason: str) -> None:
+        """Close a connection without waiting for the closing handshake."""
+        if conn.closing:
+            return
+        conn.closing = True
+        self.metrics.closes.labels(str(code)).inc()
+        self._spawn(conn.ws.close(code, reason))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        """Liveness for every connection, in one task: CONNECT deadline (4401), idle
+        (4408), pings, and readers that never read (dropped)."""
+        s = self.settings
+        tick = max(0.05, min(1.0, s.connect_timeout / 4, s.idle_timeout / 4, s.ping_interval / 2))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.conns):
+                if conn.closing:
+                    continue
+                if conn.claims is None and now - conn.opened > s.connect_timeout:
+                    self._close(conn, errors.CLOSE_UNAUTHENTICATED, "no CONNECT in time")
+                elif now - conn.last_activity > s.idle_timeout:
+                    self._close(conn, errors.CLOSE_IDLE, "idle")
+                elif (
+                    conn.ws.transport is not None
+                    and conn.ws.transport.get_write_buffer_size() > s.max_write_buffer
+                ):
+                    conn.closing = True
+                    self.metrics.closes.labels("abort").inc()
+                    conn.ws.transport.abort()
+                elif now - conn.last_ping >= s.ping_interval:
+                    conn.last_ping = now
+                    self._spawn(self._ping(conn))
+
+    async def _ping(self, conn: Conn) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            waiter = await conn.ws.ping()
+            await waiter
+            conn.touch()  # a pong is activity
+
+    # ----------------------------------------------------------------- messages
+
+    async def _connect(self, conn: Conn, request: Request) -> None:
+        if conn.claims is not None:
+            raise BadMessage("already connected")
+        claims = verify(request.body.get("token"), self.settings.secret, conn.game_id)
+        session_id = uuid.uuid4().hex
+        if conn.game_id is None:
+            conn.claims, conn.session_id = claims, session_id
+            await conn.ws.send(
+                dumps(
+                    {
+                        "type": "CONNECTED",
+                        "re": request.id,
+                        "session_id": session_id,
+                        "player_id": claims.sub,
+                        "role": claims.role,
+                    }
+                ),
+                text=True,
+            )
+            return
+        game = await self.games.acquire(conn.game_id)
+        try:
+            while claims.role == "player":
+                new = join(game.head, conn.game_id, claims.sub, time.time())
+                if new is not None:
+                    # The joiner's CONNECTED is sent by the writer, after the broadcast
+                    # of its join to the connections already open (PROTOCOL.md).
+                    conn.session_id = session_id
+
+                    def on_join(change: Change, conn: Conn = conn, claims: Claims = claims) -> None:
+                        self._broadcast(change.game, change.new)
+                        write(conn, self._connected(conn, request.id, claims, change.new))
+                        conn.claims, conn.game = claims, change.game
+                        change.game.conns.add(conn)
+
+                    await self.games.submit(game, new, on_join)
+                    return
+                if not game.pending:
+                    break
+                await self.games.flush(game)
+            await self.games.flush(game)
+            state = game.committed
+            if state is None:
+                raise NotFound("the game does not exist")
+            conn.session_id = session_id
+            conn.claims, conn.game = claims, game
+            game.conns.add(conn)
+            write(conn, self._connected(conn, request.id, claims, state))
+        finally:
+            self.games.release(game)
+
+    def _connected(self, conn: Conn, re_id: str, claims: Claims, state: GameState) -> bytes:
+        return dumps(
+            {
+                "type": "CONNECTED",
+                "re": re_id,
+                "session_id": conn.session_id,
+                "player_id": claims.sub,
+                "role": claims.role,
+                "state": state.to_wire(),
+            }
+        )
+
+    def _broadcast(self, game: Game, state: GameState) -> None:
+        """One encoding per change, written to every connection on the game without
+        awaiting any of them: a slow reader does not slow the game."""
+        if not game.conns:
+            return
+        frame = dumps(
+            {
+                "type": "STATE",
+                "game_id": state.game_id,
+                "version": state.version,
+                "state": state.to_wire(),
+            }
+        )
+        broadcast((c.ws for c in game.conns), frame, text=True)
+        self.metrics.broadcasts.inc(len(game.conns))
+
+    async def _heartbeat(self, conn: Conn, request: Request) -> None:
+        frame = {"type": "HEARTBEAT_ACK", "re": request.id, "server_time": timestamp(time.time())}
+        await conn.ws.send(dumps(frame), text=True)
+
+    async def _state_update(self, conn: Conn, request: Request) -> None:
+        if conn.game is None:
+            raise BadMessage("STATE_UPDATE goes through the game's path")
+        update, expected = parse_update(request.body)
+        assert conn.claims is not None
+        if conn.claims.role == "observer":
+            raise Forbidden("observers cannot update")
+        game = conn.game
+        head = game.head
+        if head is None:  # the game's creation failed to commit; nothing to update
+            raise DatabaseError("the game is not available")
+        if expected is not None and expected != head.version:
+            raise errors.Conflict(head.version)
+        new = apply_update(head, update, time.time())
+        re_id = request.id
+
+        def on_commit(change: Change) -> None:
+            write(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
+            self._broadcast(change.game, change.new)
+
+        await self.games.submit(game, new, on_commit)
+
+    async def _get_state(self, conn: Conn, request: Request) -> None:
+        if conn.game is not None:
+            state = conn.game.committed
+        else:
+            game_id = request.body.get("game_id")
+            if not is_identifier(game_id):
+                raise BadMessage("`game_id` must be a game id")
+            assert isinstance(game_id, str)
+            state = await self.games.peek(game_id)
+        if state is None:
+            raise NotFound("the game does not exist")
+        frame = {
+            "type": "STATE",
+            "re": request.id,
+            "game_id": state.game_id,
+            "version": state.version,
+            "state": state.to_wire(),
+        }
+        await conn.ws.send(dumps(frame), text=True)
+
+    async def _disconnect(self, conn: Conn, request: Request) -> None:
+        await conn.ws.send(dumps({"type": "DISCONNECTED", "re": request.id}), text=True)
+        self._close(conn, errors.CLOSE_NORMAL, "bye")
+
+    async def _list_games(self, conn: Conn, request: Request) -> None:
+        if conn.kind != "admin":
+            raise Forbidden("LIST_GAMES is on the admin path only")
+        after, limit = parse_list_games(request.body)
+        rows = await self.storage.list_games(after, limit + 1)
+        page = rows[:limit]
+        frame = {
+            "type": "GAMES",
+            "re": request.id,
+            "games": [{"game_id": gid, "version": version} for gid, version in page],
+            "next": page[-1][0] if len(rows) > limit else None,
+        }
+        await conn.ws.send(dumps(frame), text=True)
+
+    async def _import_state(self, conn: Conn, request: Request) -> None:
+        if conn.kind != "admin":
+            raise Forbidden("IMPORT_STATE is on the admin path only")
+        state = parse_import(request.body.get("state"), time.time())
+        game = await self.games.acquire(state.game_id)
+        re_id = request.id
+
+        def on_commit(change: Change) -> None:
+            write(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
+            self._broadcast(change.game, change.new)
+
+        try:
+            await self.games.submit(game, state, on_commit)
+        finally:
+            self.games.release(game)
