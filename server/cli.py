@@ -30,6 +30,9 @@ def serve(
         str,
         typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
     ] = "",
+    max_batch: Annotated[
+        int, typer.Option(help="Most changes per group commit (1: one commit per change).")
+    ] = 256,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
     """Run the new state server (PROTOCOL.md over WebSocket, state in SQLite).
@@ -57,6 +60,7 @@ def serve(
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
         ping_interval=ping_interval,
+        max_batch=max_batch,
     )
     server = StateServer(settings)
 
