@@ -144,12 +144,32 @@ async def out_of_range(ctx: CheckContext) -> None:
         [
             {"updates": {"scores": {"alice": SCORE_MAX + 1}}},
             {"updates": {"scores": {"alice": SCORE_MIN - 1}}},
-            {"updates": {"scores": {"alice": 10**30}}},
             {"updates": {"score_deltas": {"alice": SCORE_MAX + 1}}},
             {"updates": {"timer": {"alice": -1}}},
             {"updates": {"timer": {"alice": TIMER_MAX + 1}}},
         ],
     )
+
+
+@check("validation.integers_beyond_64_bits_are_invalid_state_not_bad_message")
+async def huge_integers(ctx: CheckContext) -> None:
+    """Notes 7, 16 and 30: a JSON integer of any size has the right type; out of range it is
+    INVALID_STATE (not BAD_MESSAGE), for scores, deltas, timers and expected_version too."""
+    await _all_refused(
+        ctx,
+        "INVALID_STATE",
+        [
+            {"updates": {"scores": {"alice": 10**30}}},
+            {"updates": {"scores": {"alice": -(10**30)}}},
+            {"updates": {"score_deltas": {"alice": 2**64}}},
+            {"updates": {"timer": {"alice": 2**63}}},
+        ],
+    )
+    _, (alice,), _ = await ctx.new_game("alice")
+    err = await alice.request_error(
+        "CONFLICT", "STATE_UPDATE", updates={"status": "active"}, expected_version=2**64
+    )
+    expect_equal("CONFLICT.version", 1, err.get("version"))
 
 
 @check("validation.delta_pushing_a_score_out_of_range_is_invalid_state")
