@@ -71,7 +71,10 @@ def legacy(
         float, typer.Option(min=0.001, help="Seconds without a frame or pong before close 4408.")
     ] = 60.0,
     ping_interval: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between server pings.")
+        float,
+        typer.Option(
+            min=0.001, help="Seconds between server pings (at most a third of --idle-timeout)."
+        ),
     ] = 20.0,
     fault: Annotated[
         list[str] | None,

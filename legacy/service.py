@@ -414,6 +414,9 @@ class LegacyServer:
 
     async def _sweep(self) -> None:
         config = self.config
+        # A live client must never idle out between two pings: with the defaults (20 s, 60 s)
+        # that is 3 pings per idle period; a shorter --idle-timeout keeps that ratio.
+        ping_interval = min(config.ping_interval, config.idle_timeout / 3)
         tick = max(
             0.005,
             min(1.0, config.connect_timeout / 4, config.idle_timeout / 4, config.ping_interval / 4),
@@ -435,7 +438,7 @@ class LegacyServer:
                     if now - conn.last_active >= config.idle_timeout:
                         self._close_later(conn, 4408, "idle", "idle")
                         continue
-                if now - conn.last_ping >= config.ping_interval:
+                if now - conn.last_ping >= ping_interval:
                     conn.last_ping = now
                     self._spawn(self._ping(conn))
 
