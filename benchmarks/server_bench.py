@@ -1,0 +1,1006 @@
+"""Load benchmark of the new state server (`stateshift serve`). Not a test; never run in CI.
+
+    .venv/bin/python benchmarks/server_bench.py            # full run (about 2 minutes)
+    .venv/bin/python benchmarks/server_bench.py --quick    # smoke run (about 40 s)
+
+Scenarios, each against a fresh server subprocess with a fresh SQLite file in a temporary
+directory, on 127.0.0.1 only:
+
+1. `durable`: 100 clients over 50 games (2 players per game), each in a closed loop
+   (STATE_UPDATE with `score_deltas` on itself, wait for its ACK, broadcasts drained).
+   Reports acks/s, ACK latency percentiles and the server's CPU time per acknowledged update.
+2. `batch1`: the same load against `--max-batch 1` (one transaction per change); the report
+   compares it with scenario 1 (throughput and CPU per ack, as ratios).
+3. `fanout`: 100 connections on one game (1 player sending at a fixed rate, 99 observers);
+   latency from the sender's send to each receiver's receipt of the STATE broadcast of that
+   version, and the server's CPU per broadcast frame.
+
+The clients run in separate processes (multiprocessing, websockets' asyncio client on uvloop
+when importable) because they compete with the server for the machine's cores; the server's
+CPU time per operation (read from /proc/PID/stat) is the fair figure, the throughput depends
+on how much CPU the clients leave to the server.
+
+Environment: `STATESHIFT_BENCH_PROFILE=DIR` runs each server under cProfile and writes
+`DIR/<scenario>.prof` (then prints its top entries); the figures of a profiled run are not
+representative (profiling costs CPU).
+
+Writes `benchmarks/results/server.json` (`--json PATH` to change it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import multiprocessing as mp
+import os
+import platform
+import pstats
+import queue
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `stateshift` importable
+    sys.path.insert(0, str(REPO))
+
+from stateshift.tokens import mint_token  # noqa: E402
+
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE_ENV = "STATESHIFT_BENCH_PROFILE"
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "server.json"
+#: the per-connection rate limit is raised for every scenario (PROTOCOL.md's 50/s would cap
+#: a closed-loop client); the limiter still runs for every message
+RATE_ARGS = ("--rate", "100000", "--burst", "100000")
+TARGET_CPU_PER_ACK_US = 50.0
+TARGET_FANOUT_P99_MS = 5.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns: the same clock in every process of the machine."""
+    return time.monotonic_ns()
+
+
+def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on uvloop when importable, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    # after "(comm) ", fields[0] is the state (field 3 of proc(5)); utime and stime are 14, 15
+    return proc_cpu_seconds_path(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each live thread of a process, by thread id."""
+    found: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            found[int(task.name)] = proc_cpu_seconds_path(task / "stat")
+    return found
+
+
+def proc_cpu_seconds_path(path: Path) -> float:
+    """User + system CPU time from a proc(5) `stat` file."""
+    user, system = proc_user_sys(path)
+    return user + system
+
+
+def proc_user_sys(path: Path) -> tuple[float, float]:
+    """(user, system) CPU seconds from a proc(5) `stat` file."""
+    raw = path.read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(p / 100.0 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def latency_summary_ms(samples_ns: list[int]) -> dict[str, float]:
+    """p50/p95/p99/max/mean in milliseconds."""
+    ordered = sorted(samples_ns)
+    if not ordered:
+        return {"count": 0}
+    ms = 1e6
+    return {
+        "count": len(ordered),
+        "p50_ms": percentile(ordered, 50) / ms,
+        "p95_ms": percentile(ordered, 95) / ms,
+        "p99_ms": percentile(ordered, 99) / ms,
+        "max_ms": ordered[-1] / ms,
+        "mean_ms": sum(ordered) / len(ordered) / ms,
+    }
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "websockets": version("websockets"),
+        "uvloop": version("uvloop"),
+        "aiosqlite": version("aiosqlite"),
+    }
+
+
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def fetch_metrics(port: int) -> dict[str, float]:
+    """The server's Prometheus metrics, `name{labels}` → value (labels as printed)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        match = METRIC_LINE.match(line)
+        if match:
+            found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return found
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the series of `name` whose labels include `labels`."""
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class ServerProcess:
+    """A `stateshift serve` subprocess on a fresh database; stopped by `stop()`."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log_path: Path
+    command: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.proc.pid)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL after `timeout` s; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's log at WARNING or above, and traceback headers."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        keep = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+        return [line for line in lines if any(word in line for word in keep)]
+
+
+@contextlib.contextmanager
+def server(
+    workdir: Path, name: str, secret: str, extra: Sequence[str] = (), startup: float = 30.0
+) -> Iterator[ServerProcess]:
+    """Start a server on a fresh SQLite file in `workdir`; always stop it."""
+    db = workdir / f"{name}.db"
+    log_path = workdir / f"{name}.log"
+    command = [PYTHON]
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        command += ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{name}.prof")]
+    command += ["-m", "stateshift", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--db", str(db), *extra]
+    env = {**os.environ, "STATESHIFT_SECRET": secret, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    handle: ServerProcess | None = None
+    try:
+        port = _wait_listening(proc, startup, log_path)
+        handle = ServerProcess(proc, port, log_path, command)
+        yield handle
+    finally:
+        if handle is None:
+            handle = ServerProcess(proc, 0, log_path, command)
+        handle.stop()
+
+
+def _wait_listening(proc: subprocess.Popen[str], timeout: float, log_path: Path) -> int:
+    """The port of `listening on ws://HOST:PORT`, read from the server's stdout."""
+    assert proc.stdout is not None
+    result: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("listening on"):
+                result.put(line)
+                return
+        result.put("")
+
+    import threading
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        line = result.get(timeout=timeout)
+    except queue.Empty:
+        line = ""
+    match = re.search(r"ws://[^:]+:(\d+)", line)
+    if not match:
+        raise RuntimeError(
+            f"server did not start (exit {proc.poll()}): {log_path.read_text()[-2000:]}"
+        )
+    return int(match.group(1))
+
+
+# --------------------------------------------------------------------------- workers
+
+#: (warm-up start, measured window start, measured window end), CLOCK_MONOTONIC ns
+Plan = tuple[int, int, int]
+
+
+async def open_client(url: str, game: str, token: str) -> tuple[ClientConnection, dict[str, Any]]:
+    """Connect to a game and authenticate; the CONNECTED frame."""
+    ws = await connect(
+        f"{url}/v1/games/{game}",
+        compression=None,
+        max_size=2**20,
+        ping_interval=None,
+        open_timeout=30,
+        close_timeout=2,
+    )
+    await ws.send(orjson.dumps({"type": "CONNECT", "id": "c", "token": token}).decode())
+    while True:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+        if frame.get("re") == "c":
+            if frame["type"] != "CONNECTED":
+                raise RuntimeError(f"CONNECT refused: {frame}")
+            return ws, frame
+
+
+async def wait_plan(go: Any) -> Plan:
+    """Block (in a thread) until the parent sends the plan."""
+    plan: Plan = await asyncio.get_running_loop().run_in_executor(None, go.get, True, 120)
+    return plan
+
+
+def times_cpu() -> float:
+    """This process's user + system CPU time."""
+    t = os.times()
+    return t.user + t.system
+
+
+async def _closed_loop_worker(
+    url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    opened = await asyncio.gather(
+        *(
+            open_client(url, game, mint_token(secret, player, "player", [game]))
+            for game, player in clients
+        )
+    )
+    ready.put(("ready", len(opened)))
+    warm, start, end = await wait_plan(go)
+    latencies: list[int] = []
+    acks_in_window = 0
+    errors: dict[str, int] = {}
+    cpu_marks: list[float] = []
+
+    async def marks() -> None:
+        for mark in (start, end):
+            await asyncio.sleep(max(0.0, (mark - now_ns()) / 1e9))
+            cpu_marks.append(times_cpu())
+
+    async def client(ws: ClientConnection, player: str) -> None:
+        nonlocal acks_in_window
+        prefix = '{"type":"STATE_UPDATE","id":"'
+        suffix = '","updates":{"score_deltas":{"' + player + '":1}}}'
+        seq = 0
+        await asyncio.sleep(max(0.0, (warm - now_ns()) / 1e9))
+        while True:
+            sent = now_ns()
+            if sent >= end:
+                break
+            seq += 1
+            mid = str(seq)
+            await ws.send(prefix + mid + suffix)
+            while True:
+                frame = orjson.loads(await ws.recv(decode=False))
+                if frame.get("re") == mid:
+                    break
+            got = now_ns()
+            if frame["type"] != "ACK":
+                errors[frame.get("code", frame["type"])] = (
+                    errors.get(frame.get("code", frame["type"]), 0) + 1
+                )
+                continue
+            if start <= got < end:
+                acks_in_window += 1
+            if sent >= start and got < end:
+                latencies.append(got - sent)
+
+    marker = asyncio.create_task(marks())
+    await asyncio.gather(
+        *(client(ws, frame["player_id"]) for ws, frame in opened),
+    )
+    await marker
+    await asyncio.gather(*(ws.close() for ws, _ in opened), return_exceptions=True)
+    return {
+        "acks": acks_in_window,
+        "latencies_ns": latencies,
+        "errors": errors,
+        "cpu_s": cpu_marks[1] - cpu_marks[0],
+    }
+
+
+async def _sender_worker(
+    url: str, secret: str, game: str, rate: float, *, ready: Any, go: Any
+) -> dict[str, Any]:
+    ws, _ = await open_client(url, game, mint_token(secret, "sender", "player", [game]))
+    ready.put(("ready", 1))
+    warm, start, end = await wait_plan(go)
+    sent_at: dict[str, int] = {}
+    version_of: dict[str, int] = {}
+    acked_at: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    cpu_marks: list[float] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        while True:
+            try:
+                frame = orjson.loads(await ws.recv(decode=False))
+            except Exception:
+                return
+            if frame["type"] == "ACK":
+                acked_at[frame["re"]] = now_ns()
+                version_of[frame["re"]] = frame["version"]
+                if done.is_set() and len(version_of) >= len(sent_at):
+                    return
+            elif frame["type"] == "ERROR":
+                errors[frame["code"]] = errors.get(frame["code"], 0) + 1
+
+    task = asyncio.create_task(reader())
+    period = int(1e9 / rate)
+    tick = warm
+    seq = 0
+    marks = [start, end]
+    while tick < end:
+        while marks and tick >= marks[0]:
+            marks.pop(0)
+            cpu_marks.append(times_cpu())
+        await asyncio.sleep(max(0.0, (tick - now_ns()) / 1e9))
+        seq += 1
+        mid = f"u{seq}"
+        sent_at[mid] = now_ns()
+        await ws.send(
+            '{"type":"STATE_UPDATE","id":"' + mid + '","updates":{"score_deltas":{"sender":1}}}'
+        )
+        tick += period
+    cpu_marks.append(times_cpu())
+    done.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(task, 5)
+    await ws.close()
+    sends = [
+        (sent_at[mid], version_of[mid], acked_at[mid])
+        for mid in sent_at
+        if mid in version_of and start <= sent_at[mid] < end
+    ]
+    return {
+        "sends": sends,
+        "unacked": len(sent_at) - len(version_of),
+        "errors": errors,
+        "cpu_s": cpu_marks[-1] - cpu_marks[0] if len(cpu_marks) >= 2 else 0.0,
+    }
+
+
+async def _receiver_worker(
+    url: str, secret: str, game: str, names: list[str], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    opened = await asyncio.gather(
+        *(open_client(url, game, mint_token(secret, name, "observer", [game])) for name in names)
+    )
+    ready.put(("ready", len(opened)))
+    _warm, start, end = await wait_plan(go)
+    # per receiver: version -> receipt time (kept for every broadcast; filtered by the parent)
+    receipts: list[dict[int, int]] = [{} for _ in opened]
+    cpu_marks: list[float] = []
+    stop_at = end + int(2e9)  # the last broadcasts of the window still arrive
+
+    async def marks() -> None:
+        for mark in (start, end):
+            await asyncio.sleep(max(0.0, (mark - now_ns()) / 1e9))
+            cpu_marks.append(times_cpu())
+
+    async def receiver(ws: ClientConnection, seen: dict[int, int]) -> None:
+        while True:
+            timeout = (stop_at - now_ns()) / 1e9
+            if timeout <= 0:
+                return
+            try:
+                raw = await asyncio.wait_for(ws.recv(decode=False), timeout)
+            except TimeoutError:
+                return
+            got = now_ns()
+            frame = orjson.loads(raw)
+            if frame["type"] == "STATE":
+                seen[frame["version"]] = got
+
+    marker = asyncio.create_task(marks())
+    await asyncio.gather(
+        *(receiver(ws, seen) for (ws, _), seen in zip(opened, receipts, strict=True))
+    )
+    await marker
+    await asyncio.gather(*(ws.close() for ws, _ in opened), return_exceptions=True)
+    return {"receipts": receipts, "cpu_s": cpu_marks[1] - cpu_marks[0]}
+
+
+def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
+    """Entry point of a client process: run one worker coroutine, put its result."""
+    try:
+        if kind == "closed_loop":
+            coro = _closed_loop_worker(*args, ready=ready, go=go)
+        elif kind == "sender":
+            coro = _sender_worker(*args, ready=ready, go=go)
+        elif kind == "receiver":
+            coro = _receiver_worker(*args, ready=ready, go=go)
+        else:
+            raise ValueError(kind)
+        results.put(("ok", run_loop(coro)))
+    except BaseException:
+        message = traceback.format_exc()
+        ready.put(("error", message))
+        results.put(("error", message))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Window:
+    """What the parent measured around the window."""
+
+    seconds: float
+    server_cpu_s: float
+    #: CPU of the server's main thread (the event loop) in the window; the rest of
+    #: `server_cpu_s` is other threads (aiosqlite's connection threads: SQLite and fsync)
+    server_main_thread_cpu_s: float
+    #: the kernel's share of `server_cpu_s` (socket writes on loopback, fsync, ...)
+    server_sys_cpu_s: float
+    machine_busy: float
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+
+    def delta(self, name: str, **labels: str) -> float:
+        return metric_sum(self.metrics_after, name, **labels) - metric_sum(
+            self.metrics_before, name, **labels
+        )
+
+
+def run_clients(
+    srv: ServerProcess,
+    jobs: list[tuple[str, tuple[Any, ...]]],
+    warmup: float,
+    duration: float,
+) -> tuple[Window, list[dict[str, Any]]]:
+    """Start one process per job, wait until all are connected, run the plan, collect."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    results = ctx.Queue()
+    gos = [ctx.Queue() for _ in jobs]
+    procs: list[SpawnProcess] = []
+    try:
+        for (kind, args), go in zip(jobs, gos, strict=True):
+            proc = ctx.Process(
+                target=worker_main, args=(kind, args, ready, go, results), daemon=True
+            )
+            proc.start()
+            procs.append(proc)
+        for _ in jobs:
+            status, detail = ready.get(timeout=90)
+            if status != "ready":
+                raise RuntimeError(f"a client process failed:\n{detail}")
+        t0 = now_ns() + int(0.3e9)
+        start = t0 + int(warmup * 1e9)
+        end = start + int(duration * 1e9)
+        for go in gos:
+            go.put((t0, start, end))
+        pid = srv.proc.pid
+        time.sleep(max(0.0, (start - now_ns()) / 1e9))
+        metrics_before = fetch_metrics(srv.port)
+        threads0 = thread_cpu_seconds(srv.proc.pid)
+        sys0 = proc_user_sys(Path(f"/proc/{pid}/stat"))[1]
+        cpu0, (busy0, total0) = srv.cpu(), machine_cpu()
+        began = now_ns()
+        time.sleep(max(0.0, (end - now_ns()) / 1e9))
+        cpu1, (busy1, total1) = srv.cpu(), machine_cpu()
+        threads1 = thread_cpu_seconds(srv.proc.pid)
+        sys1 = proc_user_sys(Path(f"/proc/{pid}/stat"))[1]
+        finished = now_ns()
+        metrics_after = fetch_metrics(srv.port)
+        outputs: list[dict[str, Any]] = []
+        for _ in jobs:
+            status, detail = results.get(timeout=60)
+            if status != "ok":
+                raise RuntimeError(f"a client process failed:\n{detail}")
+            outputs.append(detail)
+        window = Window(
+            seconds=(finished - began) / 1e9,
+            server_cpu_s=cpu1 - cpu0,
+            server_main_thread_cpu_s=threads1.get(pid, 0.0) - threads0.get(pid, 0.0),
+            server_sys_cpu_s=sys1 - sys0,
+            machine_busy=(busy1 - busy0) / max(1.0, total1 - total0),
+            metrics_before=metrics_before,
+            metrics_after=metrics_after,
+        )
+        return window, outputs
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for q in (ready, results, *gos):
+            q.close()
+            q.cancel_join_thread()
+
+
+def scenario_durable(
+    workdir: Path,
+    name: str,
+    secret: str,
+    extra: Sequence[str],
+    clients: int,
+    games: int,
+    procs: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """Closed-loop durable updates: acks/s, ACK latency, server CPU per ack."""
+    per_game = clients // games
+    pairs = [(f"g{i // per_game:03d}", f"p{i:03d}") for i in range(clients)]
+    with server(workdir, name, secret, [*RATE_ARGS, *extra]) as srv:
+        jobs = [("closed_loop", (srv.url, secret, pairs[k::procs])) for k in range(procs)]
+        window, outputs = run_clients(srv, jobs, warmup, duration)
+        problems = srv.log_problems()
+        command = srv.command
+    acks = sum(o["acks"] for o in outputs)
+    latencies = [x for o in outputs for x in o["latencies_ns"]]
+    errors: dict[str, int] = {}
+    for o in outputs:
+        for code, n in o["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    server_acks = window.delta("stateshift_server_messages_total", type="STATE_UPDATE", result="ok")
+    batches = window.delta("stateshift_server_commit_batch_size_count")
+    batched = window.delta("stateshift_server_commit_batch_size_sum")
+    commit_s = window.delta("stateshift_server_commit_seconds_sum")
+    return {
+        "scenario": name,
+        "server_args": [*RATE_ARGS, *extra],
+        "server_command": " ".join(shlex.quote(c) for c in command),
+        "clients": clients,
+        "games": games,
+        "client_processes": procs,
+        "warmup_s": warmup,
+        "window_s": window.seconds,
+        "acks": acks,
+        "acks_per_s": acks / window.seconds,
+        "server_acks": server_acks,
+        "ack_latency": latency_summary_ms(latencies),
+        "server_cpu_s": window.server_cpu_s,
+        "server_cpu_pct_of_one_core": 100 * window.server_cpu_s / window.seconds,
+        "server_main_thread_cpu_pct_of_one_core": 100
+        * window.server_main_thread_cpu_s
+        / window.seconds,
+        "server_cpu_per_ack_us": 1e6 * window.server_cpu_s / max(1.0, server_acks),
+        "server_sys_cpu_per_ack_us": 1e6 * window.server_sys_cpu_s / max(1.0, server_acks),
+        "server_main_thread_cpu_per_ack_us": 1e6
+        * window.server_main_thread_cpu_s
+        / max(1.0, server_acks),
+        "client_cpu_s": sum(o["cpu_s"] for o in outputs),
+        "client_cpu_pct_of_one_core": 100 * sum(o["cpu_s"] for o in outputs) / window.seconds,
+        "machine_busy_pct": 100 * window.machine_busy,
+        "commits": batches,
+        "mean_batch": batched / batches if batches else float("nan"),
+        "mean_commit_ms": 1e3 * commit_s / batches if batches else float("nan"),
+        "client_errors": errors,
+        "server_log_problems": problems[:50],
+    }
+
+
+def scenario_fanout(
+    workdir: Path,
+    secret: str,
+    receivers: int,
+    rate: float,
+    procs: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """One sender at a fixed rate, `receivers` observers on the same game."""
+    game = "fanout"
+    names = [f"o{i:03d}" for i in range(receivers)]
+    with server(workdir, "fanout", secret, RATE_ARGS) as srv:
+        ctx_jobs: list[tuple[str, tuple[Any, ...]]] = [
+            ("sender", (srv.url, secret, game, rate)),
+        ]
+        ctx_jobs += [("receiver", (srv.url, secret, game, names[k::procs])) for k in range(procs)]
+        run_loop(create_game(srv.url, secret, game, "sender"))
+        window, outputs = run_clients(srv, ctx_jobs, warmup, duration)
+        problems = srv.log_problems()
+        command = srv.command
+    sender, recv_outputs = outputs[0], outputs[1:]
+    sends: list[tuple[int, int, int]] = sender["sends"]
+    latencies: list[int] = []
+    missing = 0
+    per_update_worst: list[int] = []
+    per_update_first: list[int] = []
+    for sent, version, _ in sends:
+        worst, first = 0, 2**62
+        for out in recv_outputs:
+            for seen in out["receipts"]:
+                got = seen.get(version)
+                if got is None:
+                    missing += 1
+                    continue
+                latencies.append(got - sent)
+                worst = max(worst, got - sent)
+                first = min(first, got - sent)
+        per_update_worst.append(worst)
+        per_update_first.append(first)
+    frames = window.delta("stateshift_server_broadcast_frames_total")
+    updates = window.delta("stateshift_server_messages_total", type="STATE_UPDATE", result="ok")
+    return {
+        "scenario": "fanout",
+        "server_args": list(RATE_ARGS),
+        "server_command": " ".join(shlex.quote(c) for c in command),
+        "connections": receivers + 1,
+        "receivers": receivers,
+        "sender_rate_per_s": rate,
+        "receiver_processes": procs,
+        "warmup_s": warmup,
+        "window_s": window.seconds,
+        "updates": len(sends),
+        "pairs": len(latencies),
+        "missing_pairs": missing,
+        "unacked": sender["unacked"],
+        "client_errors": sender["errors"],
+        "fanout_latency": latency_summary_ms(latencies),
+        "sender_ack_latency": latency_summary_ms([acked - sent for sent, _, acked in sends]),
+        "first_receiver_latency": latency_summary_ms(per_update_first),
+        "last_receiver_latency": latency_summary_ms(per_update_worst),
+        "server_updates": updates,
+        "broadcast_frames": frames,
+        "server_cpu_s": window.server_cpu_s,
+        "server_cpu_pct_of_one_core": 100 * window.server_cpu_s / window.seconds,
+        "server_cpu_per_broadcast_frame_us": 1e6 * window.server_cpu_s / max(1.0, frames),
+        "server_sys_cpu_pct": 100 * window.server_sys_cpu_s / max(1e-9, window.server_cpu_s),
+        "mean_commit_ms": 1e3
+        * window.delta("stateshift_server_commit_seconds_sum")
+        / max(1.0, window.delta("stateshift_server_commit_batch_size_count")),
+        "server_main_thread_cpu_pct_of_one_core": 100
+        * window.server_main_thread_cpu_s
+        / window.seconds,
+        "server_cpu_per_update_us": 1e6 * window.server_cpu_s / max(1.0, updates),
+        "client_cpu_s": sum(o["cpu_s"] for o in outputs),
+        "machine_busy_pct": 100 * window.machine_busy,
+        "server_log_problems": problems[:50],
+    }
+
+
+async def create_game(url: str, secret: str, game: str, player: str) -> None:
+    """Create a game (its first player joins), then leave it: observers can open it."""
+    ws, _ = await open_client(url, game, mint_token(secret, player, "player", [game]))
+    await ws.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """The figures as a readable table on stdout."""
+    rows: list[tuple[str, str, str]] = []
+    durable = results["scenarios"].get("durable")
+    batch1 = results["scenarios"].get("batch1")
+    fanout = results["scenarios"].get("fanout")
+
+    def fmt(x: float, digits: int = 1) -> str:
+        return f"{x:,.{digits}f}"
+
+    for key, label in (("durable", "default batch"), ("batch1", "--max-batch 1")):
+        r = results["scenarios"].get(key)
+        if not r:
+            continue
+        lat = r["ack_latency"]
+        rows += [
+            (f"durable [{label}]", "acks/s", fmt(r["acks_per_s"], 0)),
+            (
+                f"durable [{label}]",
+                "ACK latency p50 / p95 / p99 (ms)",
+                f"{fmt(lat['p50_ms'], 2)} / {fmt(lat['p95_ms'], 2)} / {fmt(lat['p99_ms'], 2)}",
+            ),
+            (f"durable [{label}]", "server CPU per ack (µs)", fmt(r["server_cpu_per_ack_us"])),
+            (
+                f"durable [{label}]",
+                "  of which event-loop thread (µs)",
+                fmt(r["server_main_thread_cpu_per_ack_us"]),
+            ),
+            (
+                f"durable [{label}]",
+                "  of which kernel/sys time (µs)",
+                fmt(r["server_sys_cpu_per_ack_us"]),
+            ),
+            (
+                f"durable [{label}]",
+                "server CPU (% of one core)",
+                fmt(r["server_cpu_pct_of_one_core"], 0),
+            ),
+            (
+                f"durable [{label}]",
+                "client processes CPU (% of one core)",
+                fmt(r["client_cpu_pct_of_one_core"], 0),
+            ),
+            (f"durable [{label}]", "machine busy (% of all cores)", fmt(r["machine_busy_pct"], 0)),
+            (f"durable [{label}]", "mean changes per commit", fmt(r["mean_batch"], 1)),
+            (f"durable [{label}]", "mean commit time (ms)", fmt(r["mean_commit_ms"], 2)),
+        ]
+    if durable and batch1:
+        cmp = results["group_commit"]
+        rows += [
+            ("group commit", "throughput default / batch-1", f"{cmp['throughput_ratio']:.2f}x"),
+            ("group commit", "CPU per ack batch-1 / default", f"{cmp['cpu_per_ack_ratio']:.2f}x"),
+        ]
+    if fanout:
+        lat = fanout["fanout_latency"]
+        worst = fanout["last_receiver_latency"]
+        first = fanout["first_receiver_latency"]
+        ack = fanout["sender_ack_latency"]
+        rows += [
+            (
+                "fan-out",
+                "connections / updates/s",
+                f"{fanout['connections']} / {fanout['sender_rate_per_s']:.0f}",
+            ),
+            (
+                "fan-out",
+                "send→receipt p50 / p99 (ms), all pairs",
+                f"{fmt(lat['p50_ms'], 2)} / {fmt(lat['p99_ms'], 2)}",
+            ),
+            (
+                "fan-out",
+                "send→sender's ACK p50 / p99 (ms)",
+                f"{fmt(ack['p50_ms'], 2)} / {fmt(ack['p99_ms'], 2)}",
+            ),
+            (
+                "fan-out",
+                "send→first receiver p50 / p99 (ms)",
+                f"{fmt(first['p50_ms'], 2)} / {fmt(first['p99_ms'], 2)}",
+            ),
+            (
+                "fan-out",
+                "send→last receiver p50 / p99 (ms)",
+                f"{fmt(worst['p50_ms'], 2)} / {fmt(worst['p99_ms'], 2)}",
+            ),
+            (
+                "fan-out",
+                "pairs measured / missing",
+                f"{fanout['pairs']} / {fanout['missing_pairs']}",
+            ),
+            (
+                "fan-out",
+                "server CPU per broadcast frame (µs)",
+                fmt(fanout["server_cpu_per_broadcast_frame_us"], 2),
+            ),
+            ("fan-out", "server CPU per update (µs)", fmt(fanout["server_cpu_per_update_us"], 0)),
+            (
+                "fan-out",
+                "  kernel/sys share of server CPU (%)",
+                fmt(fanout["server_sys_cpu_pct"], 0),
+            ),
+            ("fan-out", "mean commit time (ms)", fmt(fanout["mean_commit_ms"], 2)),
+        ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    print()
+    print(
+        " | ".join(h.ljust(w) for h, w in zip(("scenario", "figure", "value"), widths, strict=True))
+    )
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(f"{row[0].ljust(widths[0])} | {row[1].ljust(widths[1])} | {row[2].rjust(widths[2])}")
+    print()
+    for target in results["targets"]:
+        status = "MET" if target["met"] else "MISSED"
+        print(f"target {target['name']}: {target['measured']:.2f} vs {target['limit']} → {status}")
+    for key, r in results["scenarios"].items():
+        if r.get("server_log_problems"):
+            print(f"server log of {key}: {len(r['server_log_problems'])} warning/error lines, e.g.")
+            for line in r["server_log_problems"][:5]:
+                print("   ", line)
+        if r.get("client_errors"):
+            print(f"client-side errors in {key}: {r['client_errors']}")
+
+
+def print_profiles() -> None:
+    """Top entries of each profile written under STATESHIFT_BENCH_PROFILE."""
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if not profile_dir:
+        return
+    for path in sorted(Path(profile_dir).glob("*.prof")):
+        print(f"\n== cProfile of the server, {path.name} (top 25 by own time)")
+        stats = pstats.Stats(str(path))
+        stats.sort_stats("tottime").print_stats(25)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (smoke run)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=("durable", "batch1", "fanout"),
+        help="run only these (repeat); default: all",
+    )
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
+    args = parser.parse_args(argv)
+    warmup, duration = (1.0, 3.0) if args.quick else (3.0, 10.0)
+    chosen = args.scenario or ["durable", "batch1", "fanout"]
+    secret = secrets.token_hex(32)
+    results: dict[str, Any] = {
+        "benchmark": "new state server",
+        "command": " ".join(
+            ["benchmarks/server_bench.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "quick": args.quick,
+        "profiled": bool(os.environ.get(PROFILE_ENV)),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": _git_commit(),
+        "machine": machine_info(),
+        "scenarios": {},
+        "targets": [],
+    }
+    procs = args.client_processes
+    with tempfile.TemporaryDirectory(prefix="stateshift-bench-") as tmp:
+        workdir = Path(tmp)
+        for name in chosen:
+            print(f"== {name}: warm-up {warmup:g} s, window {duration:g} s …", flush=True)
+            if name in ("durable", "batch1"):
+                extra = ["--max-batch", "1"] if name == "batch1" else []
+                results["scenarios"][name] = scenario_durable(
+                    workdir, name, secret, extra, 100, 50, procs, warmup, duration
+                )
+            else:
+                results["scenarios"][name] = scenario_fanout(
+                    workdir, secret, 99, 50.0, procs, warmup, duration
+                )
+    sc = results["scenarios"]
+    if "durable" in sc and "batch1" in sc:
+        results["group_commit"] = {
+            "throughput_ratio": sc["durable"]["acks_per_s"] / max(1e-9, sc["batch1"]["acks_per_s"]),
+            "cpu_per_ack_ratio": sc["batch1"]["server_cpu_per_ack_us"]
+            / max(1e-9, sc["durable"]["server_cpu_per_ack_us"]),
+        }
+    if "durable" in sc:
+        measured = sc["durable"]["server_cpu_per_ack_us"]
+        results["targets"].append(
+            {
+                "name": "server CPU per acked durable update (µs)",
+                "measured": measured,
+                "limit": f"<= {TARGET_CPU_PER_ACK_US:g}",
+                "met": measured <= TARGET_CPU_PER_ACK_US,
+            }
+        )
+    if "fanout" in sc:
+        measured = sc["fanout"]["fanout_latency"].get("p99_ms", float("nan"))
+        results["targets"].append(
+            {
+                "name": "broadcast fan-out p99 (ms)",
+                "measured": measured,
+                "limit": f"< {TARGET_FANOUT_P99_MS:g}",
+                "met": measured < TARGET_FANOUT_P99_MS,
+            }
+        )
+    print_table(results)
+    print_profiles()
+    if not args.no_json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = args.json.with_suffix(".json.tmp")
+        tmp_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+        tmp_path.replace(args.json)
+        shown = args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json
+        print(f"\nwrote {shown}")
+    return 0
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
