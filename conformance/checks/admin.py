@@ -278,8 +278,8 @@ async def import_bad_message(ctx: CheckContext) -> None:
 
 @check("admin.import_state_rule_breaks_are_invalid_state")
 async def import_invalid_state(ctx: CheckContext) -> None:
-    """Note 24: rule breaks in IMPORT_STATE (key sets, ranges, players, current_player, settings)
-    are INVALID_STATE."""
+    """Notes 24 and 29: rule breaks in IMPORT_STATE (key sets, ranges, players,
+    current_player, settings, unknown status) are INVALID_STATE."""
     admin = await ctx.admin()
     game = ctx.game_id()
     await _import(admin, _state(game, 5))

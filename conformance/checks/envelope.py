@@ -82,7 +82,8 @@ async def missing_or_ill_typed_type_is_bad_message_with_re(ctx: CheckContext) ->
 
 @check("envelope.unknown_type_is_unknown_type_with_re")
 async def unknown_type_is_unknown_type_with_re(ctx: CheckContext) -> None:
-    """PROTOCOL.md Error codes: `type` not in the page is UNKNOWN_TYPE, stays open."""
+    """PROTOCOL.md Error codes: `type` not in the page is UNKNOWN_TYPE, stays open; note 28:
+    server-to-client types sent by a client too."""
     conn, _ = await ctx.game(ctx.game_id())
     for i, bad in enumerate(("PING", "heartbeat", "", "STATE", "ACK", "CONNECTED", "ERROR")):
         await conn.send({"type": bad, "id": f"u{i}"})
@@ -111,3 +112,21 @@ async def answers_come_in_request_order(ctx: CheckContext) -> None:
         await conn.send({"type": kind, "id": mid})
     got = [(await conn.recv(what=f"answer {i}")).get("re") for i in range(len(ids))]
     expect_equal("order of answers", ids, got)
+
+
+@check("envelope.checks_apply_in_the_order_of_note_1")
+async def checks_in_order(ctx: CheckContext) -> None:
+    """Note 1: unknown type → not authenticated → role/path rights → fields; the first
+    failing check decides the answer."""
+    game, _, _ = await ctx.new_game("alice")
+    conn = await ctx.open(ctx.game_url(game))
+    # authentication before fields: an ill-typed update before CONNECT is UNAUTHENTICATED
+    await conn.request_error("UNAUTHENTICATED", "STATE_UPDATE", updates=5)
+    await conn.request_error("UNAUTHENTICATED", "LIST_GAMES", limit="x")
+    await ctx.connect(conn, ctx.token("alice"))
+    # rights before fields: an ill-typed admin message on a game path is FORBIDDEN (note 13)
+    await conn.request_error("FORBIDDEN", "LIST_GAMES", limit="x")
+    await conn.request_error("FORBIDDEN", "IMPORT_STATE", state=5)
+    # unknown type before anything about fields
+    await conn.request_error("UNKNOWN_TYPE", "NOPE", updates=5)
+    await conn.expect_open()
