@@ -321,7 +321,8 @@ class Session:
             state = merge_join(state, game_id, identity.player_id, millis, version, at)
             outcome.undo = (game_id, ctx.games.put(state))
             outcome.record = join_record(game_id, version, at, identity.player_id, millis)
-            outcome.broadcast = (game_id, ctx.encode_state(state))
+            if version > 1:  # a new game has no connection to tell yet
+                outcome.broadcast = (game_id, ctx.encode_state(state))
         elif state is None:
             raise NotFound(f"game {game_id} does not exist", fatal=True)
         body["state"] = ctx.present(state)
