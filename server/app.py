@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
@@ -35,6 +35,7 @@ from server.errors import (
     StateServerError,
     Unauthenticated,
 )
+from server.fanout import Outbox, text_frame, write_now
 from server.games import Change, Game, Games
 from server.metrics import ServerMetrics
 from server.ratelimit import RateLimiter
@@ -126,9 +127,9 @@ class Conn:
         self.last_activity = time.monotonic()
 
 
-def write(conn: Conn, data: bytes) -> None:
-    """Write a frame now, without awaiting (used in commit order by the writer)."""
-    broadcast((conn.ws,), data, text=True)
+def write(conn: Conn, payload: bytes) -> None:
+    """Write one frame now, without awaiting (so no other frame can come between)."""
+    write_now(conn.ws, text_frame(payload))
 
 
 class StateServer:
@@ -374,9 +375,11 @@ class StateServer:
                     # of its join to the connections already open (PROTOCOL.md).
                     conn.session_id = session_id
 
-                    def on_join(change: Change, conn: Conn = conn, claims: Claims = claims) -> None:
-                        self._broadcast(change.game, change.new)
-                        write(conn, self._connected(conn, request.id, claims, change.new))
+                    def on_join(
+                        change: Change, out: Outbox, conn: Conn = conn, claims: Claims = claims
+                    ) -> None:
+                        self._broadcast(change.game, change.new, out)
+                        out.add(conn, self._connected(conn, request.id, claims, change.new))
                         conn.claims, conn.game = claims, change.game
                         change.game.conns.add(conn)
 
@@ -408,9 +411,9 @@ class StateServer:
             }
         )
 
-    def _broadcast(self, game: Game, state: GameState) -> None:
-        """One encoding per change, written to every connection on the game without
-        awaiting any of them: a slow reader does not slow the game."""
+    def _broadcast(self, game: Game, state: GameState, out: Outbox) -> None:
+        """One encoding per change, queued for every connection on the game (written
+        without awaiting any of them: a slow reader does not slow the game)."""
         if not game.conns:
             return
         frame = dumps(
@@ -421,8 +424,7 @@ class StateServer:
                 "state": state.to_wire(),
             }
         )
-        broadcast((c.ws for c in game.conns), frame, text=True)
-        self.metrics.broadcasts.inc(len(game.conns))
+        self.metrics.broadcasts.inc(out.fanout(game.conns, frame))
 
     async def _heartbeat(self, conn: Conn, request: Request) -> None:
         frame = {"type": "HEARTBEAT_ACK", "re": request.id, "server_time": timestamp(time.time())}
@@ -444,9 +446,9 @@ class StateServer:
         new = apply_update(head, update, time.time())
         re_id = request.id
 
-        def on_commit(change: Change) -> None:
-            write(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
-            self._broadcast(change.game, change.new)
+        def on_commit(change: Change, out: Outbox) -> None:
+            out.add(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
+            self._broadcast(change.game, change.new, out)
 
         await self.games.submit(game, new, on_commit)
 
@@ -495,9 +497,9 @@ class StateServer:
         game = await self.games.acquire(state.game_id)
         re_id = request.id
 
-        def on_commit(change: Change) -> None:
-            write(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
-            self._broadcast(change.game, change.new)
+        def on_commit(change: Change, out: Outbox) -> None:
+            out.add(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
+            self._broadcast(change.game, change.new, out)
 
         try:
             await self.games.submit(game, state, on_commit)

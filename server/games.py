@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import DatabaseError
+from server.fanout import Outbox
 from server.metrics import ServerMetrics
 from server.rules import GameState, HistoryRow, history
 from server.storage import Storage
@@ -42,12 +43,12 @@ class Game:
 
 @dataclass(eq=False, slots=True)
 class Change:
-    """An accepted change waiting for its commit; `on_commit` sends its frames."""
+    """An accepted change waiting for its commit; `on_commit` queues its frames."""
 
     game: Game
     old: GameState | None
     new: GameState
-    on_commit: Callable[[Change], None]
+    on_commit: Callable[[Change, Outbox], None]
     rows: list[HistoryRow]
     future: asyncio.Future[None]
 
@@ -131,7 +132,7 @@ class Games:
     # ----------------------------------------------------------------- changes
 
     def submit(
-        self, game: Game, new: GameState, on_commit: Callable[[Change], None]
+        self, game: Game, new: GameState, on_commit: Callable[[Change, Outbox], None]
     ) -> asyncio.Future[None]:
         """Accept `new` as the game's next state; the future resolves once it is durable
         (its frames already sent by `on_commit`) or fails with `DatabaseError`."""
@@ -179,25 +180,33 @@ class Games:
             except DatabaseError as exc:
                 log.error("group commit of %d changes failed: %s", len(batch), exc)
                 self._fail(batch, exc)
+            except Exception as exc:  # the writer must outlive any single batch
+                log.exception("group commit of %d changes failed unexpectedly", len(batch))
+                self._fail(batch, DatabaseError(str(exc)))
             else:
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
                 self.metrics.commit_batch.observe(len(batch))
+                outbox = Outbox()
                 for change in batch:
-                    self._committed(change)
+                    self._committed(change, outbox)
+                # One write per connection for the whole batch, in commit order, before
+                # any handler resumes and answers its next message.
+                outbox.flush()
+                for change in batch:
+                    if not change.future.done():
+                        change.future.set_result(None)
+                    self.maybe_evict(change.game)
             if queue.empty():
                 self._idle.set()
 
-    def _committed(self, change: Change) -> None:
+    def _committed(self, change: Change, outbox: Outbox) -> None:
         game = change.game
         game.committed = change.new
         game.pending -= 1
         try:
-            change.on_commit(change)
-        except Exception:  # a frame that cannot be written must not stop the writer
-            log.exception("sending the frames of a committed change failed")
-        if not change.future.done():
-            change.future.set_result(None)
-        self.maybe_evict(game)
+            change.on_commit(change, outbox)
+        except Exception:  # a frame that cannot be built must not stop the writer
+            log.exception("queueing the frames of a committed change failed")
 
     def _fail(self, batch: list[Change], exc: DatabaseError) -> None:
         """A failed commit fails its batch and everything queued behind it (which was

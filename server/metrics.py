@@ -6,6 +6,8 @@ codes, close codes, path kinds. Never game or player ids.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from server.rules import MESSAGE_TYPES
@@ -66,6 +68,7 @@ class ServerMetrics:
             "Games held in memory.",
             registry=r,
         )
+        self._message_children: dict[tuple[str, str], Any] = {}
         # Pre-create the fixed label sets so that dashboards see zeros, not gaps.
         for kind in ("game", "admin"):
             self.connections.labels(kind)
@@ -74,5 +77,10 @@ class ServerMetrics:
 
     def message(self, message_type: str, result: str) -> None:
         """Count one handled message (type outside the protocol's set counts as `invalid`)."""
-        label = message_type if message_type in MESSAGE_TYPES else "invalid"
-        self.messages.labels(label, result).inc()
+        child = self._message_children.get((message_type, result))
+        if child is None:
+            label = message_type if message_type in MESSAGE_TYPES else "invalid"
+            child = self.messages.labels(label, result)
+            if len(self._message_children) < 512:  # a bounded cache of bound children
+                self._message_children[(message_type, result)] = child
+        child.inc()

@@ -8,6 +8,7 @@ Validation follows PROTOCOL.md and `docs/protocol-notes.md`: a value of the wron
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,9 +48,13 @@ MAX_PLAYERS: Final = 64
 MAX_SETTINGS: Final = 64
 MAX_SETTING_LEN: Final = 1024
 MAX_ID_LEN: Final = 64
+#: the largest version an import may set (note 31): exact in every JSON implementation
+MAX_VERSION: Final = 2**53 - 1
 UPDATE_KEYS: Final = frozenset(
     {"status", "current_player", "scores", "score_deltas", "timer", "settings"}
 )
+#: 19 digits or more: a number orjson may not read as the integer it is
+LONG_NUMBER: Final = re.compile(r"[0-9]{19}")
 TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 #: Every client message type of PROTOCOL.md.
@@ -166,10 +171,13 @@ def parse_request(raw: str | bytes) -> Request:
     """
     if isinstance(raw, bytes):
         raise BadMessage("binary frames are not accepted; send JSON in a text frame")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage("the frame is not valid JSON") from exc
+    if LONG_NUMBER.search(raw) is not None:
+        body = _loads_slow(raw)  # orjson reads integers beyond 64 bits as floats
+    else:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadMessage("the frame is not valid JSON") from exc
     if not isinstance(body, dict):
         raise BadMessage("a message must be a JSON object")
     msg_id = body.get("id")
@@ -181,6 +189,19 @@ def parse_request(raw: str | bytes) -> Request:
     if msg_type not in MESSAGE_TYPES:
         raise with_re(UnknownType(f"unknown message type {msg_type[:64]!r}"), msg_id)
     return Request(msg_type, msg_id, body)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_slow(raw: str) -> Any:
+    """Strict JSON that keeps integers of any size exact (note 30); NaN and Infinity stay
+    refused, as in orjson."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadMessage("the frame is not valid JSON") from exc
 
 
 def with_re(error: StateServerError, re_id: str | None) -> StateServerError:
@@ -357,8 +378,8 @@ def parse_import(value: object, now: float) -> GameState:
         raise InvalidState("`game_id` breaks the identifier rules")
     if status not in STATUSES:
         raise InvalidState(f"unknown status {status[:64]!r}")
-    if version < 1:
-        raise InvalidState("`version` must be at least 1")
+    if not 1 <= version <= MAX_VERSION:
+        raise InvalidState("`version` must be from 1 to 2^53 - 1")
     if scores.keys() != timer.keys():
         raise InvalidState("`scores` and `timer` must have the same players")
     if len(scores) > MAX_PLAYERS:

@@ -166,7 +166,7 @@ class Storage:
             for table, values in by_table.items():
                 await db.executemany(INSERT_HISTORY[table], values)
             await db.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
             try:
                 await db.rollback()
             except sqlite3.Error:

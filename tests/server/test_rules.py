@@ -329,3 +329,24 @@ def test_history_has_a_row_per_changed_value_only():
 def test_timestamps_are_rfc3339_utc_with_milliseconds():
     assert timestamp(0.5) == "1970-01-01T00:00:00.500Z"
     assert orjson.loads(orjson.dumps(timestamp(NOW)))[-1] == "Z"
+
+
+def test_integers_beyond_64_bits_parse_and_are_out_of_range_not_ill_typed():
+    request = parse_request(
+        '{"type":"STATE_UPDATE","id":"u","updates":{"scores":{"alice":1' + "0" * 30 + "}}}"
+    )
+    update_, _ = parse_update(request.body)
+    with pytest.raises(InvalidState):
+        apply_update(game(), update_, NOW)
+
+
+def test_nan_and_infinity_are_not_json():
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(BadMessage):
+            parse_request('{"type":"HEARTBEAT","id":"h","x":' + literal + "}")
+
+
+def test_import_versions_beyond_2_53_are_invalid():
+    parse_import(full_state(version=2**53 - 1), NOW)
+    with pytest.raises(InvalidState):
+        parse_import(full_state(version=2**53), NOW)
