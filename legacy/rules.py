@@ -39,8 +39,8 @@ DEFAULT_TIMER: Final = 60_000
 MAX_PLAYERS: Final = 64
 MAX_SETTINGS: Final = 64
 MAX_SETTING_LEN: Final = 1024
-# Versions must stay encodable as a JSON integer by every peer (orjson: signed 64-bit).
-MAX_VERSION: Final = 2**63 - 1
+# Note 31: the largest integer every JSON implementation holds exactly.
+MAX_VERSION: Final = 2**53 - 1
 UPDATE_KEYS: Final = frozenset(
     {"status", "current_player", "scores", "score_deltas", "timer", "settings"}
 )
@@ -74,7 +74,7 @@ def expect_int(value: object, what: str) -> int:
         return value
     if type(value) is float:
         # orjson turns integer literals beyond 64 bits into floats; the session re-reads
-        # the frame exactly before deciding this is really a fraction (notes 7 and 28).
+        # the frame exactly before deciding this is really a fraction (notes 7 and 30).
         raise FloatForInt(f"{what} must be an integer")
     raise BadMessage(f"{what} must be an integer")
 

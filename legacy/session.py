@@ -213,7 +213,7 @@ class Session:
         try:
             return self._dispatch(message)
         except FloatForInt:
-            # Not decided yet: orjson reads integers beyond 64 bits as floats (note 28).
+            # Not decided yet: orjson reads integers beyond 64 bits as floats (note 30).
             exact = _exact_json(frame)
             if exact is not None:
                 try:

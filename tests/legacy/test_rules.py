@@ -233,7 +233,7 @@ def test_ill_typed_imports_are_bad_message(changes: dict[str, Any]) -> None:
     "changes",
     [
         {"version": 0},
-        {"version": 2**63},
+        {"version": 2**53},
         {"game_id": "no spaces"},
         {"status": "over"},
         {"timer": {"carol": 10}},

@@ -179,13 +179,17 @@ def test_update_checks_shape_then_rights_then_version_then_rules() -> None:
 
 
 def test_a_huge_integer_literal_is_an_integer_out_of_range() -> None:
-    """Note 28: orjson reads it as a float; the exact re-read keeps it an integer."""
+    """Note 30: orjson reads it as a float; the exact re-read keeps it an integer."""
     session, _ = connected(context())
     huge = (
         '{"type":"STATE_UPDATE","id":"u","updates":{"scores":{"alice":100000000000000000000000}}}'
     )
     assert code(session.handle(huge, 0.0)) == "INVALID_STATE"
     fraction = '{"type":"STATE_UPDATE","id":"u","updates":{"scores":{"alice":1e3}}}'
+    far = '{"type":"STATE_UPDATE","id":"u","updates":{},"expected_version":1' + "0" * 30 + "}"
+    assert code(session.handle(far, 0.0)) == "BAD_MESSAGE", "shape first: updates is empty"
+    far = far.replace('"updates":{}', '"updates":{"status":"active"}')
+    assert code(session.handle(far, 0.0)) == "CONFLICT"
     assert code(session.handle(fraction, 0.0)) == "BAD_MESSAGE"
 
 
