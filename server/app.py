@@ -289,9 +289,10 @@ class StateServer:
         except Exception:
             log.exception("unexpected error handling a %s", request.type if request else "frame")
             self.metrics.message(request.type if request else "invalid", "INTERNAL")
-            await self._send_error(
-                conn, StateServerError("the server failed"), request.id if request else None
-            )
+            failure = errors.Internal("the server failed")
+            await self._send_error(conn, failure, request.id if request else None)
+            if request is not None and request.type == "CONNECT" and conn.claims is None:
+                self._close(conn, errors.CLOSE_SERVER_ERROR, failure.code)
 
     async def _send_error(self, conn: Conn, exc: StateServerError, re_id: str | None) -> None:
         self.metrics.errors.labels(exc.code).inc()
@@ -316,7 +317,9 @@ class StateServer:
         """Liveness for every connection, in one task: CONNECT deadline (4401), idle
         (4408), pings, and readers that never read (dropped)."""
         s = self.settings
-        tick = max(0.05, min(1.0, s.connect_timeout / 4, s.idle_timeout / 4, s.ping_interval / 2))
+        # Ping at least three times per idle period (note 38): a live client never idles out.
+        ping_every = min(s.ping_interval, s.idle_timeout / 3)
+        tick = max(0.05, min(1.0, s.connect_timeout / 4, s.idle_timeout / 4, ping_every / 2))
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -334,7 +337,7 @@ class StateServer:
                     conn.closing = True
                     self.metrics.closes.labels("abort").inc()
                     conn.ws.transport.abort()
-                elif now - conn.last_ping >= s.ping_interval:
+                elif now - conn.last_ping >= ping_every:
                     conn.last_ping = now
                     self._spawn(self._ping(conn))
 
@@ -438,12 +441,21 @@ class StateServer:
         if conn.claims.role == "observer":
             raise Forbidden("observers cannot update")
         game = conn.game
-        head = game.head
-        if head is None:  # the game's creation failed to commit; nothing to update
-            raise DatabaseError("the game is not available")
-        if expected is not None and expected != head.version:
-            raise errors.Conflict(head.version)
-        new = apply_update(head, update, time.time())
+        while True:
+            head = game.head
+            if head is None:  # the game's creation failed to commit; nothing to update
+                raise DatabaseError("the game is not available")
+            try:
+                if expected is not None and expected != head.version:
+                    raise errors.Conflict(head.version)
+                new = apply_update(head, update, time.time())
+                break
+            except errors.StateError:
+                if not game.pending:
+                    raise
+                # A refusal must not show a change that is not committed yet (note 36):
+                # decide again once the pending changes are durable (or failed).
+                await self.games.flush(game)
         re_id = request.id
 
         def on_commit(change: Change, out: Outbox) -> None:

@@ -1,7 +1,9 @@
 """The new server's error tree. Every error knows its wire code and, when it ends the
 connection, its close code; library errors are converted at the boundary (`raise … from exc`).
 
-    StateServerError                      INTERNAL, stays open
+    StateServerError                      (abstract: every error below has its own code)
+    ├── Internal                          INTERNAL, stays open (1011 on CONNECT)
+    │   └── DatabaseError                 storage failed: nothing was applied
     ├── ProtocolError                     (message-level problems)
     │   ├── BadMessage                    BAD_MESSAGE
     │   └── UnknownType                   UNKNOWN_TYPE
@@ -13,7 +15,6 @@ connection, its close code; library errors are converted at the boundary (`raise
     │   ├── NotFound                      NOT_FOUND (4404 on CONNECT)
     │   ├── Conflict                      CONFLICT (+ version)
     │   └── InvalidState                  INVALID_STATE
-    ├── DatabaseError                     INTERNAL: nothing was applied
     └── WebSocketError                    transport failures (never sent on the wire)
 """
 
@@ -101,10 +102,15 @@ class InvalidState(StateError):
     code = "INVALID_STATE"
 
 
-class DatabaseError(StateServerError):
-    """Storage failed; the change was not applied."""
+class Internal(StateServerError):
+    """The server failed; nothing was applied (note 37: a failed CONNECT closes 1011)."""
 
     code = "INTERNAL"
+    connect_close_code = 1011
+
+
+class DatabaseError(Internal):
+    """Storage failed; the change was not applied."""
 
 
 class WebSocketError(StateServerError):

@@ -199,9 +199,12 @@ def _loads_slow(raw: str) -> Any:
     """Strict JSON that keeps integers of any size exact (note 30); NaN and Infinity stay
     refused, as in orjson."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant)
+        # an unpaired surrogate escape is not text (note 35); orjson refuses it too
+        json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:
         raise BadMessage("the frame is not valid JSON") from exc
+    return body
 
 
 def with_re(error: StateServerError, re_id: str | None) -> StateServerError:
@@ -246,8 +249,8 @@ def parse_update(body: dict[str, Any]) -> tuple[Update, int | None]:
     unknown = updates.keys() - UPDATE_KEYS
     if unknown:
         raise BadMessage(f"unknown key in `updates`: {sorted(unknown)[0][:64]!r}")
-    expected = body.get("expected_version")
-    if "expected_version" in body and not is_int(expected):
+    expected = body.get("expected_version")  # null is absent (note 32)
+    if expected is not None and not is_int(expected):
         raise BadMessage("`expected_version` must be an integer")
     update = Update()
     if "status" in updates:
@@ -404,9 +407,11 @@ def parse_import(value: object, now: float) -> GameState:
 def parse_list_games(body: dict[str, Any]) -> tuple[str | None, int]:
     """`LIST_GAMES`'s `after` and `limit` (note 23)."""
     after = body.get("after")
-    if after is not None and not isinstance(after, str):
-        raise BadMessage("`after` must be a game id")
-    limit = body.get("limit", 100)
+    if after is not None and not is_identifier(after):
+        raise BadMessage("`after` must be a game id")  # note 33
+    limit = body.get("limit")
+    if limit is None:  # absent or null (note 32)
+        limit = 100
     if not is_int(limit) or not 1 <= limit <= 1000:
         raise BadMessage("`limit` must be an integer from 1 to 1000")
     return after, limit

@@ -223,3 +223,23 @@ async def test_games_are_evicted_from_memory_when_nobody_uses_them(
     again = await open_client()
     connected = await again.connect("alice")
     assert connected["state"]["version"] == 1  # reloaded from disk, not re-created
+
+
+async def test_a_join_that_cannot_be_committed_answers_internal_and_closes_1011(
+    server: StateServer, open_client: OpenClient, tmp_path: Path
+):
+    first = await open_client()
+    await first.connect("alice")
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute(
+            "CREATE TRIGGER boom BEFORE UPDATE ON game_state "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    late = await open_client()
+    error = await late.connect("bob")
+    assert (error["type"], error["code"]) == ("ERROR", "INTERNAL")
+    with pytest.raises(ConnectionClosed):
+        await late.recv()
+    assert late.ws.close_code == 1011
+    state = await first.request(type="GET_STATE", id="s")
+    assert (state["version"], list(state["state"]["scores"])) == (1, ["alice"])

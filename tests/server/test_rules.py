@@ -350,3 +350,20 @@ def test_import_versions_beyond_2_53_are_invalid():
     parse_import(full_state(version=2**53 - 1), NOW)
     with pytest.raises(InvalidState):
         parse_import(full_state(version=2**53), NOW)
+
+
+def test_null_optional_fields_mean_absent():
+    assert parse_update({"updates": {"status": "active"}, "expected_version": None})[1] is None
+    assert parse_list_games({"after": None, "limit": None}) == (None, 100)
+
+
+def test_list_games_after_must_be_a_game_id():
+    with pytest.raises(BadMessage):
+        parse_list_games({"after": "not an id"})
+
+
+def test_unpaired_surrogates_are_not_json_on_both_parsers():
+    with pytest.raises(BadMessage):
+        parse_request('{"type":"HEARTBEAT","id":"h","x":"\\ud800"}')
+    with pytest.raises(BadMessage):  # the slow path (a long number) refuses them too
+        parse_request('{"type":"HEARTBEAT","id":"h","n":1' + "0" * 20 + ',"x":"\\ud800"}')
