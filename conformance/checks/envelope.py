@@ -1,10 +1,10 @@
-"""The message envelope: frames, JSON, `id`, `type` (PROTOCOL.md "Messages", notes 1-7)."""
+"""The message envelope: frames, JSON, `id`, `type` (PROTOCOL.md "Messages", notes 1-7, 35)."""
 
 from __future__ import annotations
 
 import json
 
-from conformance.context import CheckContext
+from conformance.context import CheckContext, expect_state
 from conformance.registry import check, expect_equal
 
 
@@ -130,3 +130,87 @@ async def checks_in_order(ctx: CheckContext) -> None:
     # unknown type before anything about fields
     await conn.request_error("UNKNOWN_TYPE", "NOPE", updates=5)
     await conn.expect_open()
+
+
+# A JSON integer beyond 64 bits: servers may read such frames on a slower, exact path (note 30).
+HUGE = "123456789012345678901234567890"
+# Unpaired surrogate escapes, as JSON text (backslashes kept): high alone, low alone, high
+# followed by a non-surrogate, a low before a high.
+UNPAIRED = (r"\ud800", r"\udfff", r"\ud83dx", r"\ude00\ud83d", r"ab\udc00")
+
+
+def _surrogate_frames(huge: bool) -> list[str]:
+    """Frames that are JSON but for one unpaired surrogate escape (in a value, the id, a key)."""
+    number = f', "n": {HUGE}' if huge else ""
+    frames = [f'{{"type": "HEARTBEAT", "id": "s"{number}, "x": "{bad}"}}' for bad in UNPAIRED]
+    frames += [
+        f'{{"type": "HEARTBEAT", "id": "{UNPAIRED[0]}"{number}}}',
+        f'{{"type": "HEARTBEAT"{number}, "{UNPAIRED[1]}": 1, "id": "s"}}',
+        f'{{"type": "HEARTBEAT", "id": "s", "x": ["{UNPAIRED[0]}", -{HUGE}]}}'
+        if huge
+        else f'{{"type": "HEARTBEAT", "id": "s", "x": {{"y": ["{UNPAIRED[0]}"]}}}}',
+    ]
+    return frames
+
+
+async def _surrogates_refused(ctx: CheckContext, huge: bool) -> None:
+    conn = await ctx.open(ctx.game_url(ctx.game_id()))
+    first = _surrogate_frames(huge)[0]
+    await conn.send_raw(first)  # "not JSON" comes before authentication (note 1)
+    await conn.expect_error("BAD_MESSAGE", re=None, what=f"{first} before CONNECT")
+    await ctx.connect(conn, ctx.token("alice"))
+    for frame in _surrogate_frames(huge):
+        await conn.send_raw(frame)
+        await conn.expect_error("BAD_MESSAGE", re=None, what=frame)
+    # a paired escape is text: the id is the one character it spells
+    number = f', "n": {HUGE}' if huge else ""
+    await conn.send_raw(f'{{"type": "HEARTBEAT", "id": "\\ud83d\\ude00"{number}}}')
+    await conn.recv_type("HEARTBEAT_ACK", re="\U0001f600", what="a paired surrogate escape")
+    await conn.expect_open()
+
+
+@check("envelope.unpaired_surrogate_escape_is_bad_message_with_null_re")
+async def unpaired_surrogate(ctx: CheckContext) -> None:
+    """Note 35: a string with an unpaired surrogate escape ("\\ud800") is not text: the frame is
+    not JSON (BAD_MESSAGE, `re` null, even with a readable `id`), stays open; a pair is text."""
+    await _surrogates_refused(ctx, huge=False)
+
+
+@check("envelope.unpaired_surrogate_escape_is_bad_message_beside_a_huge_integer")
+async def unpaired_surrogate_huge(ctx: CheckContext) -> None:
+    """Notes 35 and 30: the surrogate rule holds in frames with an integer beyond 64 bits too
+    (which servers may parse on another path): BAD_MESSAGE, `re` null, stays open."""
+    await _surrogates_refused(ctx, huge=True)
+
+
+@check("envelope.a_repeated_key_keeps_its_last_value")
+async def repeated_key(ctx: CheckContext) -> None:
+    """Note 35: a key repeated in one object keeps its last value (`id`, `type`, keys inside
+    `updates`), on frames with an integer beyond 64 bits too."""
+    game, (alice,), _ = await ctx.new_game("alice")
+    for frame, re in (
+        ('{"type": "HEARTBEAT", "id": "a", "id": "b"}', "b"),
+        ('{"type": "HEARTBEAT", "id": 5, "id": "c"}', "c"),
+        ('{"type": "NOPE", "id": "d", "type": "HEARTBEAT"}', "d"),
+        (f'{{"type": "HEARTBEAT", "id": "e", "n": {HUGE}, "id": "f"}}', "f"),
+        (f'{{"type": "HEARTBEAT", "id": {HUGE}, "id": "g"}}', "g"),
+    ):
+        await alice.send_raw(frame)
+        await alice.recv_type("HEARTBEAT_ACK", re=re, what=f"HEARTBEAT_ACK re={re!r} for {frame}")
+    await alice.send_raw('{"type": "HEARTBEAT", "id": "h", "id": 5}')
+    await alice.expect_error("BAD_MESSAGE", re=None, what="a last `id` that is not readable")
+    await alice.send_raw('{"type": "HEARTBEAT", "id": "i", "type": "NOPE"}')
+    await alice.expect_error("UNKNOWN_TYPE", re="i", what="a last `type` that is unknown")
+    await alice.send_raw(
+        '{"type": "STATE_UPDATE", "id": "u1", "updates": {"scores": {"alice": 1, "alice": 7}}}'
+    )
+    await alice.recv_type("ACK", re="u1")
+    state = await expect_state(alice, game, 2, "the update with a repeated score")
+    expect_equal("alice's score (last of 1, 7)", 7, state["scores"]["alice"])
+    await alice.send_raw(
+        '{"type": "STATE_UPDATE", "id": "u2", "updates": {"status": "bogus", "status": "active"},'
+        f' "n": {HUGE}, "expected_version": {HUGE}, "expected_version": 2}}'
+    )
+    await alice.recv_type("ACK", re="u2")
+    state = await expect_state(alice, game, 3, "the update with a repeated status")
+    expect_equal("status (last of bogus, active)", "active", state["status"])
