@@ -1,4 +1,5 @@
-"""The admin path: LIST_GAMES, GET_STATE with game_id, IMPORT_STATE (notes 14, 23, 24)."""
+"""The admin path: LIST_GAMES, GET_STATE with game_id, IMPORT_STATE (notes 14, 23, 24, 29,
+31-34)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from conformance.registry import ConformanceFailure, check, expect, expect_equal
 from conformance.shapes import is_int, is_timestamp, without_volatile
 
 MAX_ID = "z" * 64  # the greatest identifier in byte order
+MIN_ID = "-"  # the least identifier in byte order
+MAX_VERSION = 2**53 - 1  # note 31: the largest integer every JSON implementation holds exactly
 
 
 def _state(game_id: str, version: int, **overrides: Any) -> dict[str, Any]:
@@ -301,4 +304,78 @@ async def import_invalid_state(ctx: CheckContext) -> None:
         await admin.request_error("INVALID_STATE", "IMPORT_STATE", state=state)
     expect_equal(
         "version after refused imports", 5, (await get_state(admin, game, game_id=game))["version"]
+    )
+
+
+@check("admin.list_games_null_after_and_null_limit_mean_absent")
+async def list_games_null_fields(ctx: CheckContext) -> None:
+    """Note 32: `null` for `LIST_GAMES.after` or `limit` means the field is absent: no `after`
+    starts at the first game (uses the least possible id), no `limit` is 100."""
+    prefix = f"ln-{secrets.token_hex(5)}-"
+    ids = [f"{prefix}{i:03d}" for i in range(101)]
+    await _import_many(ctx, ids)
+    admin = await ctx.admin()
+    await _import(admin, _state(MIN_ID, 1))
+    games, nxt = await _list(admin, after=prefix, limit=None)
+    expect_equal("games on a page with limit null", ids[:100], [g["game_id"] for g in games])
+    expect_equal("next with limit null", ids[99], nxt)
+    games, _ = await _list(admin, after=None, limit=1)
+    expect_equal("first game with after null", [MIN_ID], [g["game_id"] for g in games])
+    games, _ = await _list(admin, after=None, limit=None)
+    names = [g["game_id"] for g in games]
+    expect(names[:1] == [MIN_ID], f"first game with after and limit null: {names[:3]!r}")
+    expect(len(names) <= 100, f"{len(names)} games on a page with limit null (default 100)")
+    expect_equal("order of the page", sorted(names), names)
+
+
+@check("admin.list_games_after_breaking_the_identifier_rules_is_bad_message")
+async def list_games_bad_after(ctx: CheckContext) -> None:
+    """Note 33: `LIST_GAMES.after` must be a game id; a string breaking the identifier rules
+    is BAD_MESSAGE (like an ill-typed one), stays open."""
+    admin = await ctx.admin()
+    for bad in ("", "x" * 65, "bad id", "a/b", "caf\u00e9", "a\u0000", "*", "g1 "):
+        await admin.request_error("BAD_MESSAGE", "LIST_GAMES", after=bad)
+    await _list(admin, after="x" * 64, limit=1)
+    await _list(admin, after="A-z_0.9", limit=1)
+    await admin.expect_open()
+
+
+@check("admin.import_state_ignores_extra_keys_inside_state")
+async def import_extra_keys(ctx: CheckContext) -> None:
+    """Note 34: extra keys inside `IMPORT_STATE.state` are ignored (like note 4's top-level
+    fields): the import is accepted and neither its broadcast nor GET_STATE shows them."""
+    game, (alice,), _ = await ctx.new_game("alice")
+    admin = await ctx.admin()
+    imported = _state(game, 7)
+    extras = {"extra": 1, "players": ["alice"], "Version": 99, "meta": {"a": [None]}, "x": None}
+    await _import(admin, {**imported, **extras})
+    expect_equal("import broadcast", imported, await expect_state(alice, game, 7, "the import"))
+    expect_equal("state after import", imported, await get_state(admin, game, game_id=game))
+    created = ctx.game_id()
+    await _import(admin, {**_state(created, 3), "unknown_key": "v"})
+    expect_equal(
+        "state of a game created by an import with an extra key",
+        _state(created, 3),
+        await get_state(admin, created, game_id=created),
+    )
+
+
+@check("admin.import_state_version_up_to_2_53_minus_1_is_accepted_and_above_is_invalid_state")
+async def import_version_range(ctx: CheckContext) -> None:
+    """Notes 31 and 30: IMPORT_STATE's `version` may be as high as 2^53 - 1; above it (any size
+    of integer) is INVALID_STATE, not BAD_MESSAGE, and nothing changes."""
+    admin = await ctx.admin()
+    game = ctx.game_id()
+    await _import(admin, _state(game, MAX_VERSION))
+    state = await get_state(admin, game, game_id=game)
+    expect_equal("version after importing 2^53 - 1", MAX_VERSION, state["version"])
+    for version in (MAX_VERSION + 1, MAX_VERSION + 2, 2**63, 2**64, 10**30):
+        await admin.request_error("INVALID_STATE", "IMPORT_STATE", state=_state(game, version))
+    other = ctx.game_id()
+    await admin.request_error("INVALID_STATE", "IMPORT_STATE", state=_state(other, 2**53))
+    await admin.request_error("NOT_FOUND", "GET_STATE", game_id=other)
+    expect_equal(
+        "state after refused imports",
+        _state(game, MAX_VERSION),
+        await get_state(admin, game, game_id=game),
     )
