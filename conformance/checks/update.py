@@ -1,10 +1,23 @@
-"""STATE_UPDATE: each key's effect, versions, broadcast, conflicts, rights (notes 17, 18, 20-22)."""
+"""STATE_UPDATE: each key's effect, versions, broadcast, conflicts, rights (notes 17, 18, 20-22,
+32, 36)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
+from conformance.client import Conn
 from conformance.context import CheckContext, expect_state, get_state, update
-from conformance.registry import check, expect, expect_equal
-from conformance.shapes import DEFAULT_TIMER, SCORE_MAX, SCORE_MIN, TIMER_MAX, without_volatile
+from conformance.registry import ConformanceFailure, check, expect, expect_equal
+from conformance.shapes import (
+    DEFAULT_TIMER,
+    SCORE_MAX,
+    SCORE_MIN,
+    TIMER_MAX,
+    is_int,
+    without_volatile,
+)
 
 
 @check("update.status_key_sets_the_status")
@@ -264,3 +277,88 @@ async def initial_time_keeps_timers(ctx: CheckContext) -> None:
     expect_equal("alice's timer", DEFAULT_TIMER, state["timer"]["alice"])
     _, joined = await ctx.game(game, "bob")
     expect_equal("timers", {"alice": DEFAULT_TIMER, "bob": 86_400_000}, joined["timer"])
+
+
+@check("update.null_expected_version_means_absent")
+async def expected_version_null(ctx: CheckContext) -> None:
+    """Note 32: `expected_version: null` means the field is absent: the update is accepted at any
+    version, and a rule break is INVALID_STATE (not CONFLICT, not BAD_MESSAGE)."""
+    game, (alice,), _ = await ctx.new_game("alice")
+    await update(alice, game, 2, updates={"status": "active"}, expected_version=None)
+    await update(alice, game, 3, updates={"scores": {"alice": 4}}, expected_version=None)
+    await alice.request_error(
+        "INVALID_STATE", "STATE_UPDATE", updates={"current_player": "nobody"}, expected_version=None
+    )
+    expect_equal("version", 3, (await get_state(alice, game))["version"])
+
+
+def _version(msg: dict[str, Any]) -> int:
+    version = msg.get("version")
+    if not is_int(version):
+        raise ConformanceFailure(f"`version` should be an integer: {json.dumps(msg)}")
+    return version
+
+
+async def _answer(conn: Conn, mid: str, broadcasts: list[int]) -> dict[str, Any]:
+    """The answer to `mid`, noting the versions of the STATE broadcasts received before it."""
+    while True:
+        msg = await conn.recv(what=f"the answer to {mid}")
+        if msg.get("type") == "STATE" and "re" not in msg:
+            broadcasts.append(_version(msg))
+            continue
+        if msg.get("re") != mid:
+            raise ConformanceFailure(f"expected the answer to {mid}, got {json.dumps(msg)}")
+        return msg
+
+
+@check("update.versions_shown_under_concurrent_changes_are_never_ahead_of_committed_ones")
+async def shown_versions_committed(ctx: CheckContext) -> None:
+    """Note 36: nothing uncommitted is shown. While another player's updates are committed, a
+    CONFLICT's `version` is never ahead of a later GET_STATE on the same connection, the
+    versions a connection is shown never go back, and each is one it also gets as a committed
+    change's STATE broadcast (a correct server always passes; a wrong one is caught when the
+    timing exposes it)."""
+    _, (alice, bob), joined = await ctx.new_game("alice", "bob")
+    n = 60  # within the burst: nothing is rate limited
+    last = joined["version"] + n
+
+    async def alice_updates() -> list[int]:
+        """One update after another: many commits, spread over the time bob reads."""
+        acks = []
+        for _ in range(n):
+            mid = await alice.send_msg("STATE_UPDATE", updates={"score_deltas": {"alice": 1}})
+            acks.append(_version(await _answer(alice, mid, [])))
+        return acks
+
+    async def bob_reads() -> list[tuple[str, int]]:
+        shown = []
+        for i in range(n // 2):
+            mid = await bob.send_msg(
+                "STATE_UPDATE", updates={"status": "waiting"}, expected_version=0
+            )
+            err = await _answer(bob, mid, broadcasts)
+            expect_equal(f"answer {i} to a stale expected_version", "CONFLICT", err.get("code"))
+            shown.append(("CONFLICT", _version(err)))
+            mid = await bob.send_msg("GET_STATE")
+            msg = await _answer(bob, mid, broadcasts)
+            expect_equal(f"answer {i} to GET_STATE", "STATE", msg.get("type"))
+            shown.append(("GET_STATE", _version(msg)))
+        return shown
+
+    broadcasts: list[int] = []
+    acks, shown = await asyncio.gather(alice_updates(), bob_reads())
+    expected_acks = list(range(joined["version"] + 1, last + 1))
+    expect_equal("ACK versions of alice's updates", expected_acks, acks)
+    versions = [v for _, v in shown]
+    expect(
+        versions == sorted(versions),
+        f"versions shown to bob went back (CONFLICT then GET_STATE, in turn): {shown}",
+    )
+    expect(all(joined["version"] <= v <= last for v in versions), f"versions out of range: {shown}")
+    while not broadcasts or broadcasts[-1] < last:
+        msg = await bob.recv(what=f"STATE broadcasts up to version {last}")
+        if msg.get("type") == "STATE" and "re" not in msg:
+            broadcasts.append(_version(msg))
+    committed = {joined["version"], *broadcasts}
+    phantom = [s for s in shown if s[1] not in committed]
+    expect(phantom == [], f"versions shown to bob but never broadcast as committed: {phantom}")
