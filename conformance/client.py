@@ -225,7 +225,7 @@ class Conn:
 
 
 class RawConn:
-    """A hand-made WebSocket client that never answers pings (for the idle deadline)."""
+    """A hand-made WebSocket client that answers pings only when told to (idle and pings)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -255,6 +255,11 @@ class RawConn:
     async def send_text(self, text: str) -> None:
         """Send a masked text frame."""
         self.writer.write(wire.encode_frame(wire.OP_TEXT, text.encode()))
+        await self.writer.drain()
+
+    async def send_pong(self, payload: bytes) -> None:
+        """Answer a ping: a masked pong frame echoing its payload."""
+        self.writer.write(wire.encode_frame(wire.OP_PONG, payload))
         await self.writer.drain()
 
     async def next_frame(self, within: float) -> wire.Frame | None:

@@ -27,5 +27,6 @@ class SuiteConfig:
         """The bound on one check: a hang is a failure, never a hang of the suite."""
         if not slow:
             return self.check_timeout
-        # slow checks wait for the server's own deadlines (idle, CONNECT), with margin
-        return self.check_timeout + 2 * max(self.connect_timeout, self.idle_timeout)
+        # slow checks wait for the server's own deadlines (idle, CONNECT), up to three idle
+        # periods (note 38), with margin
+        return self.check_timeout + 4 * max(self.connect_timeout, self.idle_timeout)

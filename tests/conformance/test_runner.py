@@ -73,7 +73,7 @@ async def test_runner_bounds_concurrency() -> None:
 def test_slow_checks_get_the_server_deadlines_on_top_of_the_check_timeout() -> None:
     config = SuiteConfig(check_timeout=30, connect_timeout=10, idle_timeout=60)
     assert config.timeout_for(slow=False) == 30
-    assert config.timeout_for(slow=True) == 150
+    assert config.timeout_for(slow=True) == 270
 
 
 def test_an_empty_report_is_not_ok() -> None:
