@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +29,7 @@ from websockets.http11 import Response
 
 from server import errors
 from server.auth import Claims, verify
+from server.connection import MessageConnection
 from server.errors import (
     BadMessage,
     DatabaseError,
@@ -58,6 +61,9 @@ log = logging.getLogger("stateshift.server")
 GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
 ADMIN_PATH = "/v1/admin"
 MAX_FRAME = 65_536
+#: answers or messages waiting on one connection beyond which it is no longer read (the
+#: backpressure websockets' receive queue gave, with pipelined requests)
+MAX_WAITING = 64
 
 
 @dataclass(slots=True)
@@ -94,11 +100,34 @@ def dumps(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame)
 
 
+class Slot:
+    """An answer whose frame is not known yet (a commit, or async work, fills `payload`)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+
+
+#: One entry of a connection's answer queue: a frame's JSON payload ready to go, a `Slot`, or
+#: a function called when the entry's turn comes (a frame to build then, or None: an action
+#: such as a close).
+Answer = bytes | Slot | Callable[[], bytes | None]
+
+
 class Conn:
-    """Per-connection bookkeeping."""
+    """Per-connection bookkeeping.
+
+    Answers leave in request order (note 6) through `answers`: its head is always a `Slot` not
+    filled yet (or the queue is empty), so an answer that is ready while the queue is empty is
+    written at once, and filling a slot drains what follows it.
+    """
 
     __slots__ = (
+        "answers",
+        "backlog",
         "claims",
+        "close_sent",
         "closing",
         "game",
         "game_id",
@@ -107,7 +136,9 @@ class Conn:
         "last_ping",
         "limiter",
         "opened",
+        "paused",
         "session_id",
+        "task",
         "ws",
     )
 
@@ -120,7 +151,16 @@ class Conn:
         self.claims: Claims | None = None
         self.game: Game | None = None
         self.session_id = ""
+        #: no message received from now on is processed (a close is decided)
         self.closing = False
+        #: the close has been started
+        self.close_sent = False
+        self.answers: deque[Answer] = deque()
+        #: the message being handled asynchronously; later messages wait in `backlog`
+        self.task: asyncio.Task[None] | None = None
+        self.backlog: deque[tuple[bool, bytes]] = deque()
+        #: reading is paused (too many answers or messages waiting)
+        self.paused = False
 
     def touch(self, *_: object) -> None:
         """Record activity (a message or a pong): the idle clock restarts."""
@@ -145,12 +185,16 @@ class StateServer:
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handlers: dict[str, Callable[[Conn, Request], Awaitable[None]]] = {
-            "CONNECT": self._connect,
+        #: messages handled synchronously, as they are received
+        self._handlers: dict[str, Callable[[Conn, Request], None]] = {
             "HEARTBEAT": self._heartbeat,
             "STATE_UPDATE": self._state_update,
             "GET_STATE": self._get_state,
             "DISCONNECT": self._disconnect,
+        }
+        #: messages that always await something (a load, a read, a commit before answering)
+        self._async_handlers: dict[str, Callable[[Conn, Request, Slot], Awaitable[None]]] = {
+            "CONNECT": self._connect,
             "LIST_GAMES": self._list_games,
             "IMPORT_STATE": self._import_state,
         }
@@ -177,6 +221,7 @@ class StateServer:
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
+            create_connection=MessageConnection,
             max_size=MAX_FRAME,
             compression=None,
             ping_interval=None,  # pings and the idle rule are ours (4408, not 1011)
@@ -229,22 +274,16 @@ class StateServer:
         route = split_path(ws.request.path if ws.request else "")
         if route is None:  # process_request refused it already; belt and braces
             return
+        assert isinstance(ws, MessageConnection)
         conn = Conn(ws, route[0], route[1], time.monotonic(), self.settings)
         self.conns.add(conn)
         self.metrics.connections.labels(conn.kind).inc()
         try:
-            async for raw in ws:
-                if conn.closing:
-                    continue  # closing: what arrives now is not processed
-                now = time.monotonic()
-                conn.last_activity = now
-                retry_ms = conn.limiter.take(now)
-                if retry_ms:
-                    await self._refuse(conn, raw, retry_ms, now)
-                else:
-                    await self._process(conn, raw)
-        except ConnectionClosed:
-            pass
+            ws.attach(functools.partial(self._on_message, conn))
+            await ws.wait_closed()
+            # What was received before the close is still processed, one message at a time.
+            while conn.task is not None:
+                await asyncio.wait((conn.task,))
         finally:
             self.conns.discard(conn)
             self.metrics.connections.labels(conn.kind).dec()
@@ -253,10 +292,64 @@ class StateServer:
                 game.conns.discard(conn)
                 self.games.maybe_evict(game)
 
-    async def _refuse(self, conn: Conn, raw: str | bytes, retry_ms: int, now: float) -> None:
+    def _on_message(self, conn: Conn, is_text: bool, payload: bytes) -> None:
+        """A complete message, called from the connection's `data_received`."""
+        if conn.task is not None or conn.backlog:
+            # A message handled asynchronously goes first (messages are processed one at a
+            # time, note 6); this one waits, and so does reading past a bound.
+            conn.last_activity = time.monotonic()
+            conn.backlog.append((is_text, payload))
+            if len(conn.backlog) > MAX_WAITING and not conn.paused:
+                self._pause(conn)
+            return
+        self._receive(conn, is_text, payload)
+        if len(conn.answers) > MAX_WAITING and not conn.paused:
+            self._pause(conn)
+
+    def _receive(self, conn: Conn, is_text: bool, payload: bytes) -> None:
+        """Process one message now: its answer is written or queued in order."""
+        raw: str | bytes = payload
+        if is_text:
+            try:
+                raw = payload.decode()
+            except UnicodeDecodeError as exc:
+                # As websockets' recv() would, once the answers before it are out: 1007.
+                conn.closing = True
+                ws = conn.ws
+                reason = f"{exc.reason} at position {exc.start}"
+                self._answer(conn, lambda: cast(MessageConnection, ws).fail_soon(1007, reason))
+                return
+        if conn.closing:
+            return  # closing: what arrives now is not processed
+        now = time.monotonic()
+        conn.last_activity = now
+        retry_ms = conn.limiter.take(now)
+        if retry_ms:
+            self._refuse(conn, raw, retry_ms, now)
+            return
+        request: Request | None = None
+        try:
+            request = parse_request(raw)
+            if conn.claims is None and request.type != "CONNECT":
+                raise Unauthenticated("send CONNECT first")
+            handler = self._handlers.get(request.type)
+            if handler is not None:
+                handler(conn, request)
+            else:
+                self._start(conn, request, self._async_handlers[request.type])
+        except StateServerError as exc:
+            re_id = exc.re if exc.re is not None else (request.id if request else None)
+            self._answer(conn, self._error(exc, request.type if request else "invalid", re_id))
+        except Exception:
+            log.exception("unexpected error handling a %s", request.type if request else "frame")
+            failure = errors.Internal("the server failed")
+            kind = request.type if request else "invalid"
+            self._answer(conn, self._error(failure, kind, request.id if request else None))
+
+    def _refuse(self, conn: Conn, raw: str | bytes, retry_ms: int, now: float) -> None:
         """Answer a message over the rate (not processed); close 4429 on abuse (note 25)."""
         if conn.limiter.abusive(now):
-            self._close(conn, errors.CLOSE_RATE_LIMITED, "rate limit abuse")
+            self._close_in_order(conn, errors.CLOSE_RATE_LIMITED, "rate limit abuse")
             return
         re_id = None
         if isinstance(raw, str):
@@ -266,45 +359,136 @@ class StateServer:
                     candidate = body.get("id")
                     if isinstance(candidate, str) and 1 <= len(candidate) <= 64:
                         re_id = candidate
-        self.metrics.message("invalid", "RATE_LIMITED")
-        await self._send_error(conn, errors.RateLimited(retry_ms), re_id)
+        self._answer(conn, self._error(errors.RateLimited(retry_ms), "RATE_LIMITED", re_id))
 
-    async def _process(self, conn: Conn, raw: str | bytes) -> None:
-        request: Request | None = None
-        try:
-            request = parse_request(raw)
-            if conn.claims is None and request.type != "CONNECT":
-                raise Unauthenticated("send CONNECT first")
-            await self._handlers[request.type](conn, request)
-            self.metrics.message(request.type, "ok")
-        except StateServerError as exc:
-            re_id = exc.re if exc.re is not None else (request.id if request else None)
-            self.metrics.message(request.type if request else "invalid", exc.code)
-            await self._send_error(conn, exc, re_id)
-            closes = exc.connect_close_code
-            if request is not None and request.type == "CONNECT" and conn.claims is None and closes:
-                self._close(conn, closes, exc.code)
-        except ConnectionClosed:
-            raise
-        except Exception:
-            log.exception("unexpected error handling a %s", request.type if request else "frame")
-            self.metrics.message(request.type if request else "invalid", "INTERNAL")
-            failure = errors.Internal("the server failed")
-            await self._send_error(conn, failure, request.id if request else None)
-            if request is not None and request.type == "CONNECT" and conn.claims is None:
-                self._close(conn, errors.CLOSE_SERVER_ERROR, failure.code)
-
-    async def _send_error(self, conn: Conn, exc: StateServerError, re_id: str | None) -> None:
+    def _error(self, exc: StateServerError, message_type: str, re_id: str | None) -> bytes:
+        """An `ERROR` frame's payload, counted (the message by its type, the frame by code)."""
+        if message_type == "RATE_LIMITED":
+            self.metrics.message("invalid", "RATE_LIMITED")
+        else:
+            self.metrics.message(message_type, exc.code)
         self.metrics.errors.labels(exc.code).inc()
         frame = {"type": "ERROR", "re": re_id, "code": exc.code, "message": exc.message}
         frame.update(exc.extra())
-        await conn.ws.send(dumps(frame), text=True)
+        return dumps(frame)
+
+    # ----------------------------------------------------------------- answers in order
+
+    def _answer(self, conn: Conn, answer: bytes | Callable[[], bytes | None]) -> None:
+        """Answer the message being processed: now when nothing is waiting before it, else
+        in its turn."""
+        if conn.answers:
+            conn.answers.append(answer)
+            return
+        payload = answer if isinstance(answer, bytes) else answer()
+        if payload is not None:
+            write(conn, payload)
+
+    def _drain(self, conn: Conn, out: Outbox | None) -> None:
+        """Send the answers at the head of the queue that are ready, in order (into `out`
+        during a group commit, else in one write), up to the first slot not filled yet."""
+        answers = conn.answers
+        frames: list[bytes] = []
+        while answers:
+            entry = answers[0]
+            if isinstance(entry, Slot):
+                payload = entry.payload
+                if payload is None:
+                    break
+                answers.popleft()
+                if not payload:  # its handler was cancelled: no answer
+                    continue
+            elif isinstance(entry, bytes):
+                answers.popleft()
+                payload = entry
+            else:
+                answers.popleft()
+                if out is None and frames:  # an action (a close) comes after what precedes it
+                    write_now(conn.ws, b"".join(frames))
+                    frames.clear()
+                payload = entry()
+                if payload is None:
+                    continue
+            if out is not None:
+                out.add(conn, payload)
+            else:
+                frames.append(text_frame(payload))
+        if frames:
+            write_now(conn.ws, frames[0] if len(frames) == 1 else b"".join(frames))
+        if conn.paused:
+            self._maybe_resume(conn)
+
+    def _pause(self, conn: Conn) -> None:
+        transport = conn.ws.transport
+        if transport is not None and not transport.is_closing():
+            conn.paused = True
+            transport.pause_reading()
+
+    def _maybe_resume(self, conn: Conn) -> None:
+        if len(conn.answers) <= MAX_WAITING // 4 and len(conn.backlog) <= MAX_WAITING // 4:
+            conn.paused = False
+            transport = conn.ws.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    def _start(
+        self,
+        conn: Conn,
+        request: Request,
+        handler: Callable[[Conn, Request, Slot], Awaitable[None]],
+    ) -> None:
+        """Handle a message that needs to await (I/O, or a flush before a refusal): its
+        answer keeps its place; later messages wait until it is done."""
+        slot = Slot()
+        conn.answers.append(slot)
+        conn.task = asyncio.create_task(self._run(conn, request, handler, slot))
+
+    async def _run(
+        self,
+        conn: Conn,
+        request: Request,
+        handler: Callable[[Conn, Request, Slot], Awaitable[None]],
+        slot: Slot,
+    ) -> None:
+        try:
+            await handler(conn, request, slot)
+            if request.type != "STATE_UPDATE":  # an update is counted when it commits
+                self.metrics.message(request.type, "ok")
+        except StateServerError as exc:
+            if slot.payload is None:  # else a failed commit answered already
+                re_id = exc.re if exc.re is not None else request.id
+                slot.payload = self._error(exc, request.type, re_id)
+            closes = exc.connect_close_code
+            if request.type == "CONNECT" and conn.claims is None and closes:
+                self._close_in_order(conn, closes, exc.code)
+        except Exception:
+            log.exception("unexpected error handling a %s", request.type)
+            failure = errors.Internal("the server failed")
+            if slot.payload is None:
+                slot.payload = self._error(failure, request.type, request.id)
+            if request.type == "CONNECT" and conn.claims is None:
+                self._close_in_order(conn, errors.CLOSE_SERVER_ERROR, failure.code)
+        finally:
+            conn.task = None
+            if slot.payload is None:  # cancelled: nothing will come
+                slot.payload = b""
+            self._drain(conn, None)
+            backlog = conn.backlog
+            while backlog and conn.task is None:
+                self._receive(conn, *backlog.popleft())
+            if conn.paused:
+                self._maybe_resume(conn)
+
+    def _close_in_order(self, conn: Conn, code: int, reason: str) -> None:
+        """Close once the answers before this point are out; process nothing more."""
+        conn.closing = True
+        self._answer(conn, lambda: self._close(conn, code, reason))
 
     def _close(self, conn: Conn, code: int, reason: str) -> None:
-        """Close a connection without waiting for the closing handshake."""
-        if conn.closing:
+        """Close a connection now, without waiting for the closing handshake."""
+        if conn.close_sent:
             return
-        conn.closing = True
+        conn.closing = conn.close_sent = True
         self.metrics.closes.labels(str(code)).inc()
         self._spawn(conn.ws.close(code, reason))
 
@@ -334,7 +518,7 @@ class StateServer:
                     conn.ws.transport is not None
                     and conn.ws.transport.get_write_buffer_size() > s.max_write_buffer
                 ):
-                    conn.closing = True
+                    conn.closing = conn.close_sent = True
                     self.metrics.closes.labels("abort").inc()
                     conn.ws.transport.abort()
                 elif now - conn.last_ping >= ping_every:
@@ -349,24 +533,145 @@ class StateServer:
 
     # ----------------------------------------------------------------- messages
 
-    async def _connect(self, conn: Conn, request: Request) -> None:
+    def _heartbeat(self, conn: Conn, request: Request) -> None:
+        re_id = request.id
+
+        def answer() -> bytes:
+            self.metrics.message("HEARTBEAT", "ok")
+            frame = {"type": "HEARTBEAT_ACK", "re": re_id, "server_time": timestamp(time.time())}
+            return dumps(frame)
+
+        self._answer(conn, answer)
+
+    def _state_update(self, conn: Conn, request: Request) -> None:
+        """Validate against `head` and submit now; the ACK leaves on commit. A refusal that
+        pending changes may explain is decided again after a flush (note 36)."""
+        if conn.game is None:
+            raise BadMessage("STATE_UPDATE goes through the game's path")
+        update, expected = parse_update(request.body)
+        assert conn.claims is not None
+        if conn.claims.role == "observer":
+            raise Forbidden("observers cannot update")
+        game = conn.game
+        head = game.head
+        if head is None:  # the game's creation failed to commit; nothing to update
+            raise DatabaseError("the game is not available")
+        try:
+            if expected is not None and expected != head.version:
+                raise errors.Conflict(head.version)
+            new = apply_update(head, update, time.time())
+        except errors.StateError:
+            if not game.pending:
+                raise
+            self._start(conn, request, self._state_update_after_flush)
+            return
+        slot = Slot()
+        conn.answers.append(slot)
+        self._submit_update(conn, game, new, request.id, slot)
+
+    async def _state_update_after_flush(self, conn: Conn, request: Request, slot: Slot) -> None:
+        update, expected = parse_update(request.body)
+        game = conn.game
+        assert game is not None
+        while True:
+            head = game.head
+            if head is None:
+                raise DatabaseError("the game is not available")
+            try:
+                if expected is not None and expected != head.version:
+                    raise errors.Conflict(head.version)
+                new = apply_update(head, update, time.time())
+                break
+            except errors.StateError:
+                if not game.pending:
+                    raise
+                # A refusal must not show a change that is not committed yet (note 36):
+                # decide again once the pending changes are durable (or failed).
+                await self.games.flush(game)
+        await self._submit_update(conn, game, new, request.id, slot)
+
+    def _submit_update(
+        self, conn: Conn, game: Game, new: GameState, re_id: str, slot: Slot
+    ) -> asyncio.Future[None]:
+        def on_commit(change: Change, out: Outbox) -> None:
+            self.metrics.message("STATE_UPDATE", "ok")
+            ack = dumps({"type": "ACK", "re": re_id, "version": change.new.version})
+            answers = conn.answers
+            if answers and answers[0] is slot:  # always, as the queue's head is this slot
+                answers.popleft()
+                out.add(conn, ack)
+                self._broadcast(change.game, change.new, out)
+                if answers:
+                    self._drain(conn, out)  # answers sent after this update, after its STATE
+            else:
+                slot.payload = ack
+                self._drain(conn, out)
+                self._broadcast(change.game, change.new, out)
+
+        def on_fail(change: Change, exc: DatabaseError) -> None:
+            slot.payload = self._error(exc, "STATE_UPDATE", re_id)
+            self._drain(conn, None)
+
+        return self.games.submit(game, new, on_commit, on_fail)
+
+    def _get_state(self, conn: Conn, request: Request) -> None:
+        game = conn.game
+        if game is None:
+            self._start(conn, request, self._get_state_admin)
+            return
+        re_id = request.id
+
+        def answer() -> bytes:
+            # The committed state when this answer's turn comes: after this connection's
+            # earlier ACKs, never a change that is not committed.
+            state = game.committed
+            if state is None:
+                return self._error(NotFound("the game does not exist"), "GET_STATE", re_id)
+            self.metrics.message("GET_STATE", "ok")
+            return self._state_answer(re_id, state)
+
+        self._answer(conn, answer)
+
+    async def _get_state_admin(self, conn: Conn, request: Request, slot: Slot) -> None:
+        game_id = request.body.get("game_id")
+        if not is_identifier(game_id):
+            raise BadMessage("`game_id` must be a game id")
+        assert isinstance(game_id, str)
+        state = await self.games.peek(game_id)
+        if state is None:
+            raise NotFound("the game does not exist")
+        slot.payload = self._state_answer(request.id, state)
+
+    def _state_answer(self, re_id: str, state: GameState) -> bytes:
+        frame = {
+            "type": "STATE",
+            "re": re_id,
+            "game_id": state.game_id,
+            "version": state.version,
+            "state": state.to_wire(),
+        }
+        return dumps(frame)
+
+    def _disconnect(self, conn: Conn, request: Request) -> None:
+        self.metrics.message("DISCONNECT", "ok")
+        self._answer(conn, dumps({"type": "DISCONNECTED", "re": request.id}))
+        self._close_in_order(conn, errors.CLOSE_NORMAL, "bye")
+
+    async def _connect(self, conn: Conn, request: Request, slot: Slot) -> None:
         if conn.claims is not None:
             raise BadMessage("already connected")
         claims = verify(request.body.get("token"), self.settings.secret, conn.game_id)
         session_id = uuid.uuid4().hex
         if conn.game_id is None:
             conn.claims, conn.session_id = claims, session_id
-            await conn.ws.send(
-                dumps(
-                    {
-                        "type": "CONNECTED",
-                        "re": request.id,
-                        "session_id": session_id,
-                        "player_id": claims.sub,
-                        "role": claims.role,
-                    }
-                ),
-                text=True,
+            slot.payload = dumps(
+                {
+                    "type": "CONNECTED",
+                    "re": request.id,
+                    "session_id": session_id,
+                    "player_id": claims.sub,
+                    "role": claims.role,
+                }
             )
             return
         game = await self.games.acquire(conn.game_id)
@@ -382,7 +687,8 @@ class StateServer:
                         change: Change, out: Outbox, conn: Conn = conn, claims: Claims = claims
                     ) -> None:
                         self._broadcast(change.game, change.new, out)
-                        out.add(conn, self._connected(conn, request.id, claims, change.new))
+                        slot.payload = self._connected(conn, request.id, claims, change.new)
+                        self._drain(conn, out)
                         conn.claims, conn.game = claims, change.game
                         change.game.conns.add(conn)
 
@@ -398,7 +704,7 @@ class StateServer:
             conn.session_id = session_id
             conn.claims, conn.game = claims, game
             game.conns.add(conn)
-            write(conn, self._connected(conn, request.id, claims, state))
+            slot.payload = self._connected(conn, request.id, claims, state)
         finally:
             self.games.release(game)
 
@@ -429,66 +735,7 @@ class StateServer:
         )
         self.metrics.broadcasts.inc(out.fanout(game.conns, frame))
 
-    async def _heartbeat(self, conn: Conn, request: Request) -> None:
-        frame = {"type": "HEARTBEAT_ACK", "re": request.id, "server_time": timestamp(time.time())}
-        await conn.ws.send(dumps(frame), text=True)
-
-    async def _state_update(self, conn: Conn, request: Request) -> None:
-        if conn.game is None:
-            raise BadMessage("STATE_UPDATE goes through the game's path")
-        update, expected = parse_update(request.body)
-        assert conn.claims is not None
-        if conn.claims.role == "observer":
-            raise Forbidden("observers cannot update")
-        game = conn.game
-        while True:
-            head = game.head
-            if head is None:  # the game's creation failed to commit; nothing to update
-                raise DatabaseError("the game is not available")
-            try:
-                if expected is not None and expected != head.version:
-                    raise errors.Conflict(head.version)
-                new = apply_update(head, update, time.time())
-                break
-            except errors.StateError:
-                if not game.pending:
-                    raise
-                # A refusal must not show a change that is not committed yet (note 36):
-                # decide again once the pending changes are durable (or failed).
-                await self.games.flush(game)
-        re_id = request.id
-
-        def on_commit(change: Change, out: Outbox) -> None:
-            out.add(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
-            self._broadcast(change.game, change.new, out)
-
-        await self.games.submit(game, new, on_commit)
-
-    async def _get_state(self, conn: Conn, request: Request) -> None:
-        if conn.game is not None:
-            state = conn.game.committed
-        else:
-            game_id = request.body.get("game_id")
-            if not is_identifier(game_id):
-                raise BadMessage("`game_id` must be a game id")
-            assert isinstance(game_id, str)
-            state = await self.games.peek(game_id)
-        if state is None:
-            raise NotFound("the game does not exist")
-        frame = {
-            "type": "STATE",
-            "re": request.id,
-            "game_id": state.game_id,
-            "version": state.version,
-            "state": state.to_wire(),
-        }
-        await conn.ws.send(dumps(frame), text=True)
-
-    async def _disconnect(self, conn: Conn, request: Request) -> None:
-        await conn.ws.send(dumps({"type": "DISCONNECTED", "re": request.id}), text=True)
-        self._close(conn, errors.CLOSE_NORMAL, "bye")
-
-    async def _list_games(self, conn: Conn, request: Request) -> None:
+    async def _list_games(self, conn: Conn, request: Request, slot: Slot) -> None:
         if conn.kind != "admin":
             raise Forbidden("LIST_GAMES is on the admin path only")
         after, limit = parse_list_games(request.body)
@@ -500,9 +747,9 @@ class StateServer:
             "games": [{"game_id": gid, "version": version} for gid, version in page],
             "next": page[-1][0] if len(rows) > limit else None,
         }
-        await conn.ws.send(dumps(frame), text=True)
+        slot.payload = dumps(frame)
 
-    async def _import_state(self, conn: Conn, request: Request) -> None:
+    async def _import_state(self, conn: Conn, request: Request, slot: Slot) -> None:
         if conn.kind != "admin":
             raise Forbidden("IMPORT_STATE is on the admin path only")
         state = parse_import(request.body.get("state"), time.time())
@@ -510,7 +757,8 @@ class StateServer:
         re_id = request.id
 
         def on_commit(change: Change, out: Outbox) -> None:
-            out.add(conn, dumps({"type": "ACK", "re": re_id, "version": change.new.version}))
+            slot.payload = dumps({"type": "ACK", "re": re_id, "version": change.new.version})
+            self._drain(conn, out)
             self._broadcast(change.game, change.new, out)
 
         try:

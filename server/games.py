@@ -43,7 +43,8 @@ class Game:
 
 @dataclass(eq=False, slots=True)
 class Change:
-    """An accepted change waiting for its commit; `on_commit` queues its frames."""
+    """An accepted change waiting for its commit; `on_commit` queues its frames, `on_fail`
+    (when given) answers a failed commit without anyone awaiting `future`."""
 
     game: Game
     old: GameState | None
@@ -51,6 +52,7 @@ class Change:
     on_commit: Callable[[Change, Outbox], None]
     rows: list[HistoryRow]
     future: asyncio.Future[None]
+    on_fail: Callable[[Change, DatabaseError], None] | None = None
 
 
 class Games:
@@ -132,12 +134,17 @@ class Games:
     # ----------------------------------------------------------------- changes
 
     def submit(
-        self, game: Game, new: GameState, on_commit: Callable[[Change, Outbox], None]
+        self,
+        game: Game,
+        new: GameState,
+        on_commit: Callable[[Change, Outbox], None],
+        on_fail: Callable[[Change, DatabaseError], None] | None = None,
     ) -> asyncio.Future[None]:
         """Accept `new` as the game's next state; the future resolves once it is durable
-        (its frames already sent by `on_commit`) or fails with `DatabaseError`."""
+        (its frames already sent by `on_commit`) or fails with `DatabaseError` (after
+        `on_fail`, if given, was called)."""
         future = asyncio.get_running_loop().create_future()
-        change = Change(game, game.head, new, on_commit, history(game.head, new), future)
+        change = Change(game, game.head, new, on_commit, history(game.head, new), future, on_fail)
         game.head = new
         game.pending += 1
         game.last_change = future
@@ -217,8 +224,14 @@ class Games:
             game = change.game
             game.head = game.committed
             game.pending = 0
+            failure = DatabaseError(f"nothing was applied: {exc.message}")
+            if change.on_fail is not None:
+                try:
+                    change.on_fail(change, failure)
+                except Exception:  # answering must not stop the writer
+                    log.exception("answering a failed change failed")
             if not change.future.done():
-                change.future.set_exception(DatabaseError(f"nothing was applied: {exc.message}"))
+                change.future.set_exception(failure)
                 change.future.exception()  # the handler may be gone; mark it retrieved
         for change in batch:
             self.maybe_evict(change.game)

@@ -1,0 +1,89 @@
+"""A websockets server connection that hands each complete data message to a callback,
+synchronously, as soon as the frame parser produces it.
+
+websockets' own receive path queues every frame in an assembler and wakes the task awaiting
+`recv()`: one future and one task wake-up per message, before the server has done anything.
+Here the message is handled inside `data_received`, so a message that needs no I/O (most of
+them) is validated, applied and answered without a wake-up. websockets keeps everything
+else: the handshake, control frames (pings, pongs, close), the frame size limit (1009), the
+closing handshake and its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.messages import MAX_FRAGMENTS
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
+from websockets.protocol import Event
+
+#: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
+MessageHandler = Callable[[bool, bytes], None]
+
+
+class MessageConnection(ServerConnection):
+    """A `ServerConnection` whose data messages go to `on_message` instead of `recv()`
+    (which is not used)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_message: MessageHandler | None = None
+        #: messages received before `attach` (the handler task had not started yet)
+        self._early: list[tuple[bool, bytes]] = []
+        self._fragments: list[bytes] = []
+        self._fragmented_text = False
+        self._failing: asyncio.Task[None] | None = None
+
+    def attach(self, on_message: MessageHandler) -> None:
+        """Start delivering messages to `on_message`, first those already received."""
+        self._on_message = on_message
+        early, self._early = self._early, []
+        for is_text, payload in early:
+            on_message(is_text, payload)
+
+    def process_event(self, event: Event) -> None:
+        if self.request is None:  # the opening handshake
+            super().process_event(event)
+            return
+        assert isinstance(event, Frame)
+        opcode = event.opcode
+        if opcode is TEXT or opcode is BINARY:
+            if event.fin:
+                self._deliver(opcode is TEXT, bytes(event.data))
+            else:
+                self._fragments = [bytes(event.data)]
+                self._fragmented_text = opcode is TEXT
+        elif opcode is CONT:
+            fragments = self._fragments
+            if len(fragments) >= MAX_FRAGMENTS:  # as websockets' assembler does
+                self._fragments = []
+                self.fail_soon(1009, "too many fragments")
+                return
+            fragments.append(bytes(event.data))
+            if event.fin:
+                self._fragments = []
+                self._deliver(self._fragmented_text, b"".join(fragments))
+        elif opcode is PONG:
+            self.acknowledge_pings(bytes(event.data))
+
+    def _deliver(self, is_text: bool, payload: bytes) -> None:
+        if self._on_message is None:
+            self._early.append((is_text, payload))
+        else:
+            self._on_message(is_text, payload)
+
+    def fail_soon(self, code: int, reason: str) -> None:
+        """Fail the connection (close frame, then TCP close) as `recv()` would on a message it
+        cannot deliver (invalid UTF-8: 1007, too many fragments: 1009)."""
+        # keep a reference: the loop holds tasks weakly
+        self._failing = self.loop.create_task(self._fail(code, reason))
+
+    async def _fail(self, code: int, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async with self.send_context():
+                self.protocol.fail(code, reason)
