@@ -180,6 +180,10 @@ class StateServer:
         self.metrics = metrics or ServerMetrics()
         self.storage = Storage(settings.db)
         self.games = Games(self.storage, self.metrics, settings.max_batch)
+        self.games.after_batch = self._count_batch
+        #: counted during a group commit, added to the metrics once per batch
+        self._acked = 0
+        self._broadcast_frames = 0
         self.conns: set[Conn] = set()
         self.serving = False
         self._server: Server | None = None
@@ -594,7 +598,7 @@ class StateServer:
         self, conn: Conn, game: Game, new: GameState, re_id: str, slot: Slot
     ) -> asyncio.Future[None]:
         def on_commit(change: Change, out: Outbox) -> None:
-            self.metrics.message("STATE_UPDATE", "ok")
+            self._acked += 1
             ack = dumps({"type": "ACK", "re": re_id, "version": change.new.version})
             answers = conn.answers
             if answers and answers[0] is slot:  # always, as the queue's head is this slot
@@ -733,7 +737,15 @@ class StateServer:
                 "state": state.to_wire(),
             }
         )
-        self.metrics.broadcasts.inc(out.fanout(game.conns, frame))
+        self._broadcast_frames += out.fanout(game.conns, frame)
+
+    def _count_batch(self) -> None:
+        if self._acked:
+            self.metrics.message("STATE_UPDATE", "ok", self._acked)
+            self._acked = 0
+        if self._broadcast_frames:
+            self.metrics.broadcasts.inc(self._broadcast_frames)
+            self._broadcast_frames = 0
 
     async def _list_games(self, conn: Conn, request: Request, slot: Slot) -> None:
         if conn.kind != "admin":

@@ -68,6 +68,9 @@ class Games:
         self._writer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        #: called after each committed batch's frames are written (metrics are counted then,
+        #: once per batch rather than once per frame)
+        self.after_batch: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- registry
 
@@ -199,6 +202,8 @@ class Games:
                 # One write per connection for the whole batch, in commit order, before
                 # any handler resumes and answers its next message.
                 outbox.flush()
+                if self.after_batch is not None:
+                    self.after_batch()
                 for change in batch:
                     if not change.future.done():
                         change.future.set_result(None)

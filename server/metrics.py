@@ -75,12 +75,12 @@ class ServerMetrics:
         for message_type in (*MESSAGE_TYPES, "invalid"):
             self.messages.labels(message_type, "ok")
 
-    def message(self, message_type: str, result: str) -> None:
-        """Count one handled message (type outside the protocol's set counts as `invalid`)."""
+    def message(self, message_type: str, result: str, count: int = 1) -> None:
+        """Count handled messages (type outside the protocol's set counts as `invalid`)."""
         child = self._message_children.get((message_type, result))
         if child is None:
             label = message_type if message_type in MESSAGE_TYPES else "invalid"
             child = self.messages.labels(label, result)
             if len(self._message_children) < 512:  # a bounded cache of bound children
                 self._message_children[(message_type, result)] = child
-        child.inc()
+        child.inc(count)

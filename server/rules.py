@@ -9,6 +9,7 @@ Validation follows PROTOCOL.md and `docs/protocol-notes.md`: a value of the wron
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,10 +82,22 @@ def is_int(value: object) -> bool:
     return type(value) is int
 
 
+_last_stamp: list[Any] = [None, ""]  # (millisecond, its text): many changes share one ms
+
+
 def timestamp(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds: `2026-11-26T10:00:00.123Z`."""
+    # The millisecond that `datetime.fromtimestamp` shows: it rounds to microseconds
+    # (half to even), then `isoformat` truncates.
+    fraction, whole = math.modf(epoch)
+    micro = round(fraction * 1e6)
+    millisecond = (int(whole) * 1_000_000 + micro) // 1000
+    if _last_stamp[0] == millisecond:
+        return str(_last_stamp[1])
     text = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
-    return text[:-6] + "Z"
+    text = text[:-6] + "Z"
+    _last_stamp[0], _last_stamp[1] = millisecond, text
+    return text
 
 
 # --------------------------------------------------------------------------- game state
@@ -433,9 +446,12 @@ def history(old: GameState | None, new: GameState) -> list[HistoryRow]:
         ("timers", old.timer if old else {}, new.timer),
         ("settings", old.settings if old else {}, new.settings),
     ):
+        if before == after:  # most changes leave most tables alone (compared in C)
+            continue
         for key, value in after.items():
             if before.get(key) != value:
                 rows.append((table, new.game_id, key, value, new.version, stamp))
-        for key in before.keys() - after.keys():
-            rows.append((table, new.game_id, key, None, new.version, stamp))
+        if not before.keys() <= after.keys():
+            for key in before.keys() - after.keys():
+                rows.append((table, new.game_id, key, None, new.version, stamp))
     return rows
