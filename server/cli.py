@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,9 @@ from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
 
 app = typer.Typer()
+
+#: allocations between collections of the youngest generation (Python's default: 700)
+GC_THRESHOLD_0 = 10_000
 
 
 @app.command()
@@ -67,6 +71,11 @@ def serve(
     def ready() -> None:
         typer.echo(f"listening on {server.url}")
 
+    # What is loaded now lives as long as the process: the collector need not scan it again.
+    # Each message allocates a few dozen short-lived objects (almost never in cycles), so the
+    # young generation is collected less often than the default 700 allocations.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_0, 20, 20)
     try:
         code = run(serve_until_signalled(server.start, server.stop, ready))
     except DatabaseError as exc:

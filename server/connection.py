@@ -20,10 +20,21 @@ from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
-from websockets.protocol import Event
+from websockets.protocol import OPEN, Event
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover  (built without the C extension)
+    from websockets.utils import apply_mask
 
 #: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
 MessageHandler = Callable[[bool, bytes], None]
+
+#: first header byte of a final, unfragmented text or binary frame without RSV bits
+FIN_TEXT, FIN_BINARY = 0x81, 0x82
+#: where websockets' frame parser waits when it is between two frames with nothing buffered
+BETWEEN_FRAMES = StreamReader.at_eof.__code__
 
 
 class MessageConnection(ServerConnection):
@@ -45,6 +56,59 @@ class MessageConnection(ServerConnection):
         early, self._early = self._early, []
         for is_text, payload in early:
             on_message(is_text, payload)
+
+    def data_received(self, data: bytes) -> None:
+        # The common case, a segment of whole, final, masked text frames, is unmasked here
+        # directly; websockets' generator-based parser (the same checks, one generator step
+        # per header field) gets whatever else arrives, and everything while it is in the
+        # middle of a frame.
+        if self._on_message is not None and self._between_frames():
+            data = self._parse_simple_frames(data)
+            if not data:
+                return
+        super().data_received(data)
+
+    def _between_frames(self) -> bool:
+        """True when websockets' parser is waiting for a new frame with nothing buffered, in
+        the OPEN state, with no fragmented message in progress and no extension."""
+        protocol = self.protocol
+        if (
+            protocol.state is not OPEN
+            or protocol.current_size is not None
+            or protocol.extensions
+            or protocol.debug
+            or protocol.reader.buffer
+        ):
+            return False
+        generator: Any = protocol.parser
+        while generator.gi_yieldfrom is not None:
+            generator = generator.gi_yieldfrom
+        return generator.gi_code is BETWEEN_FRAMES
+
+    def _parse_simple_frames(self, data: bytes) -> bytes:
+        """Deliver the whole simple frames at the start of `data`; return the rest."""
+        max_size = self.protocol.max_message_size
+        size = len(data)
+        pos = 0
+        while size - pos >= 6:
+            head1, head2 = data[pos], data[pos + 1]
+            if (head1 != FIN_TEXT and head1 != FIN_BINARY) or head2 < 0x80:  # not masked
+                break
+            length = head2 & 0x7F
+            start = pos + 6
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4])
+                start += 2
+            elif length == 127:
+                break
+            if (max_size is not None and length > max_size) or size - start < length:
+                break
+            payload = apply_mask(data[start : start + length], data[start - 4 : start])
+            pos = start + length
+            self._deliver(head1 == FIN_TEXT, payload)
+            if self.protocol.state is not OPEN:
+                break
+        return data[pos:] if pos else data
 
     def process_event(self, event: Event) -> None:
         if self.request is None:  # the opening handshake

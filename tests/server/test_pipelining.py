@@ -177,3 +177,35 @@ async def test_more_pipelined_updates_than_the_bound_are_all_answered_in_order(
     acks = [f for f in await read_frames(client, 2 * count) if f["type"] == "ACK"]
     assert [f["version"] for f in acks] == list(range(2, 2 + count))
     assert all(not conn.answers and not conn.backlog for conn in server.conns)
+
+
+def masked_text(payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A final, masked client text frame, as a client puts it on the wire."""
+    size = len(payload)
+    header = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE)) + size.to_bytes(2)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + body
+
+
+async def test_frames_split_or_joined_across_tcp_segments_are_each_handled_once(
+    open_client: OpenClient,
+):
+    """Whole frames in one segment, a frame split inside its header and its payload, a ping
+    between frames: every message is answered once, in order."""
+    client = await open_client()
+    await client.connect("alice")
+    transport = client.ws.transport
+    beat = [masked_text(b'{"type": "HEARTBEAT", "id": "h%d"}' % n) for n in range(5)]
+    long_id = "x" * 60
+    padded = masked_text(
+        b'{"type": "HEARTBEAT", "id": "%s", "pad": "%s"}' % (long_id.encode(), b"p" * 200)
+    )
+    ping = bytes((0x89, 0x80)) + b"\x00\x00\x00\x00"  # masked, empty payload
+    transport.write(beat[0] + beat[1])  # two whole frames in one segment
+    for chunk in (padded[:1], padded[1:3], padded[3:9], padded[9:50], padded[50:]):
+        transport.write(chunk)  # one frame (16-bit length) in five segments
+        await asyncio.sleep(0.005)  # let the server read each part (the outcome is the same)
+    transport.write(beat[2] + ping + beat[3] + beat[4][:4])
+    transport.write(beat[4][4:])
+    ids = [(await client.recv())["re"] for _ in range(6)]
+    assert ids == ["h0", "h1", long_id, "h2", "h3", "h4"]
