@@ -8,6 +8,7 @@ import typer
 
 from conformance.cli import app as conformance_app
 from legacy.cli import app as legacy_app
+from proxy.cli import app as proxy_app
 from server.cli import app as server_app
 from stateshift.tokens import ROLES, SECRET_ENV, mint_token
 
@@ -18,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 # Each component owns its typer app; their commands appear at the top level.
-for component in (server_app, legacy_app, conformance_app):
+for component in (server_app, legacy_app, conformance_app, proxy_app):
     app.add_typer(component)
 
 

@@ -1,0 +1,107 @@
+"""`stateshift proxy`: run the mirroring proxy and its control plane."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from proxy.admin import ControlPlane
+from proxy.relay import MirrorProxy, ProxySettings
+from proxy.route import UPSTREAMS, Route
+from proxy.state import ProxyState
+from stateshift.runtime import run, serve_until_signalled
+from stateshift.tokens import SECRET_ENV
+
+app = typer.Typer()
+
+
+def host_port(value: str, option: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 in brackets) or fail with a usage error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"{option} must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@app.command()
+def proxy(
+    old: Annotated[str, typer.Option(help="URL of the old server, e.g. ws://10.0.0.5:8765")],
+    new: Annotated[str, typer.Option(help="URL of the new server.")],
+    state: Annotated[Path, typer.Option(help="SQLite file for the route and the history.")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT for clients.")] = "127.0.0.1:8080",
+    admin: Annotated[str, typer.Option(help="HOST:PORT for health, metrics, control.")] = (
+        "127.0.0.1:8081"
+    ),
+    primary: Annotated[
+        str, typer.Option(help="Primary on first start (a persisted route wins).")
+    ] = "old",
+    mirror: Annotated[bool, typer.Option(help="Mirror to the shadow on first start.")] = True,
+    shadow_buffer: Annotated[
+        int, typer.Option(help="Frames a client may have waiting for its shadow.")
+    ] = 1024,
+    gap_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a version nobody claimed.")
+    ] = 5.0,
+    answer_timeout: Annotated[
+        float, typer.Option(help="Seconds before a silent shadow is declared stalled.")
+    ] = 5.0,
+    secret: Annotated[
+        str,
+        typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
+    ] = "",
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    """Run the mirroring proxy: clients connect here as if to the server; every frame goes to
+    the primary (whose answers they get) and, in the primary's order, to the shadow.
+
+    Prints `listening on ws://HOST:PORT` and `admin on http://HOST:PORT` once ready.
+    """
+    if not secret:
+        typer.echo(f"error: {SECRET_ENV} is not set (needed for the admin channel)", err=True)
+        raise typer.Exit(code=2)
+    if primary not in UPSTREAMS:
+        raise typer.BadParameter("--primary must be old or new")
+    for option, url in (("--old", old), ("--new", new)):
+        if not url.startswith("ws://"):
+            raise typer.BadParameter(f"{option} must be a ws:// URL, not {url!r}")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    host, port = host_port(listen, "--listen")
+    admin_host, admin_port = host_port(admin, "--admin")
+    store = ProxyState(state)
+    route = store.load_route(Route(primary=primary, mirroring=mirror))
+    if route.primary != primary:
+        typer.echo(f"route from {state}: primary is {route.primary} (persisted route wins)")
+    settings = ProxySettings(
+        old_url=old,
+        new_url=new,
+        secret=secret,
+        state_path=state,
+        host=host,
+        port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        primary=route.primary,
+        shadow_buffer=shadow_buffer,
+        gap_timeout=gap_timeout,
+        answer_timeout=answer_timeout,
+    )
+    relay = MirrorProxy(settings, route)
+    control = ControlPlane(relay, store, secret, admin_host, admin_port)
+
+    async def start() -> None:
+        await relay.start()
+        await control.start()
+
+    async def stop() -> None:
+        await control.stop()
+        await relay.stop()
+
+    def ready() -> None:
+        typer.echo(f"listening on {relay.url}")
+        typer.echo(f"admin on http://{admin_host}:{control.port}")
+
+    raise typer.Exit(code=run(serve_until_signalled(start, stop, ready)))

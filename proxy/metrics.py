@@ -1,0 +1,129 @@
+"""The proxy's Prometheus metrics (its own registry, served on the admin port).
+
+Labels from fixed sets only: upstream (old|new), role (primary|shadow), direction, reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from proxy.route import UPSTREAMS
+
+DROP_REASONS = ("overflow", "refused", "down", "crash", "closed", "stall", "garbage", "gap")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _Snapshot(Collector):
+    """Gauges computed at scrape time from the live proxy (no bookkeeping per frame)."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        values = self.read()
+        yield GaugeMetricFamily(
+            "stateshift_proxy_shadow_buffer_frames",
+            "Client frames waiting in shadow-bound buffers (all connections).",
+            value=values.get("buffered", 0.0),
+        )
+        yield GaugeMetricFamily(
+            "stateshift_proxy_tap_backlog",
+            "Records waiting in the tap for the comparator.",
+            value=values.get("tap_backlog", 0.0),
+        )
+
+
+class ProxyMetrics:
+    """Every family the proxy exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.client_connections = Gauge(
+            "stateshift_proxy_client_connections",
+            "Client connections open on the proxy.",
+            registry=r,
+        )
+        self.upstream_connections = Gauge(
+            "stateshift_proxy_upstream_connections",
+            "Upstream connections open, by upstream and role.",
+            ["upstream", "role"],
+            registry=r,
+        )
+        self.frames = Counter(
+            "stateshift_proxy_frames_total",
+            "Frames relayed: direction client (client to upstream) or upstream (to the proxy).",
+            ["direction", "upstream", "role"],
+            registry=r,
+        )
+        self.connect_failures = Counter(
+            "stateshift_proxy_upstream_connect_failures_total",
+            "Failed upstream connection attempts, by upstream, role and reason.",
+            ["upstream", "role", "reason"],
+            registry=r,
+        )
+        self.shadow_drops = Counter(
+            "stateshift_proxy_shadow_drops_total",
+            "Shadow losses (a connection's shadow stream given up), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_dropped_frames = Counter(
+            "stateshift_proxy_shadow_dropped_frames_total",
+            "Client frames never mirrored because the shadow was lost, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.not_comparable = Counter(
+            "stateshift_proxy_games_not_comparable_total",
+            "Times a game was marked not comparable, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "stateshift_upstream_latency_seconds",
+            "Time from a client frame reaching an upstream to that upstream's answer.",
+            ["role", "upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.route_primary = Gauge(
+            "stateshift_route_primary",
+            "1 for the upstream that is primary (for all games, or most under a ramp).",
+            ["upstream"],
+            registry=r,
+        )
+        self.route_ramp = Gauge(
+            "stateshift_route_ramp_percent",
+            "Percent of games whose primary is the new server (100 after a flip to new).",
+            registry=r,
+        )
+        self.mirroring = Gauge(
+            "stateshift_proxy_mirroring",
+            "1 while client traffic is mirrored to the shadow.",
+            registry=r,
+        )
+        self.tap_dropped = Counter(
+            "stateshift_proxy_tap_dropped_total",
+            "Tap records dropped because the comparator fell behind.",
+            registry=r,
+        )
+        for upstream in UPSTREAMS:
+            self.route_primary.labels(upstream)
+            for role in ("primary", "shadow"):
+                self.upstream_connections.labels(upstream, role)
+                self.latency.labels(role, upstream)
+                for direction in ("client", "upstream"):
+                    self.frames.labels(direction, upstream, role)
+        for reason in DROP_REASONS:
+            self.shadow_drops.labels(reason)
+            self.shadow_dropped_frames.labels(reason)
+            self.not_comparable.labels(reason)
+
+    def watch(self, read: Callable[[], dict[str, float]]) -> None:
+        """Export gauges read from the live proxy at scrape time."""
+        self.registry.register(_Snapshot(read))

@@ -1,0 +1,576 @@
+"""The relay: client sockets in, two upstream sockets out per client (primary and shadow).
+
+The client path forwards first and thinks later: a client frame is written to the primary
+before anything else happens to it, and a primary frame is written to the client before it
+is parsed. Everything else (parsing a copy, ordering for the shadow, latency, the tap) runs
+after the forward, and the shadow is never awaited by the client path: frames released to
+it are written without awaiting, and its connection is opened, lost and retried on the side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from proxy.metrics import ProxyMetrics
+from proxy.route import Route, other
+from proxy.sequencer import Event, ShadowOrder
+from proxy.tap import Tap, TapNotice, TapRecord
+
+log = logging.getLogger("stateshift.proxy")
+
+GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
+#: request headers passed upstream as they are (auth, cookies, origin, identity)
+FORWARDED_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
+#: close codes that cannot be sent in a close frame: the peer vanished
+NO_CLOSE_FRAME = frozenset({1005, 1006, 1015})
+#: most message ids tracked per upstream and connection for answer latency
+MAX_TRACKED = 4096
+
+
+@dataclass(slots=True)
+class ProxySettings:
+    """Everything `stateshift proxy` can be told."""
+
+    old_url: str
+    new_url: str
+    secret: str
+    state_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    primary: str = "old"
+    max_size: int = 1024 * 1024
+    shadow_buffer: int = 1024
+    gap_timeout: float = 5.0
+    answer_timeout: float = 5.0
+    open_timeout: float = 5.0
+    ping_interval: float | None = 20.0
+    retry_max: float = 5.0
+    #: a shadow whose unsent output exceeds this is given up (it does not read)
+    shadow_write_limit: int = 4 * 1024 * 1024
+    tap_capacity: int = 65_536
+
+
+def parse(data: str | bytes) -> dict[str, Any] | None:
+    """A frame as a JSON object, or None (binary, not JSON, not an object)."""
+    if not isinstance(data, str):
+        return None
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return msg if isinstance(msg, dict) else None
+
+
+def game_of(path: str) -> str | None:
+    """The game id of a game path, else None."""
+    match = GAME_PATH.fullmatch(path.split("?", 1)[0])
+    return match.group(1) if match else None
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """One client connection and its two upstream connections."""
+
+    id: int
+    client: ServerConnection
+    path: str
+    game_id: str | None
+    headers: list[tuple[str, str]]
+    subprotocols: list[Subprotocol]
+    primary: str
+    up: dict[str, ClientConnection | None] = field(default_factory=dict)
+    mirrored: bool = True
+    closed: bool = False
+    #: set when the proxy itself closes the shadow (the client left): not a shadow fault
+    shadow_closing: bool = False
+    connect_frame: str | bytes | None = None
+    #: message id -> time it was forwarded, per upstream (answer latency)
+    sent: dict[str, dict[str, float]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def shadow(self) -> str:
+        return other(self.primary)
+
+    def ended(self) -> bool:
+        """The client is gone (a call, not an attribute: re-read after every await)."""
+        return self.closed
+
+
+class MirrorProxy:
+    """The mirroring proxy's data plane (the control plane is in `proxy.admin`)."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        route: Route,
+        metrics: ProxyMetrics | None = None,
+        tap: Tap | None = None,
+    ) -> None:
+        self.settings = settings
+        self.route = route
+        self.metrics = metrics or ProxyMetrics()
+        self.tap = tap
+        self.urls = {"old": settings.old_url.rstrip("/"), "new": settings.new_url.rstrip("/")}
+        self.order = ShadowOrder(
+            max_buffer=settings.shadow_buffer,
+            gap_timeout=settings.gap_timeout,
+            answer_timeout=settings.answer_timeout,
+        )
+        self.sessions: dict[int, Session] = {}
+        #: open while client frames may flow upstream; cleared during a flip
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self._ids = itertools.count(1)
+        self._handshakes: dict[ServerConnection, tuple[ClientConnection, str]] = {}
+        self._server: Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Future[None]] = set()
+        self.metrics.watch(self._snapshot)
+        self._publish_route()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen for clients."""
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            max_size=self.settings.max_size,
+            compression=None,
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=None,  # a proxy must not invent closes; liveness is the servers' job
+            server_header=None,
+        )
+        self._ticker = asyncio.create_task(self._tick(), name="shadow-order-tick")
+
+    async def stop(self) -> None:
+        """Stop listening and close every client with 1012 (reconnect elsewhere)."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=True, code=1012, reason="proxy restarting")
+        await self._server.wait_closed()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._server = None
+
+    def set_route(self, route: Route) -> None:
+        """Adopt a new route for new connections (flips go through `proxy.switch`)."""
+        self.route = route
+        self._publish_route()
+
+    def _publish_route(self) -> None:
+        route = self.route
+        for upstream in ("old", "new"):
+            self.metrics.route_primary.labels(upstream).set(1 if route.primary == upstream else 0)
+        ramp = route.ramp if route.ramp is not None else (100.0 if route.primary == "new" else 0.0)
+        self.metrics.route_ramp.set(ramp)
+        self.metrics.mirroring.set(1 if route.mirroring else 0)
+
+    def _snapshot(self) -> dict[str, float]:
+        return {
+            "buffered": float(self.order.buffered()),
+            "tap_backlog": float(len(self.tap)) if self.tap is not None else 0.0,
+        }
+
+    # ----------------------------------------------------------------- handshake
+
+    def _upstream_headers(self, ws: ServerConnection, request: Request) -> list[tuple[str, str]]:
+        headers = [
+            (name, value) for name in FORWARDED_HEADERS for value in request.headers.get_all(name)
+        ]
+        peer = ws.remote_address[0] if ws.remote_address else "unknown"
+        prior = ", ".join(request.headers.get_all("X-Forwarded-For"))
+        headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else str(peer)))
+        return headers
+
+    async def _open(
+        self,
+        upstream: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        subprotocols: list[Subprotocol],
+    ) -> ClientConnection:
+        user_agent = dict(headers).get("User-Agent")
+        return await connect(
+            self.urls[upstream] + path,
+            subprotocols=subprotocols or None,
+            additional_headers=[(k, v) for k, v in headers if k != "User-Agent"],
+            user_agent_header=user_agent,
+            open_timeout=self.settings.open_timeout,
+            max_size=self.settings.max_size,
+            compression=None,
+            ping_interval=None,  # the servers ping us; we answer
+            close_timeout=2,
+            proxy=None,
+        )
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return await self._plain_http(ws, request)
+        game_id = game_of(request.path)
+        primary = self.route.primary_for(game_id)
+        headers = self._upstream_headers(ws, request)
+        offered = [
+            Subprotocol(p.strip())
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+            if p.strip()
+        ]
+        try:
+            up = await self._open(primary, request.path, headers, offered)
+        except InvalidStatus as exc:
+            # The primary refused the handshake: the client gets the same answer.
+            self.metrics.connect_failures.labels(primary, "primary", "refused").inc()
+            answer = exc.response
+            return Response(answer.status_code, answer.reason_phrase, Headers(), answer.body)
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            self.metrics.connect_failures.labels(primary, "primary", "down").inc()
+            log.warning("primary %s unreachable: %s", primary, exc)
+            return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
+        self._handshakes[ws] = (up, primary)
+        # A client that vanishes between handshake and handler must not leak the upstream.
+        asyncio.get_running_loop().call_later(
+            self.settings.open_timeout * 2, self._forget_handshake, ws
+        )
+        return None
+
+    def _forget_handshake(self, ws: ServerConnection) -> None:
+        pending = self._handshakes.pop(ws, None)
+        if pending is not None:
+            task = asyncio.ensure_future(pending[0].close())
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
+
+    def _select_subprotocol(self, ws: ServerConnection, offered: Any) -> Subprotocol | None:
+        pending = self._handshakes.get(ws)
+        return pending[0].subprotocol if pending is not None else None
+
+    async def _plain_http(self, ws: ServerConnection, request: Request) -> Response:
+        """A plain HTTP request (health checks): ask the primary, relay its answer."""
+        primary = self.route.primary_for(None)
+        url = self.urls[primary].replace("ws://", "", 1).split("/", 1)[0]
+        host, _, port = url.rpartition(":")
+        try:
+            async with asyncio.timeout(self.settings.open_timeout):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                head = f"GET {request.path} HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n"
+                writer.write(head.encode())
+                raw = await reader.read(1 << 20)
+                writer.close()
+            status_line, _, rest = raw.partition(b"\r\n")
+            _, _, body = rest.partition(b"\r\n\r\n")
+            _, code, reason = status_line.decode(errors="replace").split(" ", 2)
+            status = int(code)
+            return Response(status, reason, Headers([("Content-Type", "text/plain")]), body)
+        except (OSError, TimeoutError, ValueError, IndexError):
+            return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
+
+    # ----------------------------------------------------------------- sessions
+
+    async def _handle(self, client: ServerConnection) -> None:
+        pending = self._handshakes.pop(client, None)
+        if pending is None or client.request is None:
+            return
+        up, primary = pending
+        request = client.request
+        session = Session(
+            id=next(self._ids),
+            client=client,
+            path=request.path,
+            game_id=game_of(request.path),
+            headers=self._upstream_headers(client, request),
+            subprotocols=[up.subprotocol] if up.subprotocol else [],
+            primary=primary,
+            mirrored=self.route.mirroring,
+        )
+        session.up[primary] = up
+        session.sent = {"old": {}, "new": {}}
+        self.sessions[session.id] = session
+        self.metrics.client_connections.inc()
+        self.metrics.upstream_connections.labels(primary, "primary").inc()
+        if session.mirrored:
+            self.order.add_conn(session.id, session.game_id)
+            self._spawn(session, self._shadow_loop(session, session.shadow))
+        reader = self._spawn(session, self._read_upstream(session, primary, up))
+        try:
+            await self._client_loop(session)
+        finally:
+            await self._end(session, reader)
+
+    def _spawn(self, session: Session, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coro)
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+        return task
+
+    async def _client_loop(self, session: Session) -> None:
+        client = session.client
+        frames = self.metrics.frames
+        with contextlib.suppress(ConnectionClosed):
+            async for data in client:
+                if not self.gate.is_set():
+                    await self.gate.wait()  # a flip is swapping roles under us
+                primary = session.primary
+                up = session.up.get(primary)
+                if up is None:
+                    break
+                try:
+                    await up.send(data)  # forward first
+                except ConnectionClosed:
+                    break  # the primary is gone; its reader relays the close
+                frames.labels("client", primary, "primary").inc()
+                if session.mirrored:
+                    self._mirror_client_frame(session, data, primary)
+
+    def _mirror_client_frame(self, session: Session, data: str | bytes, primary: str) -> None:
+        now = time.monotonic()
+        msg = parse(data)
+        if msg is not None:
+            msg_id = msg.get("id")
+            if isinstance(msg_id, str):
+                sent = session.sent[primary]
+                if len(sent) >= MAX_TRACKED:
+                    sent.clear()  # ids never answered: forget them rather than grow
+                sent[msg_id] = now
+            if msg.get("type") == "CONNECT" and session.connect_frame is None:
+                session.connect_frame = data
+        self.order.client_frame(session.id, data, msg, now)
+        self._flush()
+        if self.tap is not None:
+            self.tap.offer(
+                TapRecord(
+                    session.id,
+                    "client",
+                    "primary",
+                    primary,
+                    time.time(),
+                    session.game_id,
+                    data,
+                    msg,
+                )
+            )
+
+    async def _read_upstream(self, session: Session, name: str, up: ClientConnection) -> None:
+        """Read one upstream until it closes; relay its frames while it is primary."""
+        client = session.client
+        frames = self.metrics.frames
+        with contextlib.suppress(ConnectionClosed):
+            async for data in up:
+                primary = session.primary == name
+                if primary:
+                    with contextlib.suppress(ConnectionClosed):
+                        await client.send(data)  # relay first
+                role = "primary" if primary else "shadow"
+                frames.labels("upstream", name, role).inc()
+                if session.mirrored:
+                    self._observe_upstream_frame(session, name, role, data)
+        if session.primary == name and not session.closed:
+            await self._relay_close(session, up)
+
+    def _observe_upstream_frame(
+        self, session: Session, name: str, role: str, data: str | bytes
+    ) -> None:
+        now = time.monotonic()
+        msg = parse(data)
+        if msg is not None:
+            re_id = msg.get("re")
+            if isinstance(re_id, str):
+                started = session.sent[name].pop(re_id, None)
+                if started is not None:
+                    self.metrics.latency.labels(role, name).observe(now - started)
+            if role == "primary":
+                self.order.primary_frame(session.id, msg, now)
+            else:
+                self.order.shadow_frame(session.id, msg, now)
+            self._flush()
+        elif role == "shadow" and session.game_id is not None:
+            # A shadow that answers garbage: what it says can no longer be trusted.
+            self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
+        if self.tap is not None:
+            self.tap.offer(
+                TapRecord(
+                    session.id, "upstream", role, name, time.time(), session.game_id, data, msg
+                )
+            )
+
+    async def _relay_close(self, session: Session, up: ClientConnection) -> None:
+        """The primary closed: the client gets exactly that close (or a vanished peer)."""
+        code = up.close_code
+        client = session.client
+        if code is None or code in NO_CLOSE_FRAME:
+            if client.transport is not None:
+                client.transport.abort()
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await client.close(code, up.close_reason or "")
+
+    async def _end(self, session: Session, reader: asyncio.Task[Any]) -> None:
+        """The client is gone: close the primary (its in-flight answers still feed the
+        shadow's order), let the shadow finish what it was sent, then close it."""
+        session.closed = True
+        self.metrics.client_connections.dec()
+        code = session.client.close_code
+        close_code = 1000 if code is None or code in NO_CLOSE_FRAME else code
+        primary_up = session.up.get(session.primary)
+        if primary_up is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await primary_up.close(close_code, session.client.close_reason or "")
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+            async with asyncio.timeout(self.settings.open_timeout):
+                await reader
+        if session.mirrored:
+            # Bounded: the order declares a silent shadow stalled after answer_timeout.
+            deadline = time.monotonic() + self.settings.answer_timeout
+            while self.order.pending(session.id) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            if self.order.pending(session.id):
+                self.order.shadow_lost(session.id, "stall", time.monotonic())
+                self._flush()
+        if primary_up is not None:
+            self.metrics.upstream_connections.labels(session.primary, "primary").dec()
+        session.shadow_closing = True
+        shadow_up = session.up.get(session.shadow)
+        if shadow_up is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await shadow_up.close(close_code)
+        for task in list(session.tasks):
+            if task is not reader:
+                task.cancel()
+        # Only now: until here its shadow still receives what the order releases for it.
+        self.sessions.pop(session.id, None)
+        self.order.remove_conn(session.id, time.monotonic())
+        self._flush()
+        if self.tap is not None:
+            self.tap.offer(TapNotice("conn_closed", "client closed", session.game_id, session.id))
+
+    # ----------------------------------------------------------------- shadow
+
+    async def _shadow_loop(self, session: Session, name: str) -> None:
+        """Keep a shadow connection for this client, retrying with backoff."""
+        backoff = 0.1
+        revive = False
+        while not session.ended() and session.mirrored:
+            reason = "down"
+            try:
+                up = await self._open(name, session.path, session.headers, session.subprotocols)
+            except InvalidStatus:
+                reason = "refused"
+            except (OSError, TimeoutError, InvalidHandshake):
+                reason = "down"
+            else:
+                if session.ended():
+                    await up.close()
+                    return
+                session.up[name] = up
+                gauge = self.metrics.upstream_connections.labels(name, "shadow")
+                gauge.inc()
+                try:
+                    now = time.monotonic()
+                    if revive:
+                        self.order.revive(session.id, session.connect_frame, now)
+                    else:
+                        self.order.shadow_opened(session.id, now)
+                    self._flush()
+                    backoff = 0.1
+                    await self._read_upstream(session, name, up)
+                finally:
+                    session.up[name] = None
+                    gauge.dec()
+                if session.shadow_closing:
+                    return  # we closed it: the client is gone
+                code = up.close_code
+                if code in (4401, 4403):
+                    reason = "refused"
+                elif code is None or code in NO_CLOSE_FRAME or code == 1011:
+                    reason = "crash"
+                else:
+                    reason = "closed"
+            self.metrics.connect_failures.labels(name, "shadow", reason).inc()
+            self.order.shadow_lost(session.id, reason, time.monotonic())
+            self._flush()
+            if session.ended():
+                return
+            revive = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.retry_max)
+
+    def _flush(self) -> None:
+        """Write what the order released to the shadows (never awaited), report events."""
+        order = self.order
+        releases = order.take_releases()
+        if releases:
+            now = time.monotonic()
+            limit = self.settings.shadow_write_limit
+            for conn_id, data, msg_id in releases:
+                session = self.sessions.get(conn_id)
+                if session is None:
+                    continue
+                name = session.shadow
+                up = session.up.get(name)
+                if up is None:
+                    continue
+                broadcast((up,), data)
+                self.metrics.frames.labels("client", name, "shadow").inc()
+                if msg_id is not None:
+                    session.sent[name][msg_id] = now
+                if up.transport is not None and up.transport.get_write_buffer_size() > limit:
+                    order.shadow_lost(conn_id, "stall", now)
+                    up.transport.abort()
+        events = order.take_events()
+        if events:
+            self._events(events)
+
+    def _events(self, events: list[Event]) -> None:
+        for event in events:
+            if event.kind == "drop":
+                self.metrics.shadow_drops.labels(event.reason).inc()
+                self.metrics.shadow_dropped_frames.labels(event.reason).inc(event.frames)
+            else:
+                self.metrics.not_comparable.labels(event.reason).inc()
+                if self.tap is not None:
+                    self.tap.offer(
+                        TapNotice("not_comparable", event.reason, event.game_id, event.conn_id)
+                    )
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self.order.tick(time.monotonic())
+            self._flush()
+            if self.tap is not None and self.tap.dropped:
+                self.metrics.tap_dropped.inc(self.tap.dropped)
+                self.tap.dropped = 0

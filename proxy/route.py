@@ -1,0 +1,65 @@
+"""Routing: which upstream is primary for a game, and whether the other one is mirrored.
+
+Pure. The route is a value; the proxy swaps it whole. A ramp sends a stable share of games
+(by a hash of `game_id`, the same on every proxy and across restarts) to the new server as
+primary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
+
+UPSTREAMS: Final = ("old", "new")
+
+
+def other(upstream: str) -> str:
+    """The upstream that is not `upstream`."""
+    return "new" if upstream == "old" else "old"
+
+
+def ramp_bucket(game_id: str) -> int:
+    """A stable bucket in [0, 10000) for a game id (basis points of the ramp)."""
+    digest = hashlib.sha256(game_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who is primary (for every game, or per game under a ramp) and whether to mirror."""
+
+    primary: str = "old"
+    mirroring: bool = True
+    #: percent of games (0..100) whose primary is `new`; None: `primary` decides for all
+    ramp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.primary not in UPSTREAMS:
+            raise ValueError(f"primary must be old or new, not {self.primary!r}")
+        if self.ramp is not None and not 0.0 <= self.ramp <= 100.0:
+            raise ValueError("ramp must be a percentage from 0 to 100")
+
+    def primary_for(self, game_id: str | None) -> str:
+        """The primary upstream of a game (admin connections follow `primary`)."""
+        if self.ramp is None or game_id is None:
+            return self.primary
+        return "new" if ramp_bucket(game_id) < self.ramp * 100 else "old"
+
+    def flipped(self) -> Route:
+        """The same route with the roles of old and new swapped (ramp cleared)."""
+        return replace(self, primary=other(self.primary), ramp=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Route:
+        """Inverse of `to_dict` (unknown keys ignored)."""
+        ramp = data.get("ramp")
+        return cls(
+            primary=str(data.get("primary", "old")),
+            mirroring=bool(data.get("mirroring", True)),
+            ramp=None if ramp is None else float(ramp),
+        )

@@ -1,0 +1,471 @@
+"""Shadow ordering: which client frame may go to the shadow now (pure, no I/O).
+
+Two clients of one game race; the primary decides the order with its versions. If the shadow
+applied the same updates in arrival order, every concurrent `set` would become a false
+mismatch. So every shadow-bound frame waits in its connection's FIFO until the primary has
+answered it, which gives it a *placement*:
+
+- `CLAIM v`: it made version v (an `ACK`, or a `CONNECTED` that joined): released when the
+  shadow has applied v-1;
+- `AFTER p`: it happened when the primary was at version p (a refused update, a `GET_STATE`,
+  a `CONNECT` that did not join): released once the shadow has applied p;
+- `FREE`: it has no place in the game's order (heartbeats, frames without a readable id);
+- `SKIP`: the primary did not process it (`RATE_LIMITED`): never mirrored.
+
+State-changing frames (`STATE_UPDATE`, `CONNECT`, `IMPORT_STATE`) go one at a time per game:
+the next waits for the shadow's answer to the previous. A version the proxy never sees a
+claim for (a change made elsewhere) is a *gap*: after `gap_timeout` the game is marked not
+comparable and the order moves on. A shadow that does not answer within `answer_timeout`
+is declared stalled for that connection.
+
+The caller feeds events (`client_frame`, `primary_answer`, `shadow_answer`, …) and sends what
+`take_releases()` returns; `take_events()` reports drops and games that stopped being
+comparable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+WAITING: Final = 0
+FREE: Final = 1
+SKIP: Final = 2
+CLAIM: Final = 3
+AFTER: Final = 4
+
+#: types whose effect on the shadow depends on their order in the game
+STATE_CHANGING: Final = frozenset({"STATE_UPDATE", "CONNECT", "IMPORT_STATE"})
+#: types that never need the primary's answer to be placed
+UNORDERED: Final = frozenset({"HEARTBEAT", "DISCONNECT"})
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One client frame on its way to the shadow."""
+
+    data: str | bytes
+    msg_id: str | None
+    msg_type: str | None
+    exclusive: bool
+    kind: int = WAITING
+    at: int = 0
+    released_at: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class ConnOrder:
+    """A client connection's shadow-bound FIFO."""
+
+    conn_id: int
+    game_id: str | None
+    entries: deque[Entry] = field(default_factory=deque)
+    shadow_open: bool = False
+    dead: bool = False
+    #: released frames whose answer the shadow still owes: (message id, release time)
+    unanswered: deque[tuple[str, float]] = field(default_factory=deque)
+
+
+@dataclass(eq=False, slots=True)
+class GameOrder:
+    """A game's position in the shadow: the last version the shadow applied, in order."""
+
+    game_id: str
+    released: int | None = None
+    busy: Entry | None = None
+    busy_conn: ConnOrder | None = None
+    known: int = 0
+    skipped: set[int] = field(default_factory=set)
+    conns: set[ConnOrder] = field(default_factory=set)
+    gap_since: float | None = None
+    #: recent primary states: version -> players, to tell a join from a reconnect
+    players: dict[int, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the harness must count or act on."""
+
+    kind: str  # "drop" | "not_comparable"
+    reason: str
+    conn_id: int | None = None
+    game_id: str | None = None
+    frames: int = 0
+
+
+class ShadowOrder:
+    """Per-connection FIFOs and per-game release order for shadow-bound frames."""
+
+    def __init__(
+        self,
+        max_buffer: int = 1024,
+        gap_timeout: float = 5.0,
+        answer_timeout: float = 5.0,
+        keep_states: int = 64,
+    ) -> None:
+        self.max_buffer = max_buffer
+        self.gap_timeout = gap_timeout
+        self.answer_timeout = answer_timeout
+        self.keep_states = keep_states
+        self.conns: dict[int, ConnOrder] = {}
+        self.games: dict[str, GameOrder] = {}
+        self._releases: list[tuple[int, str | bytes, str | None]] = []
+        self._events: list[Event] = []
+
+    # ----------------------------------------------------------------- connections
+
+    def add_conn(self, conn_id: int, game_id: str | None) -> None:
+        """A client connection opened (game paths carry their game id)."""
+        conn = ConnOrder(conn_id, game_id)
+        self.conns[conn_id] = conn
+        if game_id is not None:
+            self._game(game_id).conns.add(conn)
+
+    def shadow_opened(self, conn_id: int, now: float) -> None:
+        """The connection's shadow upstream is open: its FIFO may flow."""
+        conn = self.conns.get(conn_id)
+        if conn is not None and not conn.dead:
+            conn.shadow_open = True
+            self._pump(conn, now)
+
+    def shadow_lost(self, conn_id: int, reason: str, now: float) -> None:
+        """The shadow of this connection is gone (refused, crashed, overflow, stalled…):
+        drop what it holds, count it, and let the game's order move on without it."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.dead:
+            return
+        conn.dead = True
+        conn.shadow_open = False
+        conn.unanswered.clear()
+        dropped = len(conn.entries)
+        self._events.append(Event("drop", reason, conn_id, conn.game_id, dropped))
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        if game is not None:
+            self._not_comparable(game, reason)
+            if game.busy_conn is conn:
+                self._answered(game, now)
+            for entry in conn.entries:
+                if entry.kind == CLAIM:
+                    game.skipped.add(entry.at)
+        conn.entries = deque(e for e in conn.entries if e.kind == WAITING)
+        if game is not None:
+            self._pump_game(game, now)
+
+    def revive(self, conn_id: int, replay: str | bytes | None, now: float) -> None:
+        """A lost shadow reconnected: start a fresh FIFO, replaying the client's CONNECT
+        first (the game stays not comparable until it is resynced)."""
+        conn = self.conns.get(conn_id)
+        if conn is None:
+            return
+        conn.dead = False
+        conn.entries.clear()
+        conn.unanswered.clear()
+        if replay is not None:
+            conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
+        self.shadow_opened(conn_id, now)
+
+    def pending(self, conn_id: int) -> int:
+        """Frames of this connection still waiting or in flight to the shadow."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.dead:
+            return 0
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        busy = 1 if game is not None and game.busy_conn is conn else 0
+        return len(conn.entries) + max(busy, len(conn.unanswered))
+
+    def remove_conn(self, conn_id: int, now: float) -> None:
+        """The client connection and both upstreams are closed."""
+        conn = self.conns.pop(conn_id, None)
+        if conn is None:
+            return
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        if game is None:
+            return
+        if not conn.dead:
+            for entry in conn.entries:
+                if entry.kind == CLAIM:
+                    game.skipped.add(entry.at)
+        if game.busy_conn is conn:
+            self._answered(game, now)
+        game.conns.discard(conn)
+        if not game.conns and game.busy is None:
+            del self.games[game.game_id]
+        else:
+            self._pump_game(game, now)
+
+    # ----------------------------------------------------------------- frames
+
+    def client_frame(
+        self, conn_id: int, data: str | bytes, msg: dict[str, Any] | None, now: float
+    ) -> bool:
+        """A client frame was forwarded to the primary; queue its shadow copy.
+
+        `msg` is the frame parsed (None when it is not a JSON object). Returns False when the
+        connection's buffer overflowed (its shadow is then lost, reason `overflow`).
+        """
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.dead:
+            return True
+        if len(conn.entries) >= self.max_buffer:
+            self.shadow_lost(conn_id, "overflow", now)
+            return False
+        msg_id = msg.get("id") if msg is not None else None
+        msg_type = msg.get("type") if msg is not None else None
+        if not isinstance(msg_id, str):
+            msg_id = None
+        if not isinstance(msg_type, str):
+            msg_type = None
+        entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
+        if msg_id is None or conn.game_id is None or msg_type in UNORDERED:
+            entry.kind = FREE
+        conn.entries.append(entry)
+        if len(conn.entries) == 1:
+            self._pump(conn, now)
+        return True
+
+    def primary_frame(self, conn_id: int, frame: dict[str, Any], now: float) -> None:
+        """A frame from the primary (already relayed to the client): learn versions from it
+        and place the client frame it answers."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.game_id is None:
+            if conn is not None and "re" in frame:
+                self._place_admin(conn, frame, now)
+            return
+        game = self._game(conn.game_id)
+        frame_type = frame.get("type")
+        version = frame.get("version")
+        state = frame.get("state")
+        if isinstance(state, dict):
+            version = state.get("version", version)
+            scores = state.get("scores")
+            if type(version) is int and isinstance(scores, dict):
+                self._remember(game, version, frozenset(scores))
+        if type(version) is int and version > game.known and frame_type != "ERROR":
+            game.known = version
+        if "re" not in frame:
+            return  # a broadcast: nothing to place
+        entry = self._waiting(conn, frame.get("re"))
+        if entry is None:
+            return
+        if frame_type == "ACK" and type(version) is int:
+            entry.kind, entry.at = CLAIM, version
+        elif frame_type == "CONNECTED" and type(version) is int:
+            if self._joined(game, frame.get("player_id"), version):
+                entry.kind, entry.at = CLAIM, version
+            else:
+                entry.kind, entry.at = AFTER, version
+        elif frame_type == "STATE" and type(version) is int:
+            entry.kind, entry.at = AFTER, version
+        elif frame_type == "ERROR" and frame.get("code") == "RATE_LIMITED":
+            entry.kind = SKIP  # the primary did not process it: neither may the shadow
+        elif frame_type == "ERROR":
+            conflict = frame.get("version")
+            at = max(game.known, conflict if type(conflict) is int else 0)
+            entry.kind, entry.at = AFTER, at
+        else:
+            entry.kind = FREE
+        if conn.dead and entry.kind == CLAIM:
+            game.skipped.add(entry.at)
+        self._pump(conn, now)
+
+    def shadow_frame(self, conn_id: int, frame: dict[str, Any], now: float) -> None:
+        """A frame from the shadow: an answer to the frame in flight frees the game."""
+        conn = self.conns.get(conn_id)
+        if conn is None or "re" not in frame:
+            return
+        re_id = frame.get("re")
+        unanswered = conn.unanswered
+        for index, (msg_id, _) in enumerate(unanswered):
+            if msg_id == re_id:
+                del unanswered[index]
+                break
+        if conn.game_id is None:
+            return
+        game = self.games.get(conn.game_id)
+        if game is None or game.busy_conn is not conn or game.busy is None:
+            return
+        if frame.get("re") == game.busy.msg_id:
+            self._answered(game, now)
+            self._pump_game(game, now)
+
+    def tick(self, now: float) -> None:
+        """Time passes: declare stalled shadows (a frame unanswered for `answer_timeout`)
+        and gaps."""
+        for conn in list(self.conns.values()):
+            if conn.unanswered and now - conn.unanswered[0][1] > self.answer_timeout:
+                self.shadow_lost(conn.conn_id, "stall", now)
+        for game in list(self.games.values()):
+            if game.gap_since is not None and now - game.gap_since > self.gap_timeout:
+                self._skip_gap(game, now)
+
+    # ----------------------------------------------------------------- output
+
+    def take_releases(self) -> list[tuple[int, str | bytes, str | None]]:
+        """Frames to send to the shadow now, as (conn_id, data, message id), in order."""
+        releases, self._releases = self._releases, []
+        return releases
+
+    def take_events(self) -> list[Event]:
+        """Drops and games that stopped being comparable since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def idle(self) -> bool:
+        """True when nothing waits for the shadow: every FIFO empty, no answer pending."""
+        return all(game.busy is None for game in self.games.values()) and all(
+            not conn.entries for conn in self.conns.values() if not conn.dead
+        )
+
+    def buffered(self) -> int:
+        """Frames waiting in all FIFOs (the buffer depth metric)."""
+        return sum(len(conn.entries) for conn in self.conns.values())
+
+    # ----------------------------------------------------------------- internals
+
+    def _game(self, game_id: str) -> GameOrder:
+        game = self.games.get(game_id)
+        if game is None:
+            game = self.games[game_id] = GameOrder(game_id)
+        return game
+
+    def _remember(self, game: GameOrder, version: int, players: frozenset[str]) -> None:
+        game.players[version] = players
+        if len(game.players) > self.keep_states:
+            del game.players[min(game.players)]
+
+    def _joined(self, game: GameOrder, player: object, version: int) -> bool:
+        """Did the CONNECT answered at `version` add `player`? Yes when the newest earlier
+        state the proxy saw lacked the player, or for a game created by it (version 1)."""
+        earlier = [v for v in game.players if v < version]
+        if not earlier:
+            return version == 1
+        return player not in game.players[max(earlier)]
+
+    def _waiting(self, conn: ConnOrder, re_id: object) -> Entry | None:
+        for entry in conn.entries:
+            if entry.kind == WAITING and entry.msg_id == re_id:
+                return entry
+        return None
+
+    def _place_admin(self, conn: ConnOrder, frame: dict[str, Any], now: float) -> None:
+        entry = self._waiting(conn, frame.get("re"))
+        if entry is not None:
+            rate_limited = frame.get("type") == "ERROR" and frame.get("code") == "RATE_LIMITED"
+            entry.kind = SKIP if rate_limited else FREE
+            self._pump(conn, now)
+
+    def _not_comparable(self, game: GameOrder, reason: str) -> None:
+        self._events.append(Event("not_comparable", reason, None, game.game_id))
+
+    def _answered(self, game: GameOrder, now: float) -> None:
+        entry = game.busy
+        game.busy = game.busy_conn = None
+        if entry is not None and entry.kind == CLAIM:
+            game.released = max(game.released or 0, entry.at)
+            self._advance(game)
+
+    def _advance(self, game: GameOrder) -> None:
+        while game.released is not None and game.released + 1 in game.skipped:
+            game.released += 1
+            game.skipped.discard(game.released)
+
+    def _skip_gap(self, game: GameOrder, now: float) -> None:
+        """A version never claimed here: move on to the lowest waiting placement."""
+        waiting = [
+            c.entries[0].at for c in game.conns if c.entries and c.entries[0].kind in (CLAIM, AFTER)
+        ]
+        game.gap_since = None
+        if not waiting or game.released is None:
+            return
+        self._not_comparable(game, "gap")
+        game.released = max(game.released, min(waiting) - 1)
+        self._advance(game)
+        self._pump_game(game, now)
+
+    def _pump_game(self, game: GameOrder, now: float) -> None:
+        for conn in list(game.conns):
+            self._pump(conn, now)
+
+    def _pump(self, conn: ConnOrder, now: float) -> None:
+        """Release what can go from this connection's FIFO, then from the game's others."""
+        if conn.game_id is None:
+            self._pump_free(conn, now)
+            return
+        game = self._game(conn.game_id)
+        progress = True
+        while progress:
+            progress = False
+            # Placements that are due go before the next version (they are "at their place").
+            for other in [conn, *game.conns]:
+                if self._release_heads(other, game, now, claims=False):
+                    progress = True
+            for other in [conn, *game.conns]:
+                if self._release_heads(other, game, now, claims=True):
+                    progress = True
+                    break
+        self._update_gap(game, now)
+
+    def _pump_free(self, conn: ConnOrder, now: float) -> None:
+        while conn.entries and conn.shadow_open and not conn.dead:
+            head = conn.entries[0]
+            if head.kind == WAITING:
+                return
+            conn.entries.popleft()
+            if head.kind != SKIP:
+                self._emit(conn, head, now)
+
+    def _release_heads(self, conn: ConnOrder, game: GameOrder, now: float, claims: bool) -> bool:
+        released_any = False
+        while conn.entries and conn.shadow_open and not conn.dead:
+            head = conn.entries[0]
+            if head.kind == WAITING:
+                break
+            if head.kind == SKIP:
+                conn.entries.popleft()
+                continue
+            if head.kind == FREE:
+                self._release(conn, game, head, now)
+                released_any = True
+                continue
+            if game.released is None:
+                # The first placement seen for this game sets the base of its order.
+                game.released = head.at - 1 if head.kind == CLAIM else head.at
+            if head.kind == CLAIM:
+                if not claims or game.busy is not None:
+                    break
+                if head.at > game.released + 1:
+                    break  # an earlier version is not placed yet
+            elif head.at > game.released or (head.exclusive and game.busy is not None):
+                break
+            self._release(conn, game, head, now)
+            released_any = True
+            if head.kind == CLAIM:
+                break  # one version at a time
+        return released_any
+
+    def _emit(self, conn: ConnOrder, entry: Entry, now: float) -> None:
+        self._releases.append((conn.conn_id, entry.data, entry.msg_id))
+        if entry.msg_id is not None:
+            conn.unanswered.append((entry.msg_id, now))
+
+    def _release(self, conn: ConnOrder, game: GameOrder, entry: Entry, now: float) -> None:
+        conn.entries.popleft()
+        entry.released_at = now
+        self._emit(conn, entry, now)
+        if entry.exclusive and entry.msg_id is not None and entry.kind in (CLAIM, AFTER):
+            game.busy, game.busy_conn = entry, conn
+
+    def _update_gap(self, game: GameOrder, now: float) -> None:
+        """Start (or stop) the gap clock: placed frames wait for a version nobody claimed."""
+        if game.busy is not None or game.released is None:
+            game.gap_since = None
+            return
+        blocked = any(
+            c.entries and c.entries[0].kind in (CLAIM, AFTER) and not c.dead and c.shadow_open
+            for c in game.conns
+        )
+        if not blocked:
+            game.gap_since = None
+        elif game.gap_since is None:
+            game.gap_since = now

@@ -1,0 +1,73 @@
+"""The tap: every frame from each upstream (and every client frame mirrored), handed to the
+comparator through a bounded buffer that never blocks the relay.
+
+`offer` is synchronous and O(1): when the consumer falls behind, records are dropped and
+counted (the comparator then reports what it could not see) rather than slowing clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class TapRecord:
+    """One frame seen by the proxy."""
+
+    conn_id: int
+    #: "client" (client -> upstreams) or "upstream" (upstream -> proxy)
+    direction: str
+    #: "primary" or "shadow" (for client frames: the role of the upstream it went to first)
+    role: str
+    #: "old" or "new"
+    upstream: str
+    #: wall-clock time (time.time()) when the proxy saw it
+    at: float
+    game_id: str | None
+    data: str | bytes
+    #: the frame parsed, or None when it is not a JSON object
+    msg: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class TapNotice:
+    """Something the proxy knows that the comparator must take into account."""
+
+    kind: str  # "not_comparable" | "conn_closed"
+    reason: str
+    game_id: str | None = None
+    conn_id: int | None = None
+
+
+class Tap:
+    """Bounded, non-blocking hand-off from the relay to a consumer task."""
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._items: deque[TapRecord | TapNotice] = deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, item: TapRecord | TapNotice) -> None:
+        """Hand over one record; never blocks, drops (and counts) when full."""
+        if len(self._items) >= self.capacity:
+            self.dropped += 1
+            return
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def batch(self, limit: int = 4096) -> list[TapRecord | TapNotice]:
+        """Wait for records, then return up to `limit` of them, oldest first."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        items = self._items
+        count = min(limit, len(items))
+        return [items.popleft() for _ in range(count)]

@@ -1,0 +1,168 @@
+"""Shadow ordering without sockets: frames reach the shadow in the primary's commit order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from proxy.sequencer import ShadowOrder
+
+
+def msg(type_: str, id_: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+    body = {"type": type_, "id": id_, **fields}
+    return orjson.dumps(body).decode(), body
+
+
+def update(id_: str) -> tuple[str, dict[str, Any]]:
+    return msg("STATE_UPDATE", id_, updates={"score_deltas": {"a": 1}})
+
+
+def ack(re: str, version: int) -> dict[str, Any]:
+    return {"type": "ACK", "re": re, "version": version}
+
+
+def connected(re: str, player: str, version: int, players: list[str]) -> dict[str, Any]:
+    state = {"version": version, "scores": dict.fromkeys(players, 0)}
+    return {"type": "CONNECTED", "re": re, "player_id": player, "state": state}
+
+
+def ids(releases: list[tuple[int, str | bytes, str | None]]) -> list[tuple[int, str]]:
+    return [(conn, orjson.loads(data)["id"]) for conn, data, _ in releases]
+
+
+def two_players() -> ShadowOrder:
+    """Connections 1 (alice) and 2 (bob) on g1 at version 2, shadows open, CONNECTs done."""
+    order = ShadowOrder()
+    for conn in (1, 2):
+        order.add_conn(conn, "g1")
+        order.shadow_opened(conn, 0.0)
+    data, body = msg("CONNECT", "c1", token="t")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, connected("c1", "alice", 1, ["alice"]), 0.0)
+    data, body = msg("CONNECT", "c2", token="t")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, connected("c2", "bob", 2, ["alice", "bob"]), 0.0)
+    releases = order.take_releases()
+    assert ids(releases) == [(1, "c1")]  # bob's join waits for the shadow's answer to v1
+    order.shadow_frame(1, {"type": "CONNECTED", "re": "c1"}, 0.0)
+    assert ids(order.take_releases()) == [(2, "c2")]
+    order.shadow_frame(2, {"type": "CONNECTED", "re": "c2"}, 0.0)
+    return order
+
+
+def test_updates_reach_the_shadow_in_primary_version_order_not_arrival_order():
+    order = two_players()
+    # alice's update arrives first at the proxy, but the primary commits bob's first
+    for conn, id_ in ((1, "ua"), (2, "ub")):
+        data, body = update(id_)
+        order.client_frame(conn, data, body, 0.0)
+    order.primary_frame(1, ack("ua", 4), 0.0)
+    assert order.take_releases() == []  # v4 waits for v3
+    order.primary_frame(2, ack("ub", 3), 0.0)
+    assert ids(order.take_releases()) == [(2, "ub")]
+    order.shadow_frame(2, {"type": "ACK", "re": "ub", "version": 3}, 0.0)
+    assert ids(order.take_releases()) == [(1, "ua")]
+    order.shadow_frame(1, {"type": "ACK", "re": "ua", "version": 4}, 0.0)
+    assert order.idle()
+
+
+def test_a_refused_update_goes_at_its_place_one_at_a_time():
+    order = two_players()
+    data, body = update("good")
+    order.client_frame(1, data, body, 0.0)
+    data, body = update("bad")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, {"type": "ERROR", "re": "bad", "code": "INVALID_STATE"}, 0.0)
+    # refused at version 2 (what the primary had): before alice's v3
+    assert ids(order.take_releases()) == [(2, "bad")]
+    order.primary_frame(1, ack("good", 3), 0.0)
+    assert order.take_releases() == []  # the refused one is still in flight on the shadow
+    order.shadow_frame(2, {"type": "ERROR", "re": "bad", "code": "INVALID_STATE"}, 0.0)
+    assert ids(order.take_releases()) == [(1, "good")]
+
+
+def test_rate_limited_frames_are_never_mirrored_and_heartbeats_flow_freely():
+    order = two_players()
+    data, body = msg("HEARTBEAT", "h")
+    order.client_frame(1, data, body, 0.0)
+    assert ids(order.take_releases()) == [(1, "h")]
+    data, body = update("limited")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, {"type": "ERROR", "re": "limited", "code": "RATE_LIMITED"}, 0.0)
+    assert order.take_releases() == []
+    assert order.idle()
+
+
+def test_frames_of_one_connection_keep_their_order():
+    order = two_players()
+    data, body = update("u")
+    order.client_frame(1, data, body, 0.0)
+    order.client_frame(1, "not json", None, 0.0)  # free, but behind the update
+    assert order.take_releases() == []
+    order.primary_frame(1, ack("u", 3), 0.0)
+    assert [conn for conn, _, _ in order.take_releases()] == [1, 1]
+
+
+def test_a_shadow_not_yet_open_holds_its_frames():
+    order = ShadowOrder()
+    order.add_conn(1, "g1")
+    data, body = msg("CONNECT", "c", token="t")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, connected("c", "alice", 1, ["alice"]), 0.0)
+    assert order.take_releases() == []
+    order.shadow_opened(1, 0.1)
+    assert ids(order.take_releases()) == [(1, "c")]
+
+
+def test_a_version_nobody_claimed_is_a_gap_after_the_timeout():
+    order = two_players()
+    data, body = update("late")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, ack("late", 5), 0.0)  # v3 and v4 were made elsewhere
+    assert order.take_releases() == []
+    order.tick(1.0)
+    assert order.take_releases() == []
+    order.tick(10.0)
+    assert ids(order.take_releases()) == [(1, "late")]
+    events = order.take_events()
+    assert [(e.kind, e.reason, e.game_id) for e in events] == [("not_comparable", "gap", "g1")]
+
+
+def test_a_shadow_that_never_answers_is_declared_stalled_and_the_game_moves_on():
+    order = two_players()
+    for conn, id_, version in ((1, "a", 3), (2, "b", 4)):
+        data, body = update(id_)
+        order.client_frame(conn, data, body, 0.0)
+        order.primary_frame(conn, ack(id_, version), 0.0)
+    assert ids(order.take_releases()) == [(1, "a")]
+    order.tick(10.0)  # conn 1's shadow did not answer
+    assert ids(order.take_releases()) == [(2, "b")]
+    reasons = {(e.kind, e.reason) for e in order.take_events()}
+    assert reasons == {("drop", "stall"), ("not_comparable", "stall")}
+
+
+def test_overflow_drops_the_connections_shadow_and_frees_the_game():
+    order = ShadowOrder(max_buffer=3)
+    order.add_conn(1, "g1")  # shadow never opens
+    for n in range(3):
+        data, body = update(f"u{n}")
+        assert order.client_frame(1, data, body, 0.0)
+    data, body = update("u3")
+    assert not order.client_frame(1, data, body, 0.0)
+    (event,) = [e for e in order.take_events() if e.kind == "drop"]
+    assert (event.reason, event.frames) == ("overflow", 3)
+    order.primary_frame(1, ack("u0", 7), 0.0)
+    assert order.take_releases() == []  # nothing is ever sent for a dead shadow
+
+
+def test_a_reconnect_is_not_a_join_and_waits_for_the_version_it_saw():
+    order = two_players()
+    order.add_conn(3, "g1")
+    order.shadow_opened(3, 0.0)
+    data, body = msg("CONNECT", "again", token="t")
+    order.client_frame(3, data, body, 0.0)
+    order.primary_frame(3, connected("again", "alice", 2, ["alice", "bob"]), 0.0)
+    assert ids(order.take_releases()) == [(3, "again")]
+    order.shadow_frame(3, {"type": "CONNECTED", "re": "again"}, 0.0)
+    assert order.idle()
