@@ -607,6 +607,8 @@ class StateServer:
                 self._broadcast(change.game, change.new, out)
                 if answers:
                     self._drain(conn, out)  # answers sent after this update, after its STATE
+                elif conn.paused:
+                    self._maybe_resume(conn)
             else:
                 slot.payload = ack
                 self._drain(conn, out)
