@@ -6,5 +6,6 @@ Layout, pure core first:
 - `rules`: identifiers, message validation, state transitions (no I/O, no event loop);
 - `auth`: token verification; `ratelimit`: the per-connection token bucket;
 - `storage`: the SQLite schema, numbered migrations and group commit;
-- `app`: the thin asyncio/websockets layer; `cli`: `stateshift serve`.
+- `connection`: a websockets connection that hands each message over as it is parsed;
+- `app`: the thin asyncio/websockets layer (answers in request order); `cli`: `stateshift serve`.
 """
