@@ -8,10 +8,15 @@ from typing import Annotated
 
 import typer
 
+from compare.live import LiveComparison
+from compare.rules import RulesError
+from compare.rules import load as load_rules
+from compare.store import FindingStore
 from proxy.admin import ControlPlane
 from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import UPSTREAMS, Route
 from proxy.state import ProxyState
+from proxy.tap import Tap
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
 
@@ -48,6 +53,18 @@ def proxy(
     answer_timeout: Annotated[
         float, typer.Option(help="Seconds before a silent shadow is declared stalled.")
     ] = 5.0,
+    rules: Annotated[
+        Path | None, typer.Option(help="Comparator ignore rules (TOML); default: shipped rules.")
+    ] = None,
+    resync: Annotated[
+        bool, typer.Option(help="Resync a diverged or not comparable game from the primary.")
+    ] = False,
+    sweep_interval: Annotated[
+        float, typer.Option(help="Seconds between snapshot sweeps of every game (0: off).")
+    ] = 60.0,
+    pair_timeout: Annotated[
+        float, typer.Option(help="Seconds before a frame without its partner is unpaired.")
+    ] = 10.0,
     secret: Annotated[
         str,
         typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
@@ -89,16 +106,33 @@ def proxy(
         gap_timeout=gap_timeout,
         answer_timeout=answer_timeout,
     )
-    relay = MirrorProxy(settings, route)
+    try:
+        ignore_rules = load_rules(rules)
+    except RulesError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    relay = MirrorProxy(settings, route, tap=Tap())
     control = ControlPlane(relay, store, secret, admin_host, admin_port)
+    samples = FindingStore(state.with_name(state.name + ".findings.db"))
+    comparison = LiveComparison(
+        relay,
+        control,
+        ignore_rules,
+        samples,
+        resync=resync,
+        sweep_interval=sweep_interval or None,
+        pair_timeout=pair_timeout,
+    )
 
     async def start() -> None:
         await relay.start()
         await control.start()
+        comparison.start()
 
     async def stop() -> None:
         await control.stop()
         await relay.stop()
+        await comparison.stop()
 
     def ready() -> None:
         typer.echo(f"listening on {relay.url}")

@@ -369,7 +369,7 @@ class MirrorProxy:
             if msg.get("type") == "CONNECT" and session.connect_frame is None:
                 session.connect_frame = data
         self.order.client_frame(session.id, data, msg, now)
-        self._flush()
+        self.flush()
         if self.tap is not None:
             self.tap.offer(
                 TapRecord(
@@ -416,7 +416,7 @@ class MirrorProxy:
                 self.order.primary_frame(session.id, msg, now)
             else:
                 self.order.shadow_frame(session.id, msg, now)
-            self._flush()
+            self.flush()
         elif role == "shadow" and session.game_id is not None:
             # A shadow that answers garbage: what it says can no longer be trusted.
             self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
@@ -459,7 +459,7 @@ class MirrorProxy:
                 await asyncio.sleep(0.05)
             if self.order.pending(session.id):
                 self.order.shadow_lost(session.id, "stall", time.monotonic())
-                self._flush()
+                self.flush()
         if primary_up is not None:
             self.metrics.upstream_connections.labels(session.primary, "primary").dec()
         session.shadow_closing = True
@@ -473,7 +473,7 @@ class MirrorProxy:
         # Only now: until here its shadow still receives what the order releases for it.
         self.sessions.pop(session.id, None)
         self.order.remove_conn(session.id, time.monotonic())
-        self._flush()
+        self.flush()
         if self.tap is not None:
             self.tap.offer(TapNotice("conn_closed", "client closed", session.game_id, session.id))
 
@@ -504,7 +504,7 @@ class MirrorProxy:
                         self.order.revive(session.id, session.connect_frame, now)
                     else:
                         self.order.shadow_opened(session.id, now)
-                    self._flush()
+                    self.flush()
                     backoff = 0.1
                     await self._read_upstream(session, name, up)
                 finally:
@@ -521,14 +521,14 @@ class MirrorProxy:
                     reason = "closed"
             self.metrics.connect_failures.labels(name, "shadow", reason).inc()
             self.order.shadow_lost(session.id, reason, time.monotonic())
-            self._flush()
+            self.flush()
             if session.ended():
                 return
             revive = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.retry_max)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Write what the order released to the shadows (never awaited), report events."""
         order = self.order
         releases = order.take_releases()
@@ -555,10 +555,16 @@ class MirrorProxy:
             self._events(events)
 
     def _events(self, events: list[Event]) -> None:
+        tap = self.tap
         for event in events:
-            if event.kind == "drop":
+            if event.kind == "not_mirrored":
+                if tap is not None:
+                    tap.offer(TapNotice("not_mirrored", event.reason, event.game_id, event.conn_id))
+            elif event.kind == "drop":
                 self.metrics.shadow_drops.labels(event.reason).inc()
                 self.metrics.shadow_dropped_frames.labels(event.reason).inc(event.frames)
+                if tap is not None:
+                    tap.offer(TapNotice("shadow_lost", event.reason, event.game_id, event.conn_id))
             else:
                 self.metrics.not_comparable.labels(event.reason).inc()
                 if self.tap is not None:
@@ -570,7 +576,7 @@ class MirrorProxy:
         while True:
             await asyncio.sleep(0.25)
             self.order.tick(time.monotonic())
-            self._flush()
+            self.flush()
             if self.tap is not None and self.tap.dropped:
                 self.metrics.tap_dropped.inc(self.tap.dropped)
                 self.tap.dropped = 0

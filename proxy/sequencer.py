@@ -79,6 +79,10 @@ class GameOrder:
     skipped: set[int] = field(default_factory=set)
     conns: set[ConnOrder] = field(default_factory=set)
     gap_since: float | None = None
+    #: a resync is reading the primary: nothing ordered goes to the shadow meanwhile
+    held: bool = False
+    #: versions up to this one are in the shadow's imported copy: their frames are not sent
+    floor: int | None = None
     #: recent primary states: version -> players, to tell a join from a reconnect
     players: dict[int, frozenset[str]] = field(default_factory=dict)
 
@@ -87,7 +91,7 @@ class GameOrder:
 class Event:
     """Something the harness must count or act on."""
 
-    kind: str  # "drop" | "not_comparable"
+    kind: str  # "drop" | "not_comparable" | "not_mirrored" (reason: the message id)
     reason: str
     conn_id: int | None = None
     game_id: str | None = None
@@ -164,6 +168,27 @@ class ShadowOrder:
         if replay is not None:
             conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
         self.shadow_opened(conn_id, now)
+
+    def hold(self, game_id: str) -> None:
+        """Stop releasing this game's ordered frames (a resync is about to read the primary)."""
+        self._game(game_id).held = True
+
+    def busy(self, game_id: str) -> bool:
+        """True while a frame of this game is in flight to the shadow."""
+        game = self.games.get(game_id)
+        return game is not None and game.busy is not None
+
+    def resume(self, game_id: str, floor: int | None, now: float) -> None:
+        """End a hold. With `floor`, the shadow now holds the primary's state at that version:
+        frames placed at or before it are not sent, the order continues after it."""
+        game = self._game(game_id)
+        game.held = False
+        if floor is not None:
+            game.floor = floor
+            game.released = floor
+            game.skipped = {v for v in game.skipped if v > floor}
+            game.gap_since = None
+        self._pump_game(game, now)
 
     def pending(self, conn_id: int) -> int:
         """Frames of this connection still waiting or in flight to the shadow."""
@@ -412,7 +437,9 @@ class ShadowOrder:
             if head.kind == WAITING:
                 return
             conn.entries.popleft()
-            if head.kind != SKIP:
+            if head.kind == SKIP:
+                self._not_mirrored(conn, head)
+            else:
                 self._emit(conn, head, now)
 
     def _release_heads(self, conn: ConnOrder, game: GameOrder, now: float, claims: bool) -> bool:
@@ -423,11 +450,18 @@ class ShadowOrder:
                 break
             if head.kind == SKIP:
                 conn.entries.popleft()
+                self._not_mirrored(conn, head)
                 continue
             if head.kind == FREE:
                 self._release(conn, game, head, now)
                 released_any = True
                 continue
+            if game.floor is not None and head.at <= game.floor:
+                conn.entries.popleft()  # already in the shadow's resynced copy
+                self._not_mirrored(conn, head)
+                continue
+            if game.held:
+                break
             if game.released is None:
                 # The first placement seen for this game sets the base of its order.
                 game.released = head.at - 1 if head.kind == CLAIM else head.at
@@ -443,6 +477,10 @@ class ShadowOrder:
             if head.kind == CLAIM:
                 break  # one version at a time
         return released_any
+
+    def _not_mirrored(self, conn: ConnOrder, entry: Entry) -> None:
+        if entry.msg_id is not None:
+            self._events.append(Event("not_mirrored", entry.msg_id, conn.conn_id, conn.game_id))
 
     def _emit(self, conn: ConnOrder, entry: Entry, now: float) -> None:
         self._releases.append((conn.conn_id, entry.data, entry.msg_id))

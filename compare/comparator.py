@@ -1,0 +1,381 @@
+"""The live StateComparator: consumes the proxy's tap, pairs, compares, tracks drift,
+exports metrics and keeps samples.
+
+Drift: the first divergence of a game is *the* finding; the game is then marked diverged
+and later comparisons of it are counted as `diverged`, not as new findings. A game the proxy
+cannot mirror faithfully (a shadow lost, a gap in the order) is *not comparable* until it is
+resynced. With resync on, the shadow's copy of such a game is replaced from the primary and
+the game becomes comparable again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+
+from compare.diffing import Verdict, compare
+from compare.pairing import PRIMARY, SHADOW, Pair, Pairer
+from compare.rules import Rules
+from compare.store import FindingStore
+from proxy.tap import Tap, TapNotice, TapRecord
+
+log = logging.getLogger("stateshift.compare")
+
+KINDS = ("answer", "broadcast", "snapshot")
+RESULTS = ("match", "mismatch", "unpaired", "diverged")
+SKIP_REASONS = ("version_skew", "not_comparable", "resync")
+
+#: resync one game: returns the version the shadow now has (the primary's)
+Resync = Callable[[str], Awaitable[int]]
+
+
+class CompareMetrics:
+    """The comparator's families, registered in the proxy's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.comparisons = PromCounter(
+            "stateshift_comparisons",
+            "Comparisons of primary and shadow, by kind (answer, broadcast, snapshot) and "
+            "result (match, mismatch, unpaired, diverged: a game already diverged).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.skipped = PromCounter(
+            "stateshift_comparisons_skipped",
+            "Pairs not compared, by kind and reason (version skew, game not comparable, resync).",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        self.mismatches = PromCounter(
+            "stateshift_mismatches",
+            "Differing paths in mismatching comparisons, normalised (no ids or values).",
+            ["kind", "path"],
+            registry=registry,
+        )
+        self.findings = PromCounter(
+            "stateshift_findings",
+            "First divergences of a game (or of an admin answer), by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.diverged = Gauge(
+            "stateshift_games_diverged", "Games currently diverged.", registry=registry
+        )
+        self.not_comparable = Gauge(
+            "stateshift_games_not_comparable",
+            "Games the proxy could not mirror faithfully, until resynced.",
+            registry=registry,
+        )
+        self.resyncs = PromCounter(
+            "stateshift_resyncs", "Games resynced from the primary.", registry=registry
+        )
+        self.resync_failures = PromCounter(
+            "stateshift_resync_failures", "Resyncs that failed.", registry=registry
+        )
+        self.lag = Gauge(
+            "stateshift_compare_lag_seconds",
+            "Age of the newest tap record the comparator has processed.",
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "stateshift_compare_seconds",
+            "Time spent comparing one pair (cheap equality, DeepDiff on a mismatch).",
+            buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025),
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "stateshift_compare_pending_pairs",
+            "Frames waiting for their partner.",
+            registry=registry,
+        )
+        for kind in KINDS:
+            self.findings.labels(kind)
+            for result in RESULTS:
+                self.comparisons.labels(kind, result)
+            for reason in SKIP_REASONS:
+                self.skipped.labels(kind, reason)
+
+
+class StateComparator:
+    """Consumes a tap; judges every pair; remembers the first divergence of each game."""
+
+    def __init__(
+        self,
+        tap: Tap,
+        rules: Rules,
+        store: FindingStore,
+        registry: CollectorRegistry,
+        *,
+        pair_timeout: float = 10.0,
+        resync: Resync | None = None,
+    ) -> None:
+        self.tap = tap
+        self.rules = rules
+        self.store = store
+        self.metrics = CompareMetrics(registry)
+        self.pairer = Pairer(pair_timeout)
+        self.resync_game = resync
+        #: game id -> why it diverged (the finding id)
+        self.diverged: dict[str, int] = {}
+        #: game id -> why it cannot be compared
+        self.not_comparable: dict[str, str] = {}
+        #: game id -> version up to which the shadow's frames predate a resync
+        self.floor: dict[str, int] = {}
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.paths: Counter[tuple[str, str]] = Counter()
+        self.resyncs = 0
+        self.last_at = 0.0
+        self._resyncing: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ----------------------------------------------------------------- running
+
+    def start(self) -> None:
+        """Start consuming the tap."""
+        self._task = asyncio.create_task(self._run(), name="comparator")
+
+    async def stop(self) -> None:
+        """Stop consuming."""
+        for task in [self._task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+
+    async def _run(self) -> None:
+        next_expiry = time.monotonic()
+        while True:
+            try:
+                async with asyncio.timeout(0.5):
+                    items = await self.tap.batch()
+            except TimeoutError:
+                items = []
+            for item in items:
+                try:
+                    self.process(item)
+                except Exception:  # one odd frame must not stop the comparator
+                    log.exception("comparing a tap record failed")
+            now = time.monotonic()
+            if now >= next_expiry:
+                self.expire(time.time())
+                next_expiry = now + 0.5
+            if self.last_at:
+                self.metrics.lag.set(max(0.0, time.time() - self.last_at))
+            self.metrics.pending.set(len(self.pairer))
+
+    # ----------------------------------------------------------------- judging
+
+    def process(self, item: TapRecord | TapNotice) -> None:
+        """Take one tap item (pure bookkeeping, no I/O but the store)."""
+        if isinstance(item, TapNotice):
+            self._notice(item)
+            return
+        self.last_at = item.at
+        if item.direction != "upstream" or item.msg is None:
+            return
+        pair = self.pairer.add(item.role, item.msg, item.at, item.game_id, item.conn_id)
+        if pair is not None:
+            self.judge(pair)
+
+    def _notice(self, notice: TapNotice) -> None:
+        if notice.kind == "not_mirrored" and notice.conn_id is not None:
+            self.pairer.not_mirrored(notice.conn_id, notice.reason)
+        elif notice.kind == "shadow_lost" and notice.conn_id is not None:
+            self.pairer.forget_conn(notice.conn_id)
+        elif notice.kind == "not_comparable" and notice.game_id is not None:
+            self.mark_not_comparable(notice.game_id, notice.reason)
+
+    def mark_not_comparable(self, game_id: str, reason: str) -> None:
+        """The proxy could not mirror this game faithfully: stop judging it until a resync."""
+        if game_id in self.not_comparable:
+            return
+        self.not_comparable[game_id] = reason
+        self.pairer.forget_game(game_id)
+        self.metrics.not_comparable.set(len(self.not_comparable))
+        self._maybe_resync(game_id)
+
+    def expire(self, now: float) -> None:
+        """Turn frames left alone too long into unpaired results."""
+        for pair in self.pairer.expire(now):
+            self.judge(pair)
+
+    def judge(self, pair: Pair) -> None:
+        """Compare a pair (or count an unpaired frame) and record what it shows."""
+        kind, game_id = pair.kind, pair.game_id
+        if game_id is not None and (game_id in self.not_comparable or game_id in self._resyncing):
+            self.skip(kind, "not_comparable")
+            return
+        floor = self.floor.get(game_id) if game_id is not None else None
+        if floor is not None and self._before_floor(pair, floor):
+            self.skip(kind, "resync")
+            return
+        if pair.missing is not None:
+            self._different(pair, "unpaired", None)
+            return
+        primary_version, shadow_version = pair.version(PRIMARY), pair.version(SHADOW)
+        assert pair.primary is not None
+        assert pair.shadow is not None
+        frame_type = pair.primary.get("type")
+        if (
+            frame_type in ("STATE", "CONNECTED")
+            and primary_version is not None
+            and shadow_version is not None
+            and primary_version != shadow_version
+            and pair.shadow.get("type") == frame_type
+        ):
+            # An answer read at another moment: only states at equal versions compare.
+            self.skip(kind, "version_skew")
+            return
+        verdict = compare(pair.primary, pair.shadow, self.rules.for_type(str(frame_type)))
+        self.metrics.seconds.observe(verdict.seconds)
+        if verdict.equal:
+            self.count(kind, "match")
+        else:
+            self._different(pair, "mismatch", verdict)
+
+    def _before_floor(self, pair: Pair, floor: int) -> bool:
+        versions = [v for v in (pair.version(PRIMARY), pair.version(SHADOW)) if v is not None]
+        return bool(versions) and min(versions) <= floor
+
+    def _different(self, pair: Pair, result: str, verdict: Verdict | None) -> None:
+        kind, game_id = pair.kind, pair.game_id
+        if game_id is not None and game_id in self.diverged:
+            self.count(kind, "diverged")
+            return
+        self.count(kind, result)
+        paths = verdict.paths if verdict is not None else ["root"]
+        for path in paths:
+            self.metrics.mismatches.labels(kind, path).inc()
+            self.paths[(kind, path)] += 1
+        finding_id = self.record(
+            kind=kind,
+            result=result,
+            game_id=game_id,
+            paths=paths,
+            versions={"primary": pair.version(PRIMARY), "shadow": pair.version(SHADOW)},
+            missing=pair.missing,
+            primary=pair.primary,
+            shadow=pair.shadow,
+            diff=verdict.diff if verdict is not None else {},
+            text=verdict.text if verdict is not None else f"the {pair.missing} never sent it",
+            conn_id=pair.conn_id,
+            key=pair.key,
+        )
+        if game_id is not None:
+            self.diverged[game_id] = finding_id
+            self.metrics.diverged.set(len(self.diverged))
+            self.pairer.forget_game(game_id)
+            self._maybe_resync(game_id)
+
+    def record(self, **finding: Any) -> int:
+        """Keep a first divergence (a finding) in the store; count it."""
+        finding.setdefault("at", time.time())
+        finding["first"] = True
+        self.metrics.findings.labels(finding["kind"]).inc()
+        return self.store.add(finding)
+
+    def judge_snapshot(self, game_id: str, verdict: Verdict, finding: dict[str, Any]) -> None:
+        """A snapshot sweep compared one game (see `compare.sweep`)."""
+        if game_id in self.not_comparable or game_id in self._resyncing:
+            self.skip("snapshot", "not_comparable")
+            return
+        if verdict.equal:
+            self.count("snapshot", "match")
+            return
+        if game_id in self.diverged:
+            self.count("snapshot", "diverged")
+            return
+        self.count("snapshot", "mismatch")
+        for path in verdict.paths:
+            self.metrics.mismatches.labels("snapshot", path).inc()
+            self.paths[("snapshot", path)] += 1
+        self.diverged[game_id] = self.record(kind="snapshot", result="mismatch", **finding)
+        self.metrics.diverged.set(len(self.diverged))
+        self._maybe_resync(game_id)
+
+    def count(self, kind: str, result: str) -> None:
+        """Count one comparison result."""
+        self.counts[(kind, result)] += 1
+        self.metrics.comparisons.labels(kind, result).inc()
+
+    def skip(self, kind: str, reason: str) -> None:
+        """Count one pair not compared."""
+        self.metrics.skipped.labels(kind, reason).inc()
+
+    # ----------------------------------------------------------------- resync
+
+    def _maybe_resync(self, game_id: str) -> None:
+        if self.resync_game is None or game_id in self._resyncing:
+            return
+        self._resyncing.add(game_id)
+        task = asyncio.create_task(self._resync(game_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resync(self, game_id: str, via: Resync | None = None) -> int:
+        """Replace the shadow's copy of a game from the primary, now (on demand, with `via`
+        when automatic resync is off); return its version."""
+        self._resyncing.add(game_id)
+        return await self._resync(game_id, raise_errors=True, via=via)
+
+    async def _resync(
+        self, game_id: str, raise_errors: bool = False, via: Resync | None = None
+    ) -> int:
+        resync_game = via or self.resync_game
+        assert resync_game is not None, "resync is not configured"
+        try:
+            version = await resync_game(game_id)
+        except Exception:
+            self.metrics.resync_failures.inc()
+            log.exception("resync of %s failed", game_id)
+            self._resyncing.discard(game_id)
+            if raise_errors:
+                raise
+            return -1
+        self.pairer.forget_game(game_id)
+        self.floor[game_id] = version
+        self.diverged.pop(game_id, None)
+        self.not_comparable.pop(game_id, None)
+        self._resyncing.discard(game_id)
+        self.resyncs += 1
+        self.metrics.resyncs.inc()
+        self.metrics.diverged.set(len(self.diverged))
+        self.metrics.not_comparable.set(len(self.not_comparable))
+        return version
+
+    # ----------------------------------------------------------------- reports
+
+    def status(self) -> dict[str, Any]:
+        """Figures for `compare status` and the readiness gates."""
+        comparisons: dict[str, dict[str, int]] = {
+            kind: {result: self.counts[(kind, result)] for result in RESULTS} for kind in KINDS
+        }
+        judged = sum(
+            self.counts[(kind, result)]
+            for kind in KINDS
+            for result in ("match", "mismatch", "unpaired")
+        )
+        wrong = sum(self.counts[(kind, r)] for kind in KINDS for r in ("mismatch", "unpaired"))
+        return {
+            "comparisons": comparisons,
+            "mismatch_ratio": (wrong / judged) if judged else None,
+            "top_paths": [
+                {"kind": kind, "path": path, "count": count}
+                for (kind, path), count in self.paths.most_common(10)
+            ],
+            "diverged": sorted(self.diverged),
+            "not_comparable": sorted(self.not_comparable),
+            "resyncs": self.resyncs,
+            "lag_seconds": max(0.0, time.time() - self.last_at) if self.last_at else 0.0,
+            "findings": self.store.count(),
+        }

@@ -1,0 +1,214 @@
+"""The comparator inside a running proxy: fed by its tap, resyncing through its shadow
+order, sweeping both servers' snapshots, and answering on its control plane.
+
+Resync is coordinated with the proxy's shadow order so that it is exact under traffic: the
+game's ordered frames are held, the primary's committed state is read and imported into the
+shadow, and the order resumes after that version (frames already in the copy are not sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from compare.admin import AdminClient
+from compare.comparator import StateComparator
+from compare.rules import Rules
+from compare.store import FindingStore
+from compare.sweep import sweep
+from proxy.admin import CommandError, ControlPlane
+from proxy.relay import MirrorProxy
+from proxy.route import other
+from stateshift.tokens import mint_token
+
+log = logging.getLogger("stateshift.compare")
+
+#: the longest a resync waits for the game's in-flight shadow frame to be answered
+SETTLE_SECONDS = 5.0
+
+
+class LiveComparison:
+    """A `StateComparator` wired to a proxy and its control plane."""
+
+    def __init__(
+        self,
+        proxy: MirrorProxy,
+        control: ControlPlane,
+        rules: Rules,
+        store: FindingStore,
+        *,
+        resync: bool = False,
+        sweep_interval: float | None = 60.0,
+        pair_timeout: float = 10.0,
+    ) -> None:
+        if proxy.tap is None:
+            raise ValueError("the proxy needs a tap for the comparator")
+        self.proxy = proxy
+        self.rules = rules
+        self.store = store
+        self.sweep_interval = sweep_interval
+        self.comparator = StateComparator(
+            proxy.tap,
+            rules,
+            store,
+            proxy.metrics.registry,
+            pair_timeout=pair_timeout,
+            resync=self._resync if resync else None,
+        )
+        self.last_sweep: dict[str, Any] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        for name, command in (
+            ("COMPARE_STATUS", self._status),
+            ("FINDINGS", self._findings),
+            ("FINDING", self._finding),
+            ("SWEEP", self._sweep_command),
+            ("RESYNC", self._resync_command),
+            ("RULES", self._rules),
+        ):
+            control.register(name, command)
+
+    def start(self) -> None:
+        """Start comparing (and sweeping, when an interval is set)."""
+        self.comparator.start()
+        if self.sweep_interval:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="snapshot-sweep")
+
+    async def stop(self) -> None:
+        """Stop comparing and sweeping."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.comparator.stop()
+        self.store.close()
+
+    def _token(self) -> str:
+        return mint_token(self.proxy.settings.secret, "stateshift-comparator", "admin", ttl=300)
+
+    def _url(self, upstream: str) -> str:
+        return self.proxy.urls[upstream]
+
+    # ----------------------------------------------------------------- resync
+
+    async def _resync(self, game_id: str) -> int:
+        """Copy the primary's committed state of a game into the shadow, exactly."""
+        proxy = self.proxy
+        primary = proxy.route.primary_for(game_id)
+        order = proxy.order
+        order.hold(game_id)
+        floor: int | None = None
+        try:
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while order.busy(game_id) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            token = self._token()
+            async with AdminClient(self._url(primary), token) as source:
+                state = await source.get_state(game_id)
+            if state is None:
+                raise LookupError(f"game {game_id} is not on the primary")
+            async with AdminClient(self._url(other(primary)), token) as target:
+                await target.import_state(state)
+            floor = int(state["version"])
+            return floor
+        finally:
+            order.resume(game_id, floor, time.monotonic())
+            proxy.flush()
+
+    # ----------------------------------------------------------------- sweep
+
+    async def sweep_now(self) -> dict[str, Any]:
+        """Compare every game's snapshot on both servers now; feed the comparator."""
+        primary = self.proxy.route.primary
+        token = self._token()
+        comparator = self.comparator
+
+        def skip(game_id: str) -> bool:
+            return game_id in comparator.not_comparable or game_id in comparator.diverged
+
+        async with (
+            AdminClient(self._url(primary), token) as source,
+            AdminClient(self._url(other(primary)), token) as target,
+        ):
+            report = await sweep(source, target, self.rules, skip=skip)
+        for finding in report.findings:
+            verdict = finding.verdict
+            comparator.judge_snapshot(
+                finding.game_id,
+                verdict,
+                {
+                    "game_id": finding.game_id,
+                    "paths": verdict.paths,
+                    "versions": {
+                        "primary": finding.primary_version,
+                        "shadow": finding.shadow_version,
+                    },
+                    "missing": finding.missing,
+                    "primary": finding.primary_state,
+                    "shadow": finding.shadow_state,
+                    "diff": verdict.diff,
+                    "text": verdict.text,
+                },
+            )
+        for _ in range(report.matched):
+            comparator.count("snapshot", "match")
+        for _ in report.skipped:
+            comparator.skip("snapshot", "version_skew")
+        self.last_sweep = {
+            "at": time.time(),
+            "games": report.games,
+            "compared": report.compared,
+            "matched": report.matched,
+            "findings": len(report.findings),
+            "skipped": len(report.skipped),
+        }
+        return self.last_sweep
+
+    async def _sweep_loop(self) -> None:
+        assert self.sweep_interval
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep_now()
+            except Exception:
+                log.exception("snapshot sweep failed")
+
+    # ----------------------------------------------------------------- commands
+
+    async def _status(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        status = self.comparator.status()
+        status["last_sweep"] = self.last_sweep
+        return {"compare": status}
+
+    async def _findings(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        limit = msg.get("limit", 20)
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise CommandError("BAD_MESSAGE", "`limit` must be an integer from 1 to 1000")
+        return {"findings": await asyncio.to_thread(self.store.latest, limit)}
+
+    async def _finding(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        finding_id = msg.get("finding_id")
+        if type(finding_id) is not int:
+            raise CommandError("BAD_MESSAGE", "`finding_id` must be an integer")
+        finding = await asyncio.to_thread(self.store.get, finding_id)
+        if finding is None:
+            raise CommandError("NOT_FOUND", f"no finding {finding_id} (only the newest are kept)")
+        return {"finding": finding}
+
+    async def _sweep_command(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"sweep": await self.sweep_now()}
+
+    async def _resync_command(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        game_id = msg.get("game_id")
+        if not isinstance(game_id, str):
+            raise CommandError("BAD_MESSAGE", "`game_id` must be a game id")
+        try:
+            version = await self.comparator.resync(game_id, via=self._resync)
+        except LookupError as exc:
+            raise CommandError("NOT_FOUND", str(exc)) from exc
+        return {"game_id": game_id, "version": version}
+
+    async def _rules(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"rules": self.rules.listing(), "source": self.rules.source}

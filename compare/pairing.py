@@ -1,0 +1,145 @@
+"""Pairing: which shadow frame answers the same thing as which primary frame (pure).
+
+Direct answers pair by (connection, `re`); broadcasts pair by (`game_id`, `version`), once
+per side (every connection on a game receives the same broadcast: the first copy counts).
+What stays alone longer than `timeout` is itself a finding: `unpaired`, with the side that
+is missing. Frames the proxy never mirrored (the primary refused them for rate, or the
+shadow's copy was dropped) are announced with `not_mirrored` and expect no pair.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+PRIMARY: Final = "primary"
+SHADOW: Final = "shadow"
+
+
+@dataclass(slots=True)
+class Pair:
+    """Two frames to compare, or one frame whose partner never came."""
+
+    kind: str  # "answer" | "broadcast"
+    game_id: str | None
+    conn_id: int | None
+    key: str
+    primary: dict[str, Any] | None
+    shadow: dict[str, Any] | None
+    #: for unpaired: the side that never answered
+    missing: str | None = None
+
+    def version(self, side: str) -> int | None:
+        """The version a side's frame shows (top level or in its state), if any."""
+        frame = self.primary if side == PRIMARY else self.shadow
+        if frame is None:
+            return None
+        state = frame.get("state")
+        version = state.get("version") if isinstance(state, dict) else frame.get("version")
+        return version if type(version) is int else None
+
+
+@dataclass(slots=True)
+class _Waiting:
+    side: str
+    frame: dict[str, Any]
+    at: float
+    game_id: str | None
+    conn_id: int | None
+    kind: str
+
+
+class Pairer:
+    """Matches primary and shadow frames; reports the ones left alone."""
+
+    def __init__(self, timeout: float = 10.0, remember: int = 100_000) -> None:
+        self.timeout = timeout
+        self.remember = remember
+        self._waiting: OrderedDict[tuple[Any, ...], _Waiting] = OrderedDict()
+        #: broadcasts already taken per side (later copies of the same broadcast are ignored)
+        self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._not_mirrored: set[tuple[int, str]] = set()
+
+    def not_mirrored(self, conn_id: int, msg_id: str) -> None:
+        """The proxy will never send this client frame to the shadow: expect no pair."""
+        if self._waiting.pop(("answer", conn_id, msg_id), None) is None:
+            self._not_mirrored.add((conn_id, msg_id))
+
+    def add(
+        self, side: str, frame: dict[str, Any], at: float, game_id: str | None, conn_id: int
+    ) -> Pair | None:
+        """Take one upstream frame; return a complete pair when it completes one."""
+        re_id = frame.get("re")
+        if isinstance(re_id, str):
+            if side == PRIMARY and (conn_id, re_id) in self._not_mirrored:
+                self._not_mirrored.discard((conn_id, re_id))
+                return None
+            key: tuple[Any, ...] = ("answer", conn_id, re_id)
+            kind = "answer"
+        elif frame.get("type") == "STATE" and "re" not in frame:
+            bgame, version = frame.get("game_id"), frame.get("version")
+            if not isinstance(bgame, str) or type(version) is not int:
+                return None
+            seen = (side, bgame, version)
+            if seen in self._seen:
+                return None
+            self._seen[seen] = None
+            if len(self._seen) > self.remember:
+                self._seen.popitem(last=False)
+            key = ("broadcast", bgame, version)
+            kind = "broadcast"
+            game_id = bgame
+        else:
+            return None  # an ERROR without a readable id: nothing to pair it with
+        other = self._waiting.get(key)
+        if other is None or other.side == side:
+            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind)
+            if len(self._waiting) > self.remember:
+                self._waiting.popitem(last=False)
+            return None
+        del self._waiting[key]
+        primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
+        return Pair(
+            kind, game_id, conn_id if kind == "answer" else None, str(key[2]), primary, shadow
+        )
+
+    def expire(self, now: float) -> list[Pair]:
+        """Frames alone for longer than the timeout, as unpaired findings (oldest first)."""
+        expired: list[Pair] = []
+        while self._waiting:
+            key, waiting = next(iter(self._waiting.items()))
+            if now - waiting.at <= self.timeout:
+                break
+            del self._waiting[key]
+            primary = waiting.frame if waiting.side == PRIMARY else None
+            shadow = waiting.frame if waiting.side == SHADOW else None
+            missing = SHADOW if waiting.side == PRIMARY else PRIMARY
+            expired.append(
+                Pair(
+                    waiting.kind,
+                    waiting.game_id,
+                    waiting.conn_id,
+                    str(key[2]),
+                    primary,
+                    shadow,
+                    missing,
+                )
+            )
+        return expired
+
+    def forget_game(self, game_id: str) -> None:
+        """Drop everything waiting for a game (it stopped being comparable or was resynced)."""
+        for key in [k for k, w in self._waiting.items() if w.game_id == game_id]:
+            del self._waiting[key]
+
+    def forget_conn(self, conn_id: int) -> None:
+        """Drop what waits for a connection (its shadow was lost)."""
+        for key in [
+            k for k, w in self._waiting.items() if w.conn_id == conn_id and w.kind == "answer"
+        ]:
+            del self._waiting[key]
+        self._not_mirrored = {item for item in self._not_mirrored if item[0] != conn_id}
+
+    def __len__(self) -> int:
+        return len(self._waiting)

@@ -1,0 +1,178 @@
+"""The comparator inside a running proxy, against real servers: real divergences are found
+with the right kind and path, harmless differences are not, drift counts one finding per
+game, and a resync makes a diverged game match again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compare.live import LiveComparison
+from compare.rules import defaults
+from compare.store import FindingStore
+from proxy.admin import ControlPlane
+from proxy.relay import MirrorProxy, ProxySettings
+from proxy.route import Route
+from proxy.state import ProxyState
+from proxy.tap import Tap
+from tests.proxy.conftest import Client, start_legacy, start_new, token
+from tests.support import TEST_SECRET, timeout, wait_until
+
+Harness = Callable[..., Awaitable[tuple[MirrorProxy, LiveComparison]]]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """Start old (with faults) + new + proxy + comparator; old is primary."""
+    stack = contextlib.AsyncExitStack()
+
+    async def start(*faults: str, resync: bool = False) -> tuple[MirrorProxy, LiveComparison]:
+        old = await start_legacy(tmp_path, *faults)
+        stack.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        stack.push_async_callback(new.stop)
+        settings = ProxySettings(
+            old_url=old.url,
+            new_url=new.url,
+            secret=TEST_SECRET,
+            state_path=tmp_path / "proxy.db",
+            port=0,
+            admin_port=0,
+        )
+        proxy = MirrorProxy(settings, Route(), tap=Tap())
+        await proxy.start()
+        stack.push_async_callback(proxy.stop)
+        control = ControlPlane(proxy, ProxyState(settings.state_path), TEST_SECRET, port=0)
+        await control.start()
+        stack.push_async_callback(control.stop)
+        live = LiveComparison(
+            proxy,
+            control,
+            defaults(),
+            FindingStore(tmp_path / "findings.db"),
+            resync=resync,
+            sweep_interval=None,
+            pair_timeout=1.0,
+        )
+        live.start()
+        stack.push_async_callback(live.stop)
+        return proxy, live
+
+    async with stack:
+        yield start
+
+
+async def play(url: str, game: str, players: int, rounds: int, **extra: Any) -> list[Client]:
+    """`players` clients make `rounds` score updates each, concurrently."""
+    clients = []
+    for n in range(players):
+        client = await Client.open(f"{url}/v1/games/{game}")
+        await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
+        clients.append(client)
+
+    async def hammer(client: Client, player: str) -> None:
+        for n in range(rounds):
+            updates = {"score_deltas": {player: 1}, "settings": {"turn": player}, **extra}
+            await client.send(type="STATE_UPDATE", id=f"{player}-{n}", updates=updates)
+        await client.until(lambda f: f.get("re") == f"{player}-{rounds - 1}")
+
+    await asyncio.gather(*(hammer(c, f"p{n}") for n, c in enumerate(clients)))
+    return clients
+
+
+def settled(live: LiveComparison, at_least: int) -> Callable[[], bool]:
+    """The comparator saw at least this many results and has nothing waiting."""
+
+    def check() -> bool:
+        comparator = live.comparator
+        judged = sum(comparator.counts.values())
+        return judged >= at_least and len(comparator.pairer) == 0
+
+    return check
+
+
+async def test_two_healthy_servers_under_concurrent_load_never_mismatch(harness: Harness):
+    proxy, live = await harness()
+    await play(proxy.url, "busy", players=4, rounds=15)
+    await wait_until(settled(live, 60), within=timeout(20), what="comparisons")
+    status = live.comparator.status()
+    assert status["mismatch_ratio"] == 0.0
+    assert status["diverged"] == []
+    assert status["comparisons"]["broadcast"]["match"] >= 60
+    assert status["comparisons"]["answer"]["match"] >= 60
+    sweep = await live.sweep_now()
+    assert (sweep["findings"], sweep["matched"]) == (0, 1)
+
+
+@pytest.mark.parametrize("fault", ["reorder-settings", "clock-skew:5000"])
+async def test_harmless_differences_produce_no_mismatch(harness: Harness, fault: str):
+    proxy, live = await harness(fault)
+    await play(proxy.url, "calm", players=2, rounds=10)
+    await wait_until(settled(live, 20), within=timeout(20), what="comparisons")
+    assert live.comparator.status()["mismatch_ratio"] == 0.0
+    assert (await live.sweep_now())["findings"] == 0
+
+
+async def test_a_logic_divergence_is_one_finding_with_the_scores_path(harness: Harness):
+    proxy, live = await harness("score-delta-off-by-one")
+    await play(proxy.url, "odd", players=2, rounds=10)
+    await wait_until(settled(live, 20), within=timeout(20), what="comparisons")
+    comparator = live.comparator
+    assert comparator.status()["diverged"] == ["odd"]
+    (finding,) = comparator.store.latest()  # drift: one finding for the game
+    assert finding["kind"] in ("broadcast", "answer")
+    assert "root['state']['scores'][*]" in finding["paths"]
+    assert comparator.counts[("broadcast", "diverged")] > 0
+    sample = comparator.store.get(finding["id"])
+    assert sample is not None
+    assert sample["primary"]["state"]["scores"] != sample["shadow"]["state"]["scores"]
+    mismatches = proxy.metrics.registry.get_sample_value(
+        "stateshift_mismatches_total",
+        {"kind": finding["kind"], "path": "root['state']['scores'][*]"},
+    )
+    assert mismatches == 1.0
+
+
+async def test_lost_broadcasts_are_unpaired_with_the_missing_side(harness: Harness):
+    proxy, live = await harness("drop-broadcast:1.0")
+    client = await Client.open(f"{proxy.url}/v1/games/quiet")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    await client.request(type="STATE_UPDATE", id="u", updates={"status": "active"})
+    await wait_until(
+        lambda: live.comparator.store.count() == 1, within=timeout(20), what="an unpaired finding"
+    )
+    (finding,) = live.comparator.store.latest()
+    assert (finding["result"], finding["kind"], finding["missing"]) == (
+        "unpaired",
+        "broadcast",
+        "primary",
+    )
+
+
+async def test_resync_makes_a_diverged_game_match_again(harness: Harness):
+    proxy, live = await harness("score-delta-off-by-one", resync=True)
+    client = await Client.open(f"{proxy.url}/v1/games/fixme")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    await client.request(type="STATE_UPDATE", id="bad", updates={"score_deltas": {"p0": 1}})
+    await wait_until(lambda: live.comparator.resyncs == 1, within=timeout(20), what="a resync")
+    assert live.comparator.status()["diverged"] == []
+    before = dict(live.comparator.counts)
+    for n in range(5):  # no deltas: the fault does not bite, the copies must agree again
+        await client.send(type="STATE_UPDATE", id=f"ok{n}", updates={"settings": {"n": str(n)}})
+    await client.until(lambda f: f.get("re") == "ok4")
+    await wait_until(
+        lambda: (
+            live.comparator.counts[("broadcast", "match")]
+            >= before.get(("broadcast", "match"), 0) + 5
+        ),
+        within=timeout(20),
+        what="matching broadcasts after the resync",
+    )
+    assert live.comparator.status()["diverged"] == []
+    assert (await live.sweep_now())["findings"] == 0
+    assert proxy.metrics.registry.get_sample_value("stateshift_resyncs_total") == 1.0
