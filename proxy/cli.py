@@ -16,6 +16,7 @@ from proxy.admin import ControlPlane
 from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import UPSTREAMS, Route
 from proxy.state import ProxyState
+from proxy.switch import Switchboard
 from proxy.tap import Tap
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
@@ -124,12 +125,16 @@ def proxy(
         pair_timeout=pair_timeout,
     )
 
+    switchboard = Switchboard(relay, control, store, ignore_rules, comparison.comparator)
+
     async def start() -> None:
         await relay.start()
         await control.start()
         comparison.start()
+        switchboard.start()
 
     async def stop() -> None:
+        await switchboard.stop()
         await control.stop()
         await relay.stop()
         await comparison.stop()

@@ -31,6 +31,7 @@ from websockets.typing import Subprotocol
 from proxy.metrics import ProxyMetrics
 from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder
+from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
 
 log = logging.getLogger("stateshift.proxy")
@@ -179,6 +180,9 @@ class MirrorProxy:
         """Stop listening and close every client with 1012 (reconnect elsewhere)."""
         if self._server is None:
             return
+        for session in list(self.sessions.values()):
+            # A spliced session is a byte stream: no 1012 close frame can be put in it.
+            end_splice(session.client)
         self._server.close(close_connections=True, code=1012, reason="proxy restarting")
         await self._server.wait_closed()
         if self._ticker is not None:
@@ -191,6 +195,22 @@ class MirrorProxy:
         """Adopt a new route for new connections (flips go through `proxy.switch`)."""
         self.route = route
         self._publish_route()
+
+    def finalize(self, route: Route) -> None:
+        """Stop mirroring for good: close every shadow connection (after a flip, the old
+        server stops receiving traffic)."""
+        self.set_route(route)
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if not session.mirrored:
+                continue
+            session.mirrored = False
+            session.shadow_closing = True
+            self.order.remove_conn(session.id, now)
+            up = session.up.get(session.shadow)
+            if up is not None:
+                self._spawn(session, up.close(1000, "mirroring finalized"))
+        self.flush()
 
     def _publish_route(self) -> None:
         route = self.route
@@ -325,6 +345,17 @@ class MirrorProxy:
         if session.mirrored:
             self.order.add_conn(session.id, session.game_id)
             self._spawn(session, self._shadow_loop(session, session.shadow))
+        if not session.mirrored and can_splice(client, up):
+            # Not mirrored: relay bytes, not frames, until both sides close (proxy/splice.py).
+            # No await may come before this: websockets must not have read anything yet.
+            try:
+                await splice(client, up, self.metrics.spliced)
+            finally:
+                session.closed = True
+                self.sessions.pop(session.id, None)
+                self.metrics.client_connections.dec()
+                self.metrics.upstream_connections.labels(primary, "primary").dec()
+            return
         reader = self._spawn(session, self._read_upstream(session, primary, up))
         try:
             await self._client_loop(session)

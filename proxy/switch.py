@@ -1,0 +1,445 @@
+"""Switchover on one proxy: pause, quiesce, verify, swap roles, resume, without closing a
+client connection.
+
+The proxy keeps the client sockets and both upstream connections of every client; a flip
+only swaps which upstream is primary. `prepare` pauses client->upstream forwarding, waits
+(bounded) until every forwarded frame is answered by the primary and the shadow has caught up,
+then confirms that every active game has the same state (versions included) on both servers
+and that every client has its shadow connected. `commit` swaps and resumes; `abort` resumes
+with the route unchanged. Several proxies are flipped by preparing all, then committing all
+(or aborting all): the CLI drives that over the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+from compare.admin import AdminClient
+from compare.comparator import StateComparator
+from compare.diffing import compare
+from compare.rules import Rules
+from proxy.admin import CommandError, ControlPlane
+from proxy.relay import MirrorProxy
+from proxy.route import Route
+from proxy.state import ProxyState
+from stateshift.tokens import mint_token
+
+#: a sample of the figures readiness is judged on, every SAMPLE_EVERY seconds
+SAMPLE_EVERY = 2.0
+
+
+class SwitchError(Exception):
+    """A switch step failed; the route is unchanged and forwarding resumed."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class Prepared:
+    token: str
+    target: Route
+    previous: Route
+    paused_at: float
+    expiry: asyncio.TimerHandle | None = None
+
+
+class Switchboard:
+    """The switchover operations of one proxy, on its control plane."""
+
+    def __init__(
+        self,
+        proxy: MirrorProxy,
+        control: ControlPlane,
+        state: ProxyState,
+        rules: Rules,
+        comparator: StateComparator | None = None,
+        *,
+        quiesce_timeout: float = 5.0,
+        verify_timeout: float = 10.0,
+    ) -> None:
+        self.proxy = proxy
+        self.control = control
+        self.state = state
+        self.rules = rules
+        self.comparator = comparator
+        self.quiesce_timeout = quiesce_timeout
+        self.verify_timeout = verify_timeout
+        self.prepared: Prepared | None = None
+        self._lock = asyncio.Lock()
+        self._samples: deque[tuple[float, dict[str, float], dict[str, list[float]]]] = deque(
+            maxlen=int(3600 / SAMPLE_EVERY)
+        )
+        self._started = time.monotonic()
+        self._sampler: asyncio.Task[None] | None = None
+        for name, command in (
+            ("FIGURES", self._figures),
+            ("PREPARE", self._prepare),
+            ("COMMIT", self._commit),
+            ("ABORT", self._abort),
+            ("FLIP", self._flip),
+            ("ROLLBACK", self._rollback),
+            ("RAMP", self._ramp),
+            ("FINALIZE", self._finalize),
+            ("RECORD", self._record),
+        ):
+            control.register(name, command)
+
+    def start(self) -> None:
+        """Start sampling the readiness figures."""
+        self._sampler = asyncio.create_task(self._sample_loop(), name="figures")
+
+    async def stop(self) -> None:
+        """Stop sampling; a pending prepare is aborted."""
+        if self.prepared is not None:
+            self._resume(self.prepared.previous)
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+
+    # ----------------------------------------------------------------- the switch
+
+    async def prepare(self, target: Route, hold: float = 10.0) -> Prepared:
+        """Pause, quiesce and verify for `target`; stay paused until commit or abort."""
+        if self.prepared is not None:
+            raise SwitchError("busy", "another switch is prepared on this proxy")
+        proxy = self.proxy
+        previous = proxy.route
+        if not previous.mirroring and target != previous:
+            raise SwitchError("not_mirroring", "mirroring is off (finalized): no switch back")
+        proxy.gate.clear()
+        paused_at = time.monotonic()
+        try:
+            await self._quiesce()
+            await self._verify(target)
+        except SwitchError:
+            proxy.gate.set()
+            raise
+        except Exception as exc:
+            proxy.gate.set()
+            raise SwitchError("error", f"{type(exc).__name__}: {exc}") from exc
+        prepared = Prepared(secrets.token_hex(8), target, previous, paused_at)
+        prepared.expiry = asyncio.get_running_loop().call_later(hold, self._expire, prepared)
+        self.prepared = prepared
+        return prepared
+
+    def _expire(self, prepared: Prepared) -> None:
+        if self.prepared is prepared:
+            self.prepared = None
+            self.proxy.gate.set()  # a coordinator that vanished must not freeze clients
+
+    async def commit(self, token: str) -> tuple[Route, float]:
+        """Swap roles under every client, persist the route, resume."""
+        prepared = self._take(token)
+        proxy = self.proxy
+        swapped = []
+        try:
+            for session in list(proxy.sessions.values()):
+                if session.mirrored:
+                    wanted = prepared.target.primary_for(session.game_id)
+                    if wanted != session.primary:
+                        session.primary = wanted
+                        swapped.append(session)
+            await self.state.save_route(prepared.target)
+        except Exception as exc:
+            for session in swapped:  # exactly the previous route, then say why
+                session.primary = prepared.previous.primary_for(session.game_id)
+            self._resume(prepared.previous)
+            raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
+        for session in swapped:
+            for sent in session.sent.values():
+                sent.clear()
+        paused = (time.monotonic() - prepared.paused_at) * 1000
+        self._resume(prepared.target)
+        return prepared.target, paused
+
+    async def abort(self, token: str | None) -> Route:
+        """Resume with the route unchanged."""
+        prepared = self.prepared
+        if prepared is not None and (token is None or token == prepared.token):
+            self._take(prepared.token)
+            self._resume(prepared.previous)
+        return self.proxy.route
+
+    def _take(self, token: str) -> Prepared:
+        prepared = self.prepared
+        if prepared is None or prepared.token != token:
+            raise SwitchError("not_prepared", "nothing prepared with that token (expired?)")
+        self.prepared = None
+        if prepared.expiry is not None:
+            prepared.expiry.cancel()
+        return prepared
+
+    def _resume(self, route: Route) -> None:
+        self.prepared = None
+        self.proxy.set_route(route)
+        self.proxy.gate.set()
+
+    async def _quiesce(self) -> None:
+        """Wait until the primary answered every forwarded frame and the shadow caught up."""
+        proxy = self.proxy
+        deadline = time.monotonic() + self.quiesce_timeout
+        while True:
+            in_flight = sum(len(s.sent[s.primary]) for s in proxy.sessions.values() if s.mirrored)
+            if not in_flight and proxy.order.idle():
+                return
+            if time.monotonic() > deadline:
+                raise SwitchError(
+                    "quiesce",
+                    f"not quiet after {self.quiesce_timeout} s: {in_flight} answers in flight, "
+                    f"{proxy.order.buffered()} frames waiting for the shadow",
+                )
+            await asyncio.sleep(0.005)
+
+    async def _verify(self, target: Route) -> int:
+        """Every client has its shadow; every active game is equal on both servers."""
+        proxy = self.proxy
+        sessions = [s for s in proxy.sessions.values() if s.mirrored]
+        missing = [s for s in sessions if proxy.sessions.get(s.id) and s.up.get(s.shadow) is None]
+        if missing:
+            raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
+        games = sorted({s.game_id for s in sessions if s.game_id is not None})
+        token = mint_token(proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
+        rules = self.rules.for_type("STATE")
+        async with (
+            asyncio.timeout(self.verify_timeout),
+            AdminClient(proxy.urls["old"], token) as old,
+            AdminClient(proxy.urls["new"], token) as new,
+        ):
+            for game_id in games:
+                states = await asyncio.gather(old.get_state(game_id), new.get_state(game_id))
+                if states[0] is None or states[1] is None:
+                    side = "old" if states[0] is None else "new"
+                    raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")
+                verdict = compare(states[0], states[1], rules)
+                if not verdict.equal:
+                    raise SwitchError(
+                        "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
+                    )
+        return len(games)
+
+    # ----------------------------------------------------------------- figures
+
+    def _read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
+        registry = self.proxy.metrics.registry
+        counters: dict[str, float] = {}
+        buckets: dict[str, list[float]] = {"primary": [], "shadow": []}
+        bucket_bounds: list[float] = []
+        for family in registry.collect():
+            for sample in family.samples:
+                name, labels = sample.name, sample.labels
+                if name == "stateshift_comparisons_total":
+                    key = (
+                        "mismatches"
+                        if labels["result"] in ("mismatch", "unpaired")
+                        else ("comparisons_ok" if labels["result"] == "match" else None)
+                    )
+                    if key:
+                        counters[key] = counters.get(key, 0.0) + sample.value
+                elif name == "stateshift_proxy_shadow_drops_total":
+                    counters["shadow_drops"] = counters.get("shadow_drops", 0.0) + sample.value
+                elif name == "stateshift_upstream_latency_seconds_bucket":
+                    role = labels["role"]
+                    bound = float(labels["le"])
+                    series = buckets[role]
+                    if bound not in bucket_bounds:
+                        bucket_bounds.append(bound)
+                    index = bucket_bounds.index(bound)
+                    while len(series) <= index:
+                        series.append(0.0)
+                    series[index] += sample.value
+        buckets["bounds"] = bucket_bounds
+        return counters, buckets
+
+    async def _sample_loop(self) -> None:
+        while True:
+            counters, buckets = self._read()
+            self._samples.append((time.monotonic(), counters, buckets))
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    def figures(self, window: float) -> dict[str, Any]:
+        """Readiness figures over the last `window` seconds."""
+        now = time.monotonic()
+        counters, buckets = self._read()
+        base_counters: dict[str, float] = {}
+        base_buckets: dict[str, list[float]] = {}
+        for at, sample_counters, sample_buckets in self._samples:
+            if at >= now - window:
+                base_counters, base_buckets = sample_counters, sample_buckets
+                break
+
+        def delta(key: str) -> int:
+            return int(counters.get(key, 0.0) - base_counters.get(key, 0.0))
+
+        def p99(role: str) -> float | None:
+            bounds = buckets["bounds"]
+            now_series = buckets[role]
+            then = base_buckets.get(role, [])
+            series = [v - (then[i] if i < len(then) else 0.0) for i, v in enumerate(now_series)]
+            if not series or series[-1] <= 0:
+                return None
+            total = series[-1]
+            for bound, cumulative in zip(bounds, series, strict=False):
+                if cumulative >= 0.99 * total:
+                    return bound
+            return None
+
+        status = self.control.status()
+        compare_status = self.comparator.status() if self.comparator is not None else {}
+        mismatches = delta("mismatches")
+        return {
+            "window": window,
+            "comparisons": delta("comparisons_ok") + mismatches,
+            "mismatches": mismatches,
+            "diverged": len(compare_status.get("diverged", [])),
+            "mirrored_connections": status["mirrored_connections"],
+            "shadow_connected": status["shadow_connected"],
+            "shadow_drops": delta("shadow_drops"),
+            "primary_p99": p99("primary"),
+            "shadow_p99": p99("shadow"),
+            "complete": now - self._started >= window,
+        }
+
+    # ----------------------------------------------------------------- commands
+
+    def _target(self, msg: dict[str, Any]) -> Route:
+        target = msg.get("target")
+        if not isinstance(target, dict):
+            raise CommandError("BAD_MESSAGE", "`target` must be a route object")
+        try:
+            return replace(
+                self.proxy.route,
+                primary=str(target.get("primary", self.proxy.route.primary)),
+                ramp=target.get("ramp"),
+                mirroring=bool(target.get("mirroring", self.proxy.route.mirroring)),
+            )
+        except (ValueError, TypeError) as exc:
+            raise CommandError("BAD_MESSAGE", str(exc)) from exc
+
+    async def _switch(
+        self, actor: str, kind: str, target: Route, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        """prepare + commit on this proxy, recorded in the history either way."""
+        async with self._lock:
+            before = self.proxy.route
+            try:
+                prepared = await self.prepare(target)
+                route, paused = await self.commit(prepared.token)
+            except SwitchError as exc:
+                await self.state.record(
+                    actor,
+                    kind,
+                    "failed",
+                    {
+                        **details,
+                        "reason": exc.reason,
+                        "message": exc.message,
+                        "route": before.to_dict(),
+                    },
+                )
+                raise CommandError(
+                    "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
+                ) from exc
+            await self.state.record(
+                actor,
+                kind,
+                "ok",
+                {**details, "from": before.to_dict(), "to": route.to_dict(), "paused_ms": paused},
+            )
+            return {"route": route.to_dict(), "paused_ms": paused}
+
+    async def _figures(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        window = msg.get("window", 300)
+        if not isinstance(window, int | float) or window <= 0:
+            raise CommandError("BAD_MESSAGE", "`window` must be a positive number of seconds")
+        return {"figures": self.figures(float(window))}
+
+    async def _prepare(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(msg)
+        hold = msg.get("hold", 10.0)
+        if not isinstance(hold, int | float) or not 0 < hold <= 60:
+            raise CommandError("BAD_MESSAGE", "`hold` must be 0 < seconds <= 60")
+        await self._lock.acquire()
+        try:
+            prepared = await self.prepare(target, float(hold))
+        except SwitchError as exc:
+            self._lock.release()
+            await self.state.record(actor, "prepare", "failed", {"reason": exc.reason})
+            raise CommandError(
+                "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
+            ) from exc
+        self._lock.release()
+        paused = (time.monotonic() - prepared.paused_at) * 1000
+        return {"prepared": {"token": prepared.token, "paused_ms": paused}}
+
+    async def _commit(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        before = self.proxy.route
+        try:
+            route, paused = await self.commit(str(msg.get("token")))
+        except SwitchError as exc:
+            raise CommandError("FAILED", exc.message, reason=exc.reason) from exc
+        await self.state.record(
+            actor,
+            "commit",
+            "ok",
+            {"from": before.to_dict(), "to": route.to_dict(), "paused_ms": paused},
+        )
+        return {"route": route.to_dict(), "paused_ms": paused}
+
+    async def _abort(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        token = msg.get("token")
+        route = await self.abort(token if isinstance(token, str) else None)
+        await self.state.record(actor, "abort", "ok", {"reason": msg.get("reason", "")})
+        return {"route": route.to_dict()}
+
+    async def _flip(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        route = self.proxy.route
+        target = route.flipped()
+        details = {"reason": msg.get("reason", ""), "force": bool(msg.get("force"))}
+        return await self._switch(actor, "flip", target, details)
+
+    async def _rollback(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        route = self.proxy.route
+        target = replace(route, primary="old", ramp=None)
+        return await self._switch(actor, "rollback", target, {"reason": msg.get("reason", "")})
+
+    async def _ramp(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        percent = msg.get("percent")
+        if not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise CommandError("BAD_MESSAGE", "`percent` must be 0..100")
+        target = replace(self.proxy.route, ramp=float(percent))
+        return await self._switch(actor, "ramp", target, {"percent": percent})
+
+    async def _finalize(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("confirm") is not True:
+            raise CommandError("BAD_MESSAGE", "finalize needs `confirm: true`")
+        route = self.proxy.route
+        if route.primary != "new" or route.ramp not in (None, 100.0):
+            raise CommandError("FAILED", "finalize only after a full flip to the new server")
+        target = replace(route, mirroring=False)
+        await self.state.save_route(target)
+        self.proxy.finalize(target)
+        await self.state.record(actor, "finalize", "ok", {"route": target.to_dict()})
+        return {"route": target.to_dict()}
+
+    async def _record(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        kind, result, details = msg.get("kind"), msg.get("result"), msg.get("details", {})
+        if (
+            not isinstance(kind, str)
+            or not isinstance(result, str)
+            or not isinstance(details, dict)
+        ):
+            raise CommandError("BAD_MESSAGE", "RECORD needs `kind`, `result` and `details`")
+        return {"event_id": await self.state.record(actor, kind, result, details)}
+
+
+__all__ = ["SwitchError", "Switchboard"]
