@@ -70,7 +70,8 @@ async def player(url: str, name: str, acked: dict[str, int], stop: asyncio.Event
     while not stop.is_set():
         n += 1
         await client.send(type="STATE_UPDATE", id=f"u{n}", updates={"score_deltas": {name: 1}})
-        answer = await client.until(lambda f, n=n: f.get("re") == f"u{n}")
+        wanted = f"u{n}"
+        answer = await client.until(lambda frame: frame.get("re") == wanted)  # noqa: B023
         assert answer["type"] == "ACK", answer
         acked[name] += 1
         await client.request(type="HEARTBEAT", id=f"h{n}")
@@ -98,8 +99,12 @@ async def test_flips_and_rollbacks_under_load_lose_nothing_and_close_nothing(sta
             prepared = await stack.board.prepare(route)
             await stack.board.commit(prepared.token)
             assert stack.proxy.route.primary == target
+
+            def progressed(before: int = before) -> bool:
+                return sum(acked.values()) >= before + 6
+
             await wait_until(
-                lambda before=before: sum(acked.values()) >= before + 6,
+                progressed,
                 within=timeout(20),
                 what=f"traffic after the switch to {target} (cycle {cycle})",
             )
