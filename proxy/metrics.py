@@ -6,9 +6,10 @@ Labels from fixed sets only: upstream (old|new), role (primary|shadow), directio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.route import UPSTREAMS
@@ -34,6 +35,61 @@ class _Snapshot(Collector):
             "stateshift_proxy_tap_backlog",
             "Records waiting in the tap for the comparator.",
             value=values.get("tap_backlog", 0.0),
+        )
+
+
+class Spliced(Protocol):
+    """A live spliced connection, as the tally sees it (`proxy.splice.Splice`)."""
+
+    @property
+    def client_bytes(self) -> int: ...
+
+    @property
+    def upstream_bytes(self) -> int: ...
+
+
+class SpliceTally(Collector):
+    """Spliced (not mirrored) connections: counted at scrape time from plain integers that
+    the splice keeps, so that relaying a chunk of bytes costs no metric call."""
+
+    def __init__(self) -> None:
+        self.live: set[Spliced] = set()
+        self.total = 0
+        #: bytes of spliced connections that have ended, by direction
+        self.ended_client_bytes = 0
+        self.ended_upstream_bytes = 0
+
+    def opened(self, spliced: Spliced) -> None:
+        self.live.add(spliced)
+        self.total += 1
+
+    def closed(self, spliced: Spliced) -> None:
+        if spliced in self.live:
+            self.live.discard(spliced)
+            self.ended_client_bytes += spliced.client_bytes
+            self.ended_upstream_bytes += spliced.upstream_bytes
+
+    def collect(self) -> Iterator[Metric]:
+        client = self.ended_client_bytes + sum(s.client_bytes for s in self.live)
+        upstream = self.ended_upstream_bytes + sum(s.upstream_bytes for s in self.live)
+        relayed = CounterMetricFamily(
+            "stateshift_proxy_spliced_bytes",
+            "Bytes relayed on spliced (not mirrored, not parsed) connections: direction client "
+            "(client to upstream) or upstream (upstream to client).",
+            labels=["direction"],
+        )
+        relayed.add_metric(["client"], client)
+        relayed.add_metric(["upstream"], upstream)
+        yield relayed
+        yield CounterMetricFamily(
+            "stateshift_proxy_spliced_connections",
+            "Client connections relayed as bytes (not mirrored) since start.",
+            value=self.total,
+        )
+        yield GaugeMetricFamily(
+            "stateshift_proxy_spliced_open",
+            "Spliced client connections open now (also counted in client_connections).",
+            value=len(self.live),
         )
 
 
@@ -112,6 +168,8 @@ class ProxyMetrics:
             "Tap records dropped because the comparator fell behind.",
             registry=r,
         )
+        self.spliced = SpliceTally()
+        r.register(self.spliced)
         for upstream in UPSTREAMS:
             self.route_primary.labels(upstream)
             for role in ("primary", "shadow"):

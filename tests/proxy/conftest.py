@@ -114,6 +114,7 @@ async def start_proxy(
     old_url: str,
     new_url: str,
     primary: str = "old",
+    mirroring: bool = True,
     **overrides: Any,
 ) -> ProxyUnderTest:
     settings = ProxySettings(
@@ -127,7 +128,7 @@ async def start_proxy(
         **overrides,
     )
     state = ProxyState(settings.state_path)
-    route = state.load_route(Route(primary=primary))
+    route = state.load_route(Route(primary=primary, mirroring=mirroring))
     tap = Tap()
     proxy = MirrorProxy(settings, route, tap=tap)
     await proxy.start()
