@@ -10,9 +10,10 @@ Errors, drawn where they are defined:
 `RATE_LIMITED` answers are not errors to the caller: admin tools legitimately make many
 requests on one connection, so after the first refusal the client sends one request at a
 time, each after the server's `retry_after_ms` (a refused request is retried a bounded
-number of times). A lost connection is reopened on the next request, so one
-game whose import closes the connection (a state larger than a frame, say) does not fail the
-games after it.
+number of times). A lost connection is reopened on the next request, and the requests lost
+with it are sent once more, one at a time from then on (admin requests are idempotent:
+reads, and imports that replace exactly), so one game whose import closes the connection (a
+state larger than a frame, say) fails alone.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class AdminClient:
         self.timeout = timeout
         self._channel: Channel | None = None
         self._opening: asyncio.Lock | None = None
-        #: set after the first RATE_LIMITED answer: requests then go one at a time
+        #: set after the first RATE_LIMITED answer or lost connection: requests then go one
+        #: at a time
         self._throttle: asyncio.Lock | None = None
         self._resume_at = 0.0
 
@@ -102,16 +104,28 @@ class AdminClient:
 
     async def request(self, kind: str, fields: dict[str, Any], expect: str) -> dict[str, Any]:
         """One admin request; its answer of type `expect`, else `AdminError`."""
+        resent = False
         for _ in range(RATE_LIMIT_RETRIES):
             throttle = self._throttle
-            if throttle is None:
-                answer = await self._attempt(kind, fields, expect)
-            else:
-                # once rate limited, one request at a time, each after the server's delay:
-                # concurrent retries would all be refused again and count as abuse (4429)
-                async with throttle:
-                    await asyncio.sleep(max(0.0, self._resume_at - time.monotonic()))
+            try:
+                if throttle is None:
                     answer = await self._attempt(kind, fields, expect)
+                else:
+                    # one request at a time, each after the server's delay: concurrent
+                    # retries would all be refused again (and count as abuse, 4429), or all
+                    # be lost again with a connection that one of them closes
+                    async with throttle:
+                        await asyncio.sleep(max(0.0, self._resume_at - time.monotonic()))
+                        answer = await self._attempt(kind, fields, expect)
+            except AdminUnreachable as exc:
+                # Admin requests are idempotent (reads; imports replace exactly), so a request
+                # lost with its connection is sent once more, alone, on a new connection.
+                if resent or exc.code != "UNREACHABLE":
+                    raise
+                resent = True
+                if self._throttle is None:
+                    self._throttle = asyncio.Lock()
+                continue
             if answer is not None:
                 return answer
         raise AdminError("RATE_LIMITED", f"{kind} still rate limited after retries")
