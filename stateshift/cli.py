@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from compare.cli import app as compare_app
+from compare.cli import backfill
 from conformance.cli import app as conformance_app
 from legacy.cli import app as legacy_app
 from proxy.cli import app as proxy_app
@@ -21,6 +23,8 @@ app = typer.Typer(
 # Each component owns its typer app; their commands appear at the top level.
 for component in (server_app, legacy_app, conformance_app, proxy_app):
     app.add_typer(component)
+app.add_typer(compare_app, name="compare")
+app.command()(backfill)
 
 
 @app.command()
