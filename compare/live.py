@@ -47,6 +47,7 @@ class LiveComparison:
         if proxy.tap is None:
             raise ValueError("the proxy needs a tap for the comparator")
         self.proxy = proxy
+        self.control = control
         self.rules = rules
         self.store = store
         self.sweep_interval = sweep_interval
