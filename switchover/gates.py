@@ -1,0 +1,289 @@
+"""Readiness gates: is the new server ready to become primary? Pure, no I/O.
+
+Readiness is evidence: each gate compares one measured figure (from the proxies' `FIGURES`
+over a window) with its threshold and says pass, fail or *inconclusive*. Too little traffic is
+never a pass: with fewer comparisons than the minimum the comparisons gate is inconclusive,
+and so is every gate whose figure cannot be measured (no comparisons, no latency samples).
+`ready` holds only when every gate passes.
+
+Several proxies are one fleet: their counts are summed, their p99 latencies taken at the
+worst, and the window is complete only when it is complete on every proxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final, Literal
+
+Result = Literal["pass", "fail", "inconclusive"]
+RESULTS: Final = ("pass", "fail", "inconclusive")
+
+#: the integer counts of a `FIGURES` answer, summed across proxies
+COUNTS: Final = (
+    "comparisons",
+    "mismatches",
+    "diverged",
+    "mirrored_connections",
+    "shadow_connected",
+    "shadow_drops",
+)
+
+
+class ThresholdsError(ValueError):
+    """A readiness configuration that cannot be used (unknown key, wrong type, bad value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The bars the figures must clear (TOML `[readiness]` table, flags override)."""
+
+    min_comparisons: int = 200
+    max_mismatch_ratio: float = 0.001
+    max_diverged: int = 0
+    max_shadow_drops: int = 0
+    max_latency_ratio: float = 2.0
+    #: seconds of history the figures cover
+    window: float = 300.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ThresholdsError(f"readiness.{f.name} must be a number, not {value!r}")
+            if value < 0:
+                raise ThresholdsError(f"readiness.{f.name} must not be negative")
+            if f.type == "int" and not float(value).is_integer():
+                raise ThresholdsError(f"readiness.{f.name} must be an integer, not {value!r}")
+        if self.window <= 0:
+            raise ThresholdsError("readiness.window must be positive")
+
+    def override(self, **values: float | int | None) -> Thresholds:
+        """These thresholds with the given (non-None) values replaced."""
+        changes = {k: v for k, v in values.items() if v is not None}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ThresholdsError(f"unknown thresholds: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked above
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> Thresholds:
+        """Thresholds from a `[readiness]` table; unknown keys are errors (a typo must not
+        silently keep a default)."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(table) - names
+        if unknown:
+            raise ThresholdsError(
+                f"unknown readiness keys: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(names))})"
+            )
+        values = {}
+        for f in fields(cls):
+            if f.name in table:
+                value = table[f.name]
+                if f.type == "int" and isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                values[f.name] = value
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> Thresholds:
+        """Thresholds from the `[readiness]` table of a TOML file (defaults for what is absent)."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ThresholdsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ThresholdsError(f"{path} is not valid TOML: {exc}") from exc
+        table = data.get("readiness", {})
+        if not isinstance(table, dict):
+            raise ThresholdsError(f"{path}: [readiness] must be a table")
+        return cls.from_mapping(table)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """One readiness gate: its measured figure, its threshold and the verdict."""
+
+    name: str
+    figure: float | int | None
+    threshold: float | int | None
+    result: Result
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+
+def _number(figures: Mapping[str, Any], key: str) -> int:
+    value = figures.get(key, 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _p99(figures: Mapping[str, Any], key: str) -> float | None:
+    value = figures.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The fleet's figures: counts summed, p99 at the worst proxy, complete only if all are."""
+    parts = list(per_proxy)
+    out: dict[str, Any] = {key: sum(_number(p, key) for p in parts) for key in COUNTS}
+    for key in ("primary_p99", "shadow_p99"):
+        samples = [v for v in (_p99(p, key) for p in parts) if v is not None]
+        out[key] = max(samples) if samples else None
+    windows = [p["window"] for p in parts if isinstance(p.get("window"), int | float)]
+    out["window"] = min(windows) if windows else None
+    out["complete"] = bool(parts) and all(p.get("complete") is True for p in parts)
+    out["proxies"] = len(parts)
+    return out
+
+
+def _at_most(name: str, figure: float | int, limit: float | int, what: str) -> Gate:
+    ok = figure <= limit
+    return Gate(
+        name,
+        figure,
+        limit,
+        "pass" if ok else "fail",
+        f"{what} {figure:g} {'≤' if ok else '>'} {limit:g}",
+    )
+
+
+def evaluate(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
+    """Every readiness gate on (combined) figures, in a fixed order."""
+    comparisons = _number(figures, "comparisons")
+    mismatches = _number(figures, "mismatches")
+    gates: list[Gate] = []
+
+    span = "" if figures.get("complete", True) else " (the proxy is up for less than the window)"
+    if comparisons >= thresholds.min_comparisons:
+        gates.append(
+            Gate(
+                "comparisons",
+                comparisons,
+                thresholds.min_comparisons,
+                "pass",
+                f"{comparisons} comparisons in the window ≥ {thresholds.min_comparisons}",
+            )
+        )
+    else:
+        gates.append(
+            Gate(
+                "comparisons",
+                comparisons,
+                thresholds.min_comparisons,
+                "inconclusive",
+                f"too little traffic: {comparisons} comparisons in the window, "
+                f"{thresholds.min_comparisons} needed{span}",
+            )
+        )
+
+    if comparisons == 0:
+        gates.append(
+            Gate(
+                "mismatch_ratio",
+                None,
+                thresholds.max_mismatch_ratio,
+                "inconclusive",
+                "no comparisons: no ratio to measure",
+            )
+        )
+    else:
+        ratio = mismatches / comparisons
+        ok = ratio <= thresholds.max_mismatch_ratio
+        gates.append(
+            Gate(
+                "mismatch_ratio",
+                ratio,
+                thresholds.max_mismatch_ratio,
+                "pass" if ok else "fail",
+                f"{mismatches} mismatched of {comparisons} = {ratio:.4g} "
+                f"{'≤' if ok else '>'} {thresholds.max_mismatch_ratio:g}",
+            )
+        )
+
+    diverged = _number(figures, "diverged")
+    gates.append(_at_most("diverged", diverged, thresholds.max_diverged, "diverged games"))
+
+    mirrored = _number(figures, "mirrored_connections")
+    connected = _number(figures, "shadow_connected")
+    if connected >= mirrored:
+        detail = (
+            f"shadow connected for all {mirrored} mirrored clients"
+            if mirrored
+            else "no mirrored clients connected"
+        )
+        gates.append(Gate("shadow_connected", connected, mirrored, "pass", detail))
+    else:
+        gates.append(
+            Gate(
+                "shadow_connected",
+                connected,
+                mirrored,
+                "fail",
+                f"shadow connected for {connected} of {mirrored} mirrored clients",
+            )
+        )
+
+    drops = _number(figures, "shadow_drops")
+    gates.append(_at_most("shadow_drops", drops, thresholds.max_shadow_drops, "shadow drops"))
+
+    primary_p99 = _p99(figures, "primary_p99")
+    shadow_p99 = _p99(figures, "shadow_p99")
+    if primary_p99 is None or shadow_p99 is None:
+        missing = "primary" if primary_p99 is None else "shadow"
+        gates.append(
+            Gate(
+                "shadow_latency",
+                shadow_p99,
+                None,
+                "inconclusive",
+                f"no {missing} answer latency samples in the window",
+            )
+        )
+    else:
+        bound = thresholds.max_latency_ratio * primary_p99
+        ok = shadow_p99 <= bound
+        gates.append(
+            Gate(
+                "shadow_latency",
+                shadow_p99,
+                bound,
+                "pass" if ok else "fail",
+                f"shadow p99 {shadow_p99 * 1000:.1f} ms {'≤' if ok else '>'} "
+                f"{thresholds.max_latency_ratio:g} x primary p99 {primary_p99 * 1000:.1f} ms",
+            )
+        )
+    return gates
+
+
+def verdict(gates: Iterable[Gate]) -> Result:
+    """`fail` if any gate fails, else `inconclusive` if any is, else `pass`."""
+    results = {g.result for g in gates}
+    if "fail" in results:
+        return "fail"
+    if "inconclusive" in results or not results:
+        return "inconclusive"
+    return "pass"
+
+
+def ready(gates: Iterable[Gate]) -> bool:
+    """Ready only when every gate passes."""
+    return verdict(gates) == "pass"
+
+
+def breached(gates: Iterable[Gate]) -> list[Gate]:
+    """The gates that fail (inconclusive is not a breach: absence of evidence after a flip is
+    not evidence of harm)."""
+    return [g for g in gates if g.result == "fail"]

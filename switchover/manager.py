@@ -1,0 +1,349 @@
+"""The SwitchoverManager: one fleet of proxies driven together over their control planes.
+
+A route change is two-phase across the fleet, so that the fleet never ends with mixed routes:
+`PREPARE` on every proxy (each pauses its clients, drains in-flight answers and confirms the
+games are equal on both servers), then `COMMIT` on every proxy. If any proxy is unreachable or
+refuses to prepare, every proxy that did prepare gets `ABORT` (its route unchanged). If a
+commit fails after others succeeded (a hold expired), the committed proxies are switched back
+to the route they had, the same two-phase way.
+
+The decisions (targets, what counts as done) are small pure functions; the rest moves frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+
+from stateshift.control import ControlClient, ControlError
+from switchover.gates import Gate, Thresholds, breached, combine, evaluate
+
+#: seconds a prepared proxy stays paused waiting for COMMIT before it aborts by itself
+DEFAULT_HOLD: Final = 10.0
+
+
+def target(primary: str, ramp: float | None = None) -> dict[str, Any]:
+    """A PREPARE target; a ramp of 0 or 100 is a plain route (no per-game split)."""
+    if ramp is not None and ramp <= 0.0:
+        return {"primary": "old", "ramp": None, "mirroring": True}
+    if ramp is not None and ramp >= 100.0:
+        return {"primary": "new", "ramp": None, "mirroring": True}
+    return {"primary": primary, "ramp": ramp, "mirroring": True}
+
+
+def same_route(route: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """Whether a proxy's route already is the target."""
+    if route is None:
+        return False
+    return all(route.get(key) == wanted[key] for key in ("primary", "ramp", "mirroring"))
+
+
+def as_target(route: Mapping[str, Any]) -> dict[str, Any]:
+    """A route as a PREPARE target (to go back to it)."""
+    return {
+        "primary": route.get("primary"),
+        "ramp": route.get("ramp"),
+        "mirroring": route.get("mirroring"),
+    }
+
+
+@dataclass
+class ProxyOutcome:
+    """What one proxy did during a route change."""
+
+    url: str
+    #: prepared, committed, aborted, failed, unreachable, reverted
+    state: str
+    route: dict[str, Any] | None = None
+    paused_ms: float | None = None
+    games_checked: int | None = None
+    error: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class SwitchReport:
+    """The outcome of a fleet-wide route change."""
+
+    ok: bool
+    target: dict[str, Any]
+    proxies: list[ProxyOutcome] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def unreachable_only(self) -> bool:
+        """Failed only because proxies were unreachable, before any was prepared."""
+        states = {p.state for p in self.proxies}
+        return not self.ok and "unreachable" in states and states <= {"unreachable", "unchanged"}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "target": self.target,
+            "message": self.message,
+            "proxies": [p.to_dict() for p in self.proxies],
+        }
+
+
+@dataclass
+class Breach:
+    """Gates that failed while watching after a flip, with the figures that showed it."""
+
+    gates: list[Gate]
+    figures: dict[str, Any]
+    per_proxy: dict[str, dict[str, Any]]
+    after: float
+
+
+def _failure(exc: ControlError) -> str:
+    reason = exc.extra.get("reason")
+    return f"{exc.code}: {exc.message}" + (f" ({reason})" if reason else "")
+
+
+class Fleet:
+    """Control-plane connections to every proxy (`async with Fleet(urls, token) as fleet`).
+
+    Connections are opened concurrently; an unreachable proxy is kept in `unreachable` rather
+    than failing the whole fleet, because a route change must abort on the others.
+    """
+
+    def __init__(self, urls: list[str], token: str, *, timeout: float = 10.0) -> None:
+        self.urls = list(dict.fromkeys(urls))  # a proxy named twice is still one proxy
+        self.token = token
+        self.timeout = timeout
+        self.clients: dict[str, ControlClient] = {}
+        self.unreachable: dict[str, ControlError] = {}
+
+    async def __aenter__(self) -> Self:
+        async def open_one(url: str) -> None:
+            client = ControlClient(url, self.token, timeout=self.timeout)
+            try:
+                await client.__aenter__()
+            except ControlError as exc:
+                self.unreachable[url] = exc
+            else:
+                self.clients[url] = client
+
+        await asyncio.gather(*(open_one(url) for url in self.urls))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.gather(
+            *(c.__aexit__(None, None, None) for c in self.clients.values()),
+            return_exceptions=True,
+        )
+
+    def require_all(self) -> None:
+        """Raise the first connection error if any proxy is unreachable."""
+        for url, exc in self.unreachable.items():
+            raise ControlError(exc.code, exc.message if url in exc.message else f"{url}: {exc}")
+
+    async def each(
+        self, command: str, urls: list[str] | None = None, **fields: Any
+    ) -> dict[str, dict[str, Any] | ControlError]:
+        """Run one command on every (reachable, or listed) proxy concurrently."""
+        targets = [u for u in (urls if urls is not None else self.urls) if u in self.clients]
+
+        async def one(url: str) -> dict[str, Any] | ControlError:
+            try:
+                return await self.clients[url].request(command, **fields)
+            except ControlError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one(u) for u in targets))
+        return dict(zip(targets, results, strict=True))
+
+    async def all_ok(self, command: str, **fields: Any) -> dict[str, dict[str, Any]]:
+        """Run a command on every proxy; raise the first error (connection included)."""
+        self.require_all()
+        answers = await self.each(command, **fields)
+        out: dict[str, dict[str, Any]] = {}
+        for url, answer in answers.items():
+            if isinstance(answer, ControlError):
+                raise ControlError(answer.code, f"{url}: {answer.message}", **answer.extra)
+            out[url] = answer
+        return out
+
+    async def routes(self) -> dict[str, dict[str, Any]]:
+        """Every proxy's current route."""
+        answers = await self.all_ok("STATUS")
+        return {url: dict(a["status"]["route"]) for url, a in answers.items()}
+
+    async def figures(self, window: float) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """Every proxy's FIGURES over `window` seconds, and the fleet's combination."""
+        answers = await self.all_ok("FIGURES", window=window)
+        per_proxy = {url: dict(a["figures"]) for url, a in answers.items()}
+        return per_proxy, combine(per_proxy.values())
+
+    async def record(self, kind: str, result: str, details: dict[str, Any]) -> None:
+        """Record an event in every reachable proxy's history (best effort: the history must
+        not block the way back)."""
+        await self.each("RECORD", kind=kind, result=result, details=details)
+
+    # ------------------------------------------------------------ route changes
+
+    async def switch(
+        self, wanted: dict[str, Any], *, reason: str, hold: float = DEFAULT_HOLD
+    ) -> SwitchReport:
+        """Move every proxy to the `wanted` route: prepare all, then commit all, or abort all."""
+        report = SwitchReport(ok=False, target=wanted)
+        outcomes = {url: ProxyOutcome(url, "unreachable") for url in self.urls}
+        report.proxies = list(outcomes.values())
+        for url, exc in self.unreachable.items():
+            outcomes[url].error = _failure(exc)
+
+        before: dict[str, dict[str, Any]] = {}
+        for url, answer in (await self.each("STATUS")).items():
+            if isinstance(answer, ControlError):
+                outcomes[url].state, outcomes[url].error = "unreachable", _failure(answer)
+            else:
+                before[url] = dict(answer["status"]["route"])
+                outcomes[url].state, outcomes[url].route = "unchanged", before[url]
+
+        prepared: dict[str, str] = {}
+        timed_out: list[str] = []
+        if len(before) == len(self.urls):
+            answers = await self.each("PREPARE", list(before), target=wanted, hold=hold)
+            for url, answer in answers.items():
+                outcome = outcomes[url]
+                if isinstance(answer, ControlError):
+                    outcome.state, outcome.error = "failed", _failure(answer)
+                    outcome.reason = answer.extra.get("reason")
+                    if answer.code == "TIMEOUT":
+                        timed_out.append(url)
+                else:
+                    info = answer["prepared"]
+                    prepared[url] = str(info["token"])
+                    outcome.state = "prepared"
+                    outcome.paused_ms = info.get("paused_ms")
+                    outcome.games_checked = info.get("games_checked")
+
+        if len(prepared) < len(self.urls):
+            failed = [o for o in outcomes.values() if o.state in ("failed", "unreachable")]
+            why = "; ".join(f"{o.url}: {o.error}" for o in failed)
+            await self._abort(prepared, outcomes, f"{reason}: aborted, {why}")
+            # a prepare we stopped waiting for may still succeed: the control plane answers
+            # in order, so an ABORT without a token on that connection comes right after it
+            await self.each("ABORT", timed_out, reason=f"{reason}: prepare timed out")
+            report.message = f"not switched: {why}" + (
+                "; aborted on the others, their routes are unchanged" if prepared else ""
+            )
+            await self.record(
+                "abort", "aborted", {"target": wanted, "reason": reason, "failures": why}
+            )
+            return report
+
+        answers = await self._commit(prepared)
+        committed = [u for u, a in answers.items() if not isinstance(a, ControlError)]
+        for url, answer in answers.items():
+            outcome = outcomes[url]
+            if isinstance(answer, ControlError):
+                outcome.state, outcome.error = "failed", _failure(answer)
+            else:
+                outcome.state, outcome.route = "committed", dict(answer["route"])
+        if len(committed) == len(self.urls):
+            report.ok = True
+            report.message = (
+                f"switched {len(committed)} prox{'y' if len(committed) == 1 else 'ies'}"
+            )
+            return report
+
+        # a commit failed after others succeeded: put the committed ones back as they were
+        why = "; ".join(f"{o.url}: {o.error}" for o in outcomes.values() if o.state == "failed")
+        for url in committed:
+            back = await self._one_switch(url, as_target(before[url]), hold)
+            outcomes[url].state = "reverted" if back is None else "mixed"
+            outcomes[url].error = back
+        mixed = [o.url for o in outcomes.values() if o.state == "mixed"]
+        report.message = f"commit failed ({why}); " + (
+            f"COULD NOT REVERT {', '.join(mixed)}: the fleet has mixed routes"
+            if mixed
+            else "the committed proxies were switched back"
+        )
+        await self.record(
+            "abort", "reverted", {"target": wanted, "reason": reason, "failures": why}
+        )
+        return report
+
+    async def _commit(self, prepared: dict[str, str]) -> dict[str, dict[str, Any] | ControlError]:
+        async def one(url: str) -> dict[str, Any] | ControlError:
+            try:
+                return await self.clients[url].request("COMMIT", token=prepared[url])
+            except ControlError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one(u) for u in prepared))
+        return dict(zip(prepared, results, strict=True))
+
+    async def _abort(
+        self, prepared: dict[str, str], outcomes: dict[str, ProxyOutcome], reason: str
+    ) -> None:
+        async def one(url: str) -> None:
+            try:
+                answer = await self.clients[url].request(
+                    "ABORT", token=prepared[url], reason=reason
+                )
+            except ControlError as exc:
+                # the proxy auto-aborts when its hold expires: the route stays unchanged
+                outcomes[url].state, outcomes[url].error = "aborted", f"ABORT: {_failure(exc)}"
+            else:
+                outcomes[url].state, outcomes[url].route = "aborted", dict(answer["route"])
+
+        await asyncio.gather(*(one(u) for u in prepared))
+
+    async def _one_switch(self, url: str, wanted: dict[str, Any], hold: float) -> str | None:
+        """Switch one proxy (used to revert); None on success, else the error."""
+        client = self.clients[url]
+        try:
+            answer = await client.request("PREPARE", target=wanted, hold=hold)
+            await client.request("COMMIT", token=answer["prepared"]["token"])
+        except ControlError as exc:
+            return _failure(exc)
+        return None
+
+    # ------------------------------------------------------------ watching
+
+    async def watch(
+        self,
+        thresholds: Thresholds,
+        duration: float,
+        every: float,
+        *,
+        on_round: Callable[[float, list[Gate]], Awaitable[None] | None] | None = None,
+    ) -> Breach | None:
+        """Re-check the gates every `every` seconds for `duration` seconds after a flip; the
+        first round where a gate fails is a breach. The window covers only the time since the
+        flip, so figures from before it cannot hide a regression."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(min(every, max(0.0, started + duration - time.monotonic())))
+            elapsed = time.monotonic() - started
+            try:
+                per_proxy, figures = await self.figures(max(1.0, elapsed))
+            except ControlError:
+                gates: list[Gate] = []  # a missed round is not a breach; the next one counts
+            else:
+                gates = evaluate(figures, thresholds)
+                failing = breached(gates)
+                if failing:
+                    return Breach(failing, figures, per_proxy, elapsed)
+            if on_round is not None:
+                result = on_round(elapsed, gates)
+                if result is not None:
+                    await result
+            if elapsed >= duration:
+                return None

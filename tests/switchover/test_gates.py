@@ -1,0 +1,179 @@
+"""Readiness gates without sockets: every result kind, too little traffic never passes,
+thresholds from TOML and flags, several proxies combined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from switchover.gates import (
+    Gate,
+    Thresholds,
+    ThresholdsError,
+    breached,
+    combine,
+    evaluate,
+    ready,
+    verdict,
+)
+from switchover.manager import same_route, target
+
+
+def healthy(**changes: Any) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "window": 300.0,
+        "comparisons": 1000,
+        "mismatches": 0,
+        "diverged": 0,
+        "mirrored_connections": 20,
+        "shadow_connected": 20,
+        "shadow_drops": 0,
+        "primary_p99": 0.010,
+        "shadow_p99": 0.015,
+        "complete": True,
+    }
+    figures.update(changes)
+    return figures
+
+
+def by_name(gates: list[Gate]) -> dict[str, Gate]:
+    return {g.name: g for g in gates}
+
+
+def test_healthy_figures_pass_every_gate():
+    gates = evaluate(healthy(), Thresholds())
+    assert [g.name for g in gates] == [
+        "comparisons",
+        "mismatch_ratio",
+        "diverged",
+        "shadow_connected",
+        "shadow_drops",
+        "shadow_latency",
+    ]
+    assert {g.result for g in gates} == {"pass"}
+    assert ready(gates)
+    assert verdict(gates) == "pass"
+
+
+def test_no_traffic_is_inconclusive_never_a_pass():
+    figures = healthy(
+        comparisons=0,
+        mismatches=0,
+        mirrored_connections=0,
+        shadow_connected=0,
+        primary_p99=None,
+        shadow_p99=None,
+    )
+    gates = by_name(evaluate(figures, Thresholds()))
+    assert gates["comparisons"].result == "inconclusive"
+    assert gates["mismatch_ratio"].result == "inconclusive"
+    assert gates["mismatch_ratio"].figure is None
+    assert gates["shadow_latency"].result == "inconclusive"
+    assert verdict(gates.values()) == "inconclusive"
+    assert not ready(gates.values())
+    assert breached(gates.values()) == []
+
+
+def test_fewer_comparisons_than_the_minimum_is_inconclusive_even_when_all_match():
+    gates = by_name(evaluate(healthy(comparisons=199), Thresholds(min_comparisons=200)))
+    assert gates["comparisons"].result == "inconclusive"
+    assert (gates["comparisons"].figure, gates["comparisons"].threshold) == (199, 200)
+    assert gates["mismatch_ratio"].result == "pass"
+    assert verdict(gates.values()) == "inconclusive"
+
+
+def test_the_window_being_incomplete_is_said_in_the_detail():
+    gate = evaluate(healthy(comparisons=10, complete=False), Thresholds())[0]
+    assert "less than the window" in gate.detail
+
+
+@pytest.mark.parametrize(
+    ("changes", "failing"),
+    [
+        ({"mismatches": 2}, "mismatch_ratio"),  # 2/1000 > 0.001
+        ({"diverged": 1}, "diverged"),
+        ({"shadow_connected": 19}, "shadow_connected"),
+        ({"shadow_drops": 1}, "shadow_drops"),
+        ({"shadow_p99": 0.021}, "shadow_latency"),  # > 2 x 10 ms
+    ],
+)
+def test_each_gate_fails_on_its_own_figure(changes: dict[str, Any], failing: str):
+    gates = evaluate(healthy(**changes), Thresholds())
+    assert [g.name for g in breached(gates)] == [failing]
+    assert verdict(gates) == "fail"
+    assert not ready(gates)
+
+
+def test_a_failure_wins_over_an_inconclusive_gate():
+    gates = evaluate(healthy(comparisons=10, mismatches=5), Thresholds())
+    assert verdict(gates) == "fail"
+    assert by_name(gates)["mismatch_ratio"].figure == 0.5
+
+
+def test_thresholds_at_their_bound_pass():
+    figures = healthy(mismatches=1, shadow_p99=0.020)  # ratio exactly 0.001, p99 exactly 2x
+    assert ready(evaluate(figures, Thresholds()))
+
+
+def test_latency_without_samples_on_one_side_is_inconclusive():
+    gate = by_name(evaluate(healthy(shadow_p99=None), Thresholds()))["shadow_latency"]
+    assert gate.result == "inconclusive"
+    assert "shadow" in gate.detail
+
+
+def test_several_proxies_sum_counts_and_take_the_worst_p99():
+    a = healthy(comparisons=150, mismatches=0, primary_p99=0.01, shadow_p99=0.01)
+    b = healthy(comparisons=100, mismatches=1, primary_p99=None, shadow_p99=0.05, complete=False)
+    fleet = combine([a, b])
+    assert fleet["comparisons"] == 250
+    assert fleet["mismatches"] == 1
+    assert fleet["mirrored_connections"] == 40
+    assert (fleet["primary_p99"], fleet["shadow_p99"]) == (0.01, 0.05)
+    assert fleet["complete"] is False
+    gates = by_name(evaluate(fleet, Thresholds(max_mismatch_ratio=0.01)))
+    assert gates["comparisons"].result == "pass"  # neither proxy alone has 200
+    assert gates["shadow_latency"].result == "fail"
+
+
+def test_thresholds_load_from_toml_and_flags_override(tmp_path: Path):
+    config = tmp_path / "stateshift.toml"
+    config.write_text("[readiness]\nmin_comparisons = 50\nmax_latency_ratio = 3\nwindow = 60\n")
+    loaded = Thresholds.load(config)
+    assert (loaded.min_comparisons, loaded.max_latency_ratio, loaded.window) == (50, 3, 60)
+    assert loaded.max_mismatch_ratio == Thresholds().max_mismatch_ratio
+    assert loaded.override(window=10, max_diverged=None).window == 10
+
+
+def test_a_file_without_a_readiness_table_keeps_the_defaults(tmp_path: Path):
+    config = tmp_path / "rules.toml"
+    config.write_text("[rules]\nx = 1\n")
+    assert Thresholds.load(config) == Thresholds()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[readiness]\nmin_comparison = 5\n",  # a typo must not silently keep the default
+        "[readiness]\nmax_diverged = -1\n",
+        "[readiness]\nmin_comparisons = 2.5\n",
+        "[readiness]\nwindow = 0\n",
+        '[readiness]\nwindow = "long"\n',
+        "readiness = 3\n",
+        "not toml [",
+    ],
+)
+def test_bad_readiness_configuration_is_refused(tmp_path: Path, text: str):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ThresholdsError):
+        Thresholds.load(config)
+
+
+def test_ramp_targets_are_plain_routes_at_the_ends():
+    assert target("old", 0) == {"primary": "old", "ramp": None, "mirroring": True}
+    assert target("old", 100) == {"primary": "new", "ramp": None, "mirroring": True}
+    assert target("old", 25) == {"primary": "old", "ramp": 25, "mirroring": True}
+    assert same_route({"primary": "new", "ramp": None, "mirroring": True}, target("new"))
+    assert not same_route({"primary": "new", "ramp": None, "mirroring": False}, target("new"))
