@@ -13,6 +13,7 @@ from legacy.cli import app as legacy_app
 from proxy.cli import app as proxy_app
 from server.cli import app as server_app
 from stateshift.tokens import ROLES, SECRET_ENV, mint_token
+from switchover.cli import app as switchover_app
 
 app = typer.Typer(
     name="stateshift",
@@ -24,6 +25,7 @@ app = typer.Typer(
 for component in (server_app, legacy_app, conformance_app, proxy_app):
     app.add_typer(component)
 app.add_typer(compare_app, name="compare")
+app.add_typer(switchover_app, name="switchover")
 app.command()(backfill)
 
 

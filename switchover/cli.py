@@ -1,0 +1,787 @@
+"""`stateshift switchover`: the migration engineer's controls over the proxies' control planes.
+
+Each command talks to every `--proxy` (the admin address of each proxy) with the admin token
+from `STATESHIFT_ADMIN_TOKEN`; output is rich text for people, `--json` for scripts. The
+readiness decision is `switchover.gates`; the fleet's two-phase route changes are
+`switchover.manager`. This module only parses flags, runs them and draws the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stateshift.control import ADMIN_TOKEN_ENV, ControlError
+from switchover.gates import Gate, Thresholds, ThresholdsError, evaluate, verdict
+from switchover.manager import DEFAULT_HOLD, Fleet, SwitchReport, same_route, target
+
+OK: Final = 0
+#: not ready (a gate fails), or the operation failed and was rolled back / aborted
+FAILED: Final = 1
+#: usage error, or a proxy could not be reached before anything changed
+USAGE: Final = 2
+#: not enough evidence to decide (a gate is inconclusive, none fails)
+INCONCLUSIVE: Final = 3
+
+EXIT_CODES = (
+    "Exit codes: 0 ok / ready; 1 not ready, or failed (aborted or rolled back); "
+    "2 usage or connection error (nothing changed); 3 inconclusive (too little evidence)."
+)
+
+ProxyOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--proxy",
+        help="Admin address of a proxy, ws://HOST:PORT (repeat for a fleet).",
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    str,
+    typer.Option(envvar=ADMIN_TOKEN_ENV, show_default=False, help="Admin token (use the env var)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+TimeoutOpt = Annotated[
+    float, typer.Option(help="Seconds to wait for each proxy's answer (a prepare can be slow).")
+]
+ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
+
+
+class Usage(Exception):
+    """A usage error (exit 2) found before anything was sent."""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _fmt_gate(gate: Gate, value: float | int | None) -> str:
+    if gate.name == "shadow_latency" and isinstance(value, float):
+        return f"{value * 1000:.1f} ms"
+    return _fmt(value)
+
+
+RESULT_STYLE: Final = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+
+
+class Output:
+    """Where a command writes: people get rich text, scripts get one JSON document."""
+
+    def __init__(self, console: Console, err: Console, as_json: bool) -> None:
+        self.console = console
+        self.err = err
+        self.as_json = as_json
+
+    def json(self, doc: dict[str, Any]) -> None:
+        self.console.file.write(json.dumps(doc, indent=2, default=str) + "\n")
+        self.console.file.flush()
+
+    def error(self, message: str, code: int, **doc: Any) -> typer.Exit:
+        if self.as_json:
+            self.json({"ok": False, "error": message, **doc})
+        self.err.print(f"[bold red]error:[/] {message}", highlight=False)
+        return typer.Exit(code=code)
+
+    def gates(self, gates: list[Gate], title: str) -> None:
+        table = Table(title=title, title_justify="left")
+        for column in ("gate", "figure", "threshold", "result", "detail"):
+            table.add_column(column, overflow="fold")
+        for g in gates:
+            table.add_row(
+                g.name,
+                _fmt_gate(g, g.figure),
+                _fmt_gate(g, g.threshold),
+                f"[{RESULT_STYLE[g.result]}]{g.result}[/]",
+                g.detail,
+            )
+        self.console.print(table)
+
+    def switch(self, report: SwitchReport, title: str) -> None:
+        table = Table(title=title, title_justify="left")
+        for column in ("proxy", "outcome", "route", "paused", "detail"):
+            table.add_column(column, overflow="fold")
+        for p in report.proxies:
+            style = (
+                "green" if p.state == "committed" else "yellow" if p.state == "aborted" else "red"
+            )
+            table.add_row(
+                p.url,
+                f"[{style}]{p.state}[/]",
+                _route_text(p.route),
+                "—" if p.paused_ms is None else f"{p.paused_ms:.1f} ms",
+                p.error or "",
+            )
+        self.console.print(table)
+        style = "green" if report.ok else "bold red"
+        self.console.print(f"[{style}]{report.message}[/]", highlight=False)
+
+
+def _route_text(route: dict[str, Any] | None) -> str:
+    if route is None:
+        return "—"
+    text = f"primary {route.get('primary')}"
+    if route.get("ramp") is not None:
+        text += f", ramp {_fmt(route['ramp'])}% new"
+    text += ", mirroring" if route.get("mirroring") else ", not mirroring"
+    return text
+
+
+def _code(result: str) -> int:
+    return {"pass": OK, "fail": FAILED, "inconclusive": INCONCLUSIVE}[result]
+
+
+def thresholds_from(config: Path | None, **flags: float | int | None) -> Thresholds:
+    """Defaults, then the TOML file's `[readiness]`, then the flags."""
+    base = Thresholds.load(config) if config is not None else Thresholds()
+    return base.override(**flags)
+
+
+async def _readiness(fleet: Fleet, thresholds: Thresholds) -> tuple[list[Gate], dict[str, Any]]:
+    per_proxy, figures = await fleet.figures(thresholds.window)
+    gates = evaluate(figures, thresholds)
+    doc = {
+        "result": verdict(gates),
+        "gates": [g.to_dict() for g in gates],
+        "figures": figures,
+        "per_proxy": per_proxy,
+        "thresholds": thresholds.to_dict(),
+    }
+    return gates, doc
+
+
+def make_app(console: Console | None = None, err_console: Console | None = None) -> typer.Typer:
+    """The `switchover` typer app writing to `console` (default: stdout) and `err_console`."""
+    app = typer.Typer(
+        help="Readiness checks, flip, rollback, ramp and finalize across the proxies. "
+        + EXIT_CODES,
+        no_args_is_help=True,
+    )
+
+    def run(
+        as_json: bool,
+        token: str,
+        proxies: list[str],
+        body: Callable[[Output], Coroutine[Any, Any, int]],
+    ) -> None:
+        out = Output(console or Console(), err_console or Console(stderr=True), as_json)
+        if not proxies:
+            raise out.error("give at least one --proxy ws://HOST:PORT", USAGE)
+        if not token:
+            raise out.error(f"{ADMIN_TOKEN_ENV} is not set (an admin token for the proxies)", USAGE)
+        for url in proxies:
+            if not url.startswith(("ws://", "wss://")):
+                raise out.error(f"--proxy must be a ws:// URL, not {url!r}", USAGE)
+        try:
+            code = asyncio.run(body(out))
+        except Usage as exc:
+            raise out.error(str(exc), USAGE) from exc
+        except ControlError as exc:
+            code = USAGE if exc.code in ("UNREACHABLE", "TIMEOUT") else FAILED
+            raise out.error(str(exc), code) from exc
+        raise typer.Exit(code=code)
+
+    # ------------------------------------------------------------------ status
+
+    @app.command()
+    def status(
+        proxy: ProxyOpt = [],  # noqa: B006  # typer reads the default; never mutated
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        events: Annotated[int, typer.Option(help="Last events shown per proxy.")] = 5,
+        timeout: TimeoutOpt = 10.0,
+    ) -> None:
+        """Route, mirroring, connections, comparison figures, diverged games, last events.
+
+        Exit 0, or 2 when a proxy cannot be reached.
+        """
+
+        async def body(out: Output) -> int:
+            docs: dict[str, Any] = {}
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                statuses = await fleet.each("STATUS")
+                compares = await fleet.each("COMPARE_STATUS")
+                histories = await fleet.each("HISTORY", limit=max(1, min(events, 1000)))
+                for url in fleet.urls:
+                    if url in fleet.unreachable:
+                        docs[url] = {"error": str(fleet.unreachable[url])}
+                        continue
+                    st, cmp, hist = statuses[url], compares[url], histories[url]
+                    docs[url] = {
+                        "status": None if isinstance(st, ControlError) else st["status"],
+                        "compare": None if isinstance(cmp, ControlError) else cmp["compare"],
+                        "events": [] if isinstance(hist, ControlError) else hist["events"],
+                    }
+                    if isinstance(st, ControlError):
+                        docs[url]["error"] = str(st)
+            if out.as_json:
+                out.json({"proxies": docs})
+            else:
+                for url, doc in docs.items():
+                    _render_status(out.console, url, doc)
+            return USAGE if any("error" in d for d in docs.values()) else OK
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ check
+
+    @app.command()
+    def check(
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        window: Annotated[
+            float | None, typer.Option(help="Seconds of history judged [default: 300].")
+        ] = None,
+        config: Annotated[
+            Path | None, typer.Option(help="TOML file with a [readiness] table.")
+        ] = None,
+        min_comparisons: Annotated[int | None, typer.Option(help="[default: 200]")] = None,
+        max_mismatch_ratio: Annotated[float | None, typer.Option(help="[default: 0.001]")] = None,
+        max_diverged: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
+        max_shadow_drops: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
+        max_latency_ratio: Annotated[
+            float | None, typer.Option(help="Shadow p99 / primary p99 bound [default: 2].")
+        ] = None,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        """Each readiness gate with its figure, threshold and result; recorded in the history.
+
+        Exit 0 when every gate passes, 1 when one fails, 3 when none fails but one is
+        inconclusive (too little traffic is never a pass), 2 on a usage or connection error.
+        """
+        thresholds = _thresholds(
+            config,
+            window=window,
+            min_comparisons=min_comparisons,
+            max_mismatch_ratio=max_mismatch_ratio,
+            max_diverged=max_diverged,
+            max_shadow_drops=max_shadow_drops,
+            max_latency_ratio=max_latency_ratio,
+        )
+
+        async def body(out: Output) -> int:
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                fleet.require_all()
+                gates, doc = await _readiness(fleet, thresholds)
+                await fleet.record("check", doc["result"], doc)
+            _show_readiness(out, gates, doc)
+            return _code(doc["result"])
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ flip
+
+    @app.command()
+    def flip(
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        force: Annotated[
+            bool, typer.Option(help="Flip even when the check does not pass (recorded).")
+        ] = False,
+        reason: ReasonOpt = "",
+        auto_rollback: Annotated[
+            float | None,
+            typer.Option(
+                help="Watch the gates for this many seconds after the flip; roll back on a "
+                "failing gate (inconclusive is not a breach)."
+            ),
+        ] = None,
+        check_every: Annotated[
+            float, typer.Option(help="Seconds between checks while watching.")
+        ] = 5.0,
+        window: Annotated[float | None, typer.Option(help="Readiness window (seconds).")] = None,
+        config: Annotated[
+            Path | None, typer.Option(help="TOML file with a [readiness] table.")
+        ] = None,
+        min_comparisons: Annotated[int | None, typer.Option()] = None,
+        max_mismatch_ratio: Annotated[float | None, typer.Option()] = None,
+        max_diverged: Annotated[int | None, typer.Option()] = None,
+        max_shadow_drops: Annotated[int | None, typer.Option()] = None,
+        max_latency_ratio: Annotated[float | None, typer.Option()] = None,
+        hold: Annotated[
+            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
+        ] = DEFAULT_HOLD,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        """Make the new server primary on every proxy, without closing a client.
+
+        Refuses unless the readiness check passes (--force overrides, and is recorded).
+        Prepares every proxy, then commits every proxy; if any cannot prepare (or is down),
+        aborts on all that did: never a fleet with mixed routes.
+
+        Exit 0 flipped (and, with --auto-rollback, no breach); 1 refused because a gate fails,
+        or failed and aborted, or rolled back after a breach; 3 refused as inconclusive;
+        2 usage or connection error (nothing changed).
+        """
+        if auto_rollback is not None and auto_rollback <= 0:
+            raise typer.BadParameter("--auto-rollback must be a positive number of seconds")
+        if check_every <= 0:
+            raise typer.BadParameter("--check-every must be positive")
+        thresholds = _thresholds(
+            config,
+            window=window,
+            min_comparisons=min_comparisons,
+            max_mismatch_ratio=max_mismatch_ratio,
+            max_diverged=max_diverged,
+            max_shadow_drops=max_shadow_drops,
+            max_latency_ratio=max_latency_ratio,
+        )
+
+        async def body(out: Output) -> int:
+            doc: dict[str, Any] = {"reason": reason, "force": force}
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                wanted = target("new")
+                gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "flip")
+                if gate_code is not None:
+                    return gate_code
+                if not fleet.unreachable and all(
+                    same_route(r, wanted) for r in (await fleet.routes()).values()
+                ):
+                    doc.update(ok=True, message="already flipped: the new server is primary")
+                    return _finish(out, doc, OK)
+                report = await fleet.switch(wanted, reason=reason or "flip", hold=hold)
+                doc["switch"] = report.to_dict()
+                if not out.as_json:
+                    out.switch(report, "flip")
+                if not report.ok:
+                    return _finish(out, doc, _failed(report))
+                if auto_rollback is None:
+                    return _finish(out, doc, OK)
+                return await _watch(
+                    fleet, out, thresholds, auto_rollback, check_every, hold, reason, doc
+                )
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ rollback
+
+    @app.command()
+    def rollback(
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        reason: ReasonOpt = "",
+        hold: Annotated[
+            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
+        ] = DEFAULT_HOLD,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        """Make the old server primary again on every proxy.
+
+        No readiness required: it is the way back. Lossless while mirroring is on; refused
+        after finalize.
+
+        Exit 0 rolled back (or already there); 1 failed and aborted (routes unchanged);
+        2 usage or connection error.
+        """
+
+        async def body(out: Output) -> int:
+            doc: dict[str, Any] = {"reason": reason}
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                wanted = target("old")
+                if not fleet.unreachable:
+                    routes = await fleet.routes()
+                    if all(same_route(r, wanted) for r in routes.values()):
+                        doc.update(
+                            ok=True, message="already rolled back: the old server is primary"
+                        )
+                        return _finish(out, doc, OK)
+                    finalized = [u for u, r in routes.items() if not r.get("mirroring")]
+                    if finalized:
+                        doc.update(
+                            ok=False,
+                            message="mirroring to the old server is off (finalized) on "
+                            f"{', '.join(finalized)}: it missed updates, "
+                            "a rollback would lose them",
+                        )
+                        return _finish(out, doc, FAILED)
+                report = await fleet.switch(wanted, reason=reason or "rollback", hold=hold)
+                doc["switch"] = report.to_dict()
+            if not out.as_json:
+                out.switch(report, "rollback")
+            return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ ramp
+
+    @app.command()
+    def ramp(
+        percent: Annotated[float, typer.Argument(help="Share of games (0-100) on the new server.")],
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        force: Annotated[
+            bool, typer.Option(help="Raise the share even when the check does not pass.")
+        ] = False,
+        reason: ReasonOpt = "",
+        window: Annotated[float | None, typer.Option(help="Readiness window (seconds).")] = None,
+        config: Annotated[
+            Path | None, typer.Option(help="TOML file with a [readiness] table.")
+        ] = None,
+        min_comparisons: Annotated[int | None, typer.Option()] = None,
+        max_mismatch_ratio: Annotated[float | None, typer.Option()] = None,
+        max_diverged: Annotated[int | None, typer.Option()] = None,
+        max_shadow_drops: Annotated[int | None, typer.Option()] = None,
+        max_latency_ratio: Annotated[float | None, typer.Option()] = None,
+        hold: Annotated[
+            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
+        ] = DEFAULT_HOLD,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        """Gradual switchover: PERCENT of games get the new server as primary.
+
+        Games are chosen by a stable hash of the game id, the same on every proxy, and every
+        proxy moves together. Raising the share needs the readiness check
+        (like flip); lowering it does not (like rollback). 100 is a flip, 0 a rollback.
+
+        Exit codes as for flip.
+        """
+        if not 0.0 <= percent <= 100.0 or math.isnan(percent):
+            raise typer.BadParameter("PERCENT must be from 0 to 100")
+        thresholds = _thresholds(
+            config,
+            window=window,
+            min_comparisons=min_comparisons,
+            max_mismatch_ratio=max_mismatch_ratio,
+            max_diverged=max_diverged,
+            max_shadow_drops=max_shadow_drops,
+            max_latency_ratio=max_latency_ratio,
+        )
+
+        async def body(out: Output) -> int:
+            doc: dict[str, Any] = {"reason": reason, "force": force, "percent": percent}
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                wanted = target("old", percent)
+                raising = True
+                if not fleet.unreachable:
+                    routes = await fleet.routes()
+                    if all(same_route(r, wanted) for r in routes.values()):
+                        doc.update(ok=True, message=f"already at {percent:g}%")
+                        return _finish(out, doc, OK)
+                    raising = any(percent > _share(r) for r in routes.values())
+                if raising:
+                    gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "ramp")
+                    if gate_code is not None:
+                        return gate_code
+                report = await fleet.switch(
+                    wanted, reason=reason or f"ramp {percent:g}%", hold=hold
+                )
+                doc["switch"] = report.to_dict()
+            if not out.as_json:
+                out.switch(report, f"ramp to {percent:g}%")
+            return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ finalize
+
+    @app.command()
+    def finalize(
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+        timeout: TimeoutOpt = 30.0,
+    ) -> None:
+        """Stop mirroring to the old server after a flip (asks for confirmation).
+
+        After this, rollback is refused. Refused unless the new server is primary for every
+        game on every proxy.
+
+        Exit 0 finalized; 1 refused, declined or failed; 2 usage or connection error.
+        """
+
+        async def body(out: Output) -> int:
+            doc: dict[str, Any] = {}
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                routes = await fleet.routes()
+                not_flipped = [
+                    u
+                    for u, r in routes.items()
+                    if r.get("primary") != "new" or r.get("ramp") not in (None, 100.0)
+                ]
+                if not_flipped:
+                    doc.update(
+                        ok=False,
+                        message="the new server is not primary for every game on "
+                        f"{', '.join(not_flipped)}: flip first",
+                    )
+                    return _finish(out, doc, FAILED)
+                if not yes:
+                    question = (
+                        f"Stop mirroring to the old server on {len(routes)} "
+                        f"prox{'y' if len(routes) == 1 else 'ies'}? Rollback will no longer "
+                        "be possible"
+                    )
+                    if not await asyncio.to_thread(typer.confirm, question, default=False):
+                        doc.update(ok=False, message="not finalized (declined)")
+                        return _finish(out, doc, FAILED)
+                answers = await fleet.each("FINALIZE", confirm=True)
+                results = {
+                    u: {"error": str(a)} if isinstance(a, ControlError) else {"route": a["route"]}
+                    for u, a in answers.items()
+                }
+                failed = [u for u, r in results.items() if "error" in r]
+                doc["proxies"] = results
+                doc.update(
+                    ok=not failed,
+                    message=f"finalize failed on {', '.join(failed)}"
+                    if failed
+                    else "finalized: the old server no longer receives traffic",
+                )
+            return _finish(out, doc, FAILED if failed else OK)
+
+        run(as_json, token, proxy, body)
+
+    # ------------------------------------------------------------------ history
+
+    @app.command()
+    def history(
+        proxy: ProxyOpt = [],  # noqa: B006
+        token: TokenOpt = "",
+        as_json: JsonOpt = False,
+        limit: Annotated[int, typer.Option(help="Newest events per proxy (1-1000).")] = 20,
+        timeout: TimeoutOpt = 10.0,
+    ) -> None:
+        """Every check, flip, rollback, ramp, abort and finalize, newest first.
+
+        Who, when, the figures and the result, as kept by each proxy (it survives restarts).
+        Exit 0, or 2 on a connection error.
+        """
+        if not 1 <= limit <= 1000:
+            raise typer.BadParameter("--limit must be from 1 to 1000")
+
+        async def body(out: Output) -> int:
+            async with Fleet(proxy, token, timeout=timeout) as fleet:
+                answers = await fleet.all_ok("HISTORY", limit=limit)
+            rows = [{"proxy": url, **event} for url, a in answers.items() for event in a["events"]]
+            rows.sort(key=lambda e: (str(e.get("at")), e.get("id", 0)), reverse=True)
+            if out.as_json:
+                out.json({"events": rows})
+                return OK
+            table = Table(title="history", title_justify="left")
+            for column in ("at", "proxy", "actor", "kind", "result", "details"):
+                table.add_column(column, overflow="fold")
+            for e in rows:
+                table.add_row(
+                    str(e.get("at")),
+                    e["proxy"],
+                    str(e.get("actor")),
+                    str(e.get("kind")),
+                    str(e.get("result")),
+                    _details_text(e.get("details")),
+                )
+            out.console.print(table)
+            return OK
+
+        run(as_json, token, proxy, body)
+
+    return app
+
+
+def _thresholds(config: Path | None, **flags: float | int | None) -> Thresholds:
+    try:
+        return thresholds_from(config, **flags)
+    except ThresholdsError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _failed(report: SwitchReport) -> int:
+    """A failed switch: 2 when proxies were unreachable and nothing was touched, else 1."""
+    return USAGE if report.unreachable_only else FAILED
+
+
+def _share(route: dict[str, Any]) -> float:
+    """Percent of games whose primary is the new server under a route."""
+    if route.get("ramp") is not None:
+        return float(route["ramp"])
+    return 100.0 if route.get("primary") == "new" else 0.0
+
+
+def _details_text(details: Any) -> str:
+    if not isinstance(details, dict):
+        return _fmt(details)
+    parts = []
+    for key in ("reason", "message", "result", "force", "percent", "failures", "paused_ms"):
+        if details.get(key) not in (None, "", False):
+            parts.append(f"{key}={_fmt(details[key])}")
+    if isinstance(details.get("to"), dict):
+        parts.append(f"to: {_route_text(details['to'])}")
+    if isinstance(details.get("breached"), list):
+        parts.append("breached: " + ", ".join(str(g.get("name")) for g in details["breached"]))
+    return " ".join(parts)
+
+
+def _finish(out: Output, doc: dict[str, Any], code: int, *, quiet: bool = False) -> int:
+    doc.setdefault("ok", code == OK)
+    doc["exit_code"] = code
+    if out.as_json:
+        out.json(doc)
+    elif not quiet and doc.get("message"):
+        style = "green" if code == OK else "bold red"
+        out.console.print(f"[{style}]{doc['message']}[/]", highlight=False)
+    return code
+
+
+def _show_readiness(out: Output, gates: list[Gate], doc: dict[str, Any]) -> None:
+    if out.as_json:
+        out.json(doc)
+        return
+    figures = doc["figures"]
+    proxies = figures.get("proxies", 1)
+    title = (
+        f"readiness over {_fmt(doc['thresholds']['window'])} s "
+        f"({proxies} prox{'y' if proxies == 1 else 'ies'})"
+    )
+    out.gates(gates, title)
+    result = doc["result"]
+    word = {"pass": "READY", "fail": "NOT READY", "inconclusive": "INCONCLUSIVE"}[result]
+    out.console.print(f"[{RESULT_STYLE[result]}]{word}[/]", highlight=False)
+
+
+async def _gatekeep(
+    fleet: Fleet,
+    out: Output,
+    thresholds: Thresholds,
+    force: bool,
+    doc: dict[str, Any],
+    action: str,
+) -> int | None:
+    """Run the readiness check before a switch; an exit code when the switch is refused."""
+    if force:
+        try:
+            fleet.require_all()
+            gates, readiness = await _readiness(fleet, thresholds)
+        except ControlError as exc:
+            readiness = {"result": "unknown", "error": str(exc)}
+        doc["readiness"] = readiness
+        await fleet.record(action, "forced", {"reason": doc.get("reason", ""), **readiness})
+        if not out.as_json:
+            out.console.print(
+                f"[yellow]--force: {action} without a passing check "
+                f"(check: {readiness['result']}); recorded[/]",
+                highlight=False,
+            )
+        return None
+    fleet.require_all()
+    gates, readiness = await _readiness(fleet, thresholds)
+    doc["readiness"] = readiness
+    await fleet.record("check", readiness["result"], {**readiness, "before": action})
+    if not out.as_json:
+        _show_readiness(out, gates, readiness)
+    if readiness["result"] == "pass":
+        return None
+    doc.update(ok=False, message=f"{action} refused: the check did not pass (--force overrides)")
+    return _finish(out, doc, _code(readiness["result"]))
+
+
+async def _watch(
+    fleet: Fleet,
+    out: Output,
+    thresholds: Thresholds,
+    duration: float,
+    every: float,
+    hold: float,
+    reason: str,
+    doc: dict[str, Any],
+) -> int:
+    """After a flip: watch the gates; roll back every proxy on the first failing gate."""
+    if not out.as_json:
+        out.console.print(f"watching the gates for {duration:g} s (every {every:g} s)")
+    breach = await fleet.watch(thresholds, duration, every)
+    if breach is None:
+        doc.update(ok=True, message=f"flipped; no breach in {duration:g} s")
+        return _finish(out, doc, OK)
+    names = ", ".join(g.name for g in breach.gates)
+    if not out.as_json:
+        out.gates(breach.gates, f"breach {breach.after:.1f} s after the flip")
+    report = await fleet.switch(target("old"), reason=f"auto-rollback: {names}", hold=hold)
+    details = {
+        "reason": reason,
+        "breached": [g.to_dict() for g in breach.gates],
+        "figures": breach.figures,
+        "per_proxy": breach.per_proxy,
+        "after_seconds": breach.after,
+        "rollback": report.to_dict(),
+    }
+    await fleet.record("auto-rollback", "ok" if report.ok else "failed", details)
+    doc["auto_rollback"] = details
+    if not out.as_json:
+        out.switch(report, "auto-rollback")
+    doc.update(
+        ok=False,
+        message=f"breach ({names}): rolled back"
+        if report.ok
+        else f"breach ({names}): ROLLBACK FAILED: {report.message}",
+    )
+    return _finish(out, doc, FAILED)
+
+
+def _render_status(console: Console, url: str, doc: dict[str, Any]) -> None:
+    console.rule(url)
+    if doc.get("status") is None:
+        console.print(f"[bold red]unreachable[/]: {doc.get('error')}", highlight=False)
+        return
+    st = doc["status"]
+    lines = [
+        f"route: {_route_text(st.get('route'))}"
+        + (" [yellow](paused)[/]" if st.get("paused") else ""),
+        f"connections: {st.get('connections')} ({st.get('mirrored_connections')} mirrored, "
+        f"shadow connected for {st.get('shadow_connected')}, "
+        f"{st.get('shadow_buffered')} frames buffered for the shadow)",
+    ]
+    cmp = doc.get("compare")
+    if cmp is None:
+        lines.append("comparison: not available on this proxy")
+    else:
+        counts = cmp.get("comparisons", {})
+        summary = ", ".join(
+            f"{kind} " + " ".join(f"{r}={n}" for r, n in sorted(results.items()))
+            for kind, results in sorted(counts.items())
+        )
+        lines.append(f"comparisons: {summary or 'none yet'}")
+        lines.append(
+            f"mismatch ratio {_fmt(cmp.get('mismatch_ratio'))}, findings {cmp.get('findings')}, "
+            f"resyncs {cmp.get('resyncs')}, lag {_fmt(cmp.get('lag_seconds'))} s"
+        )
+        diverged = cmp.get("diverged") or []
+        lines.append(
+            f"diverged games ({len(diverged)}): {', '.join(map(str, diverged[:20])) or 'none'}"
+            + (" …" if len(diverged) > 20 else "")
+        )
+        not_comparable = cmp.get("not_comparable") or []
+        if not_comparable:
+            lines.append(f"not comparable: {len(not_comparable)} games")
+    for line in lines:
+        console.print(line, highlight=False)
+    events = doc.get("events") or []
+    if events:
+        table = Table(title="last events", title_justify="left")
+        for column in ("at", "actor", "kind", "result", "details"):
+            table.add_column(column, overflow="fold")
+        for e in events:
+            table.add_row(
+                str(e.get("at")),
+                str(e.get("actor")),
+                str(e.get("kind")),
+                str(e.get("result")),
+                _details_text(e.get("details")),
+            )
+        console.print(table)
+
+
+app = make_app()

@@ -1,0 +1,322 @@
+"""`stateshift switchover` against real proxies and servers: exit codes, rendering, readiness
+with no traffic, flip/rollback cycles under load that close and lose nothing, failed flips that
+change nothing, fleets that never end with mixed routes, auto-rollback on a breach."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.proxy.conftest import Client, start_new, token
+from tests.support import timeout, wait_until
+from tests.switchover.conftest import Stack, cli, game_state, start_players
+
+#: thresholds a small test load can meet: the latency bound is loose because the two
+#: in-process servers differ in speed and the test does not judge speed
+EASY = ("--min-comparisons", "10", "--max-latency-ratio", "1000", "--window", "60")
+
+
+async def test_help_documents_the_exit_codes():
+    outcome = await cli("--help", width=200)
+    assert outcome.code == 0
+    assert "3 inconclusive" in " ".join(outcome.stdout.split())
+    for command in ("status", "check", "flip", "rollback", "ramp", "finalize", "history"):
+        outcome = await cli(command, "--help", width=200)
+        assert outcome.code == 0
+        assert "Exit" in outcome.stdout, command
+
+
+async def test_without_a_proxy_or_a_token_it_is_a_usage_error(stack: Stack):
+    outcome = await cli("check")
+    assert outcome.code == 2
+    assert "--proxy" in outcome.stderr
+    outcome = await cli("check", "--proxy", "ws://127.0.0.1:9", "--token", "")
+    assert outcome.code == 2
+    assert "STATESHIFT_ADMIN_TOKEN" in outcome.stderr
+
+
+async def test_an_unreachable_proxy_is_a_connection_error(stack: Stack):
+    outcome = await cli("check", "--proxy", "ws://127.0.0.1:9", "--timeout", "2")
+    assert outcome.code == 2
+    assert "UNREACHABLE" in outcome.stderr
+
+
+async def test_bad_thresholds_are_a_usage_error(stack: Stack, tmp_path: Path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[readiness]\nmin_comparison = 1\n")
+    outcome = await cli("check", "--proxy", "ws://127.0.0.1:9", "--config", str(config))
+    assert outcome.code == 2
+    assert "min_comparison" in outcome.stderr
+
+
+async def test_check_is_inconclusive_with_no_traffic_and_is_recorded(stack: Stack):
+    proxy = await stack.add_proxy()
+    outcome = await cli("check", "--proxy", proxy.admin)
+    assert outcome.code == 3, outcome
+    assert "INCONCLUSIVE" in outcome.stdout
+    assert "too little traffic" in outcome.stdout
+    outcome = await cli("check", "--proxy", proxy.admin, "--json")
+    assert outcome.code == 3
+    doc = outcome.doc
+    assert doc["result"] == "inconclusive"
+    gates = {g["name"]: g for g in doc["gates"]}
+    assert (gates["comparisons"]["figure"], gates["comparisons"]["result"]) == (0, "inconclusive")
+    assert gates["mismatch_ratio"]["result"] == "inconclusive"
+    assert "pass" not in {g["result"] for g in doc["gates"] if g["name"] == "comparisons"}
+    events = await proxy.history()
+    assert [(e["kind"], e["result"], e["actor"]) for e in events[:2]] == [
+        ("check", "inconclusive", "migration-engineer")
+    ] * 2
+    # without a passing check, flip refuses and changes nothing
+    outcome = await cli("flip", "--proxy", proxy.admin)
+    assert outcome.code == 3
+    assert "refused" in outcome.stdout
+    assert proxy.route().primary == "old"
+
+
+@pytest.mark.slow
+async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing(stack: Stack):
+    """20 clients in 4 games; every ACKed update is on both servers exactly once."""
+    proxy = await stack.add_proxy()
+    players = start_players(proxy.proxy.url, games=4, per_game=5)
+
+    async def progress(what: str) -> None:
+        """Every player got at least one more ACK (so every game ran under the new route)."""
+        before = dict(players.acked)
+        await wait_until(
+            lambda: all(players.acked[n] > before[n] for n in before),
+            within=timeout(20),
+            what=what,
+        )
+
+    await progress("traffic before the first flip")
+    await wait_until(lambda: sum(proxy.live.comparator.counts.values()) >= 10, what="comparisons")
+    paused = []
+    for cycle in range(20):
+        for command, primary in (("flip", "new"), ("rollback", "old")):
+            outcome = await cli(
+                command, "--proxy", proxy.admin, "--json", *(EASY if command == "flip" else ())
+            )
+            assert outcome.code == 0, (cycle, command, outcome)
+            (result,) = outcome.doc["switch"]["proxies"]
+            assert result["state"] == "committed"
+            paused.append(result["paused_ms"])
+            assert proxy.route().primary == primary
+            assert len(proxy.proxy.sessions) == 20  # nobody was disconnected
+            await progress(f"traffic after {command} {cycle}")
+    codes = await players.finish()
+    assert codes == [1000] * 20  # every player closed its own connection, normally
+    await wait_until(lambda: proxy.proxy.order.idle(), what="the shadow to catch up")
+    for g in range(4):
+        old, new = (
+            await game_state(stack.old.url, f"game{g}"),
+            await game_state(stack.new.url, f"game{g}"),
+        )
+        mine = {n: c for n, c in players.acked.items() if n.startswith(f"p{g}-")}
+        assert old["scores"] == new["scores"] == mine  # each ACK applied exactly once, on both
+        assert old["version"] == new["version"]
+        for key in ("status", "current_player", "timer", "settings"):
+            assert old[key] == new[key]
+    assert proxy.live.comparator.status()["diverged"] == []
+    kinds = [e["kind"] for e in await proxy.history(200)]
+    assert kinds.count("commit") == 40
+    assert kinds.count("check") == 20
+
+
+async def test_a_flip_that_fails_midway_leaves_the_route_and_the_clients(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """The shadow server stops during PREPARE (after the quiesce, before the verification)."""
+    proxy = await stack.add_proxy()
+    client = await Client.open(f"{proxy.proxy.url}/v1/games/midway")
+    await client.request(type="CONNECT", id="c", token=token("alice"))
+    await client.request(type="STATE_UPDATE", id="u1", updates={"score_deltas": {"alice": 1}})
+    quiesce = proxy.board._quiesce
+
+    async def quiesce_then_the_shadow_dies() -> None:
+        await quiesce()
+        await stack.new.stop()
+
+    monkeypatch.setattr(proxy.board, "_quiesce", quiesce_then_the_shadow_dies)
+    outcome = await cli("flip", "--proxy", proxy.admin, "--force", "--reason", "midway")
+    assert outcome.code == 1, outcome
+    assert "failed" in outcome.stdout
+    assert proxy.route().primary == "old"
+    assert proxy.proxy.gate.is_set()  # forwarding resumed
+    await client.send(type="HEARTBEAT", id="still-here")
+    answer = await client.until(lambda f: f.get("re") == "still-here")
+    assert answer["type"] == "HEARTBEAT_ACK"
+    await client.send(type="STATE_UPDATE", id="u2", updates={"score_deltas": {"alice": 1}})
+    ack = await client.until(lambda f: f.get("re") == "u2")
+    assert ack["type"] == "ACK"
+    events = await proxy.history()
+    assert ("flip", "forced") in {(e["kind"], e["result"]) for e in events}
+    assert ("abort", "aborted") in {(e["kind"], e["result"]) for e in events}
+    await client.ws.close()
+
+
+async def test_a_two_proxy_flip_with_one_proxy_down_changes_nothing(stack: Stack):
+    up = await stack.add_proxy()
+    down = await stack.add_proxy()
+    down_admin = down.admin
+    await down.control.stop()
+    outcome = await cli(
+        "flip", "--proxy", up.admin, "--proxy", down_admin, "--force", "--json", "--timeout", "3"
+    )
+    assert outcome.code == 2, outcome  # a connection error, and nothing was touched
+    states = {p["url"]: p["state"] for p in outcome.doc["switch"]["proxies"]}
+    assert sorted(states.values()) == ["unchanged", "unreachable"]
+    assert up.route().primary == "old"
+    assert up.proxy.gate.is_set()
+    # without --force the readiness check cannot be made: the same, before anything is sent
+    outcome = await cli("flip", "--proxy", up.admin, "--proxy", down_admin, "--timeout", "3")
+    assert outcome.code == 2
+    assert up.route().primary == "old"
+
+
+async def test_a_two_proxy_flip_aborts_on_the_other_when_one_cannot_prepare(
+    stack: Stack, tmp_path: Path
+):
+    """One proxy's shadow server is down: its PREPARE fails, the other (prepared, paused) is
+    aborted: its route stays the old one and its clients carry on."""
+    lonely_new = await start_new(tmp_path, name="lonely")
+    healthy = await stack.add_proxy()
+    broken = await stack.add_proxy(new_url=lonely_new.url)
+    client = await Client.open(f"{healthy.proxy.url}/v1/games/fleet")
+    await client.request(type="CONNECT", id="c", token=token("bob"))
+    other = await Client.open(f"{broken.proxy.url}/v1/games/fleet2")
+    await other.request(type="CONNECT", id="c", token=token("eve"))
+    await lonely_new.stop()
+    await wait_until(
+        lambda: all(s.up.get("new") is None for s in broken.proxy.sessions.values()),
+        what="the broken proxy's shadow connection to drop",
+    )
+    outcome = await cli(
+        "flip", "--proxy", healthy.admin, "--proxy", broken.admin, "--force", "--json"
+    )
+    assert outcome.code == 1, outcome
+    states = sorted(p["state"] for p in outcome.doc["switch"]["proxies"])
+    assert states == ["aborted", "failed"]
+    assert healthy.route().primary == broken.route().primary == "old"
+    assert healthy.proxy.gate.is_set()
+    assert broken.proxy.gate.is_set()
+    kinds = {(e["kind"], e["result"]) for e in await healthy.history()}
+    assert {("abort", "ok"), ("abort", "aborted")} <= kinds  # the proxy's and the CLI's
+    answer = await client.request(type="HEARTBEAT", id="carry-on")
+    assert answer["type"] == "HEARTBEAT_ACK"
+    for c in (client, other):
+        try:
+            await c.ws.close()
+        except ConnectionClosed:
+            pass
+
+
+async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
+    tmp_path: Path,
+):
+    """The old server answers slowly: fine as the primary, a latency breach as the shadow."""
+    import contextlib
+
+    from tests.proxy.conftest import start_legacy
+
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, "slow:40")
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        stack = Stack(tmp_path, exits, old, new)
+        proxy = await stack.add_proxy()
+        players = start_players(proxy.proxy.url, games=1, per_game=3)
+        await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
+        outcome = await cli(
+            "flip",
+            "--proxy",
+            proxy.admin,
+            "--force",
+            "--auto-rollback",
+            "20",
+            "--check-every",
+            "0.5",
+            "--min-comparisons",
+            "1",
+            "--json",
+        )
+        assert outcome.code == 1, outcome
+        doc = outcome.doc
+        assert doc["switch"]["ok"] is True  # the flip itself worked
+        breach = doc["auto_rollback"]
+        assert [g["name"] for g in breach["breached"]] == ["shadow_latency"]
+        assert breach["rollback"]["ok"] is True
+        assert proxy.route().primary == "old"
+        events = await proxy.history()
+        (recorded,) = [e for e in events if e["kind"] == "auto-rollback"]
+        assert recorded["result"] == "ok"
+        assert recorded["details"]["figures"]["shadow_p99"] > 0
+        codes = await players.finish()
+        assert codes == [1000] * 3
+
+
+async def test_finalize_needs_a_flip_and_a_confirmation_and_ends_rollback(stack: Stack):
+    proxy = await stack.add_proxy()
+    outcome = await cli("finalize", "--proxy", proxy.admin, "--yes")
+    assert outcome.code == 1
+    assert "flip first" in outcome.stdout
+    assert (await cli("flip", "--proxy", proxy.admin, "--force")).code == 0
+    outcome = await cli("finalize", "--proxy", proxy.admin, answer="n\n")
+    assert outcome.code == 1
+    assert "declined" in outcome.stdout
+    assert proxy.route().mirroring is True
+    outcome = await cli("finalize", "--proxy", proxy.admin, answer="y\n")
+    assert outcome.code == 0, outcome
+    assert proxy.route().mirroring is False
+    outcome = await cli("rollback", "--proxy", proxy.admin)
+    assert outcome.code == 1
+    assert "finalized" in outcome.stdout
+    assert proxy.route().primary == "new"
+
+
+async def test_ramp_moves_a_share_of_games_and_back(stack: Stack):
+    proxy = await stack.add_proxy()
+    outcome = await cli("ramp", "30", "--proxy", proxy.admin)
+    assert outcome.code == 3  # raising the share needs evidence, like a flip
+    assert proxy.route().ramp is None
+    outcome = await cli("ramp", "30", "--proxy", proxy.admin, "--force", "--json")
+    assert outcome.code == 0, outcome
+    assert proxy.route().ramp == 30.0
+    outcome = await cli("ramp", "10", "--proxy", proxy.admin)  # lowering needs no check
+    assert outcome.code == 0, outcome
+    assert proxy.route().ramp == 10.0
+    assert (await cli("ramp", "0", "--proxy", proxy.admin)).code == 0
+    assert (proxy.route().primary, proxy.route().ramp) == ("old", None)
+    assert (await cli("ramp", "101", "--proxy", proxy.admin)).code == 2
+
+
+async def test_status_and_history_show_the_route_figures_and_events(stack: Stack):
+    proxy = await stack.add_proxy()
+    client = await Client.open(f"{proxy.proxy.url}/v1/games/shown")
+    await client.request(type="CONNECT", id="c", token=token("carol"))
+    await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"carol": 2}})
+    await wait_until(lambda: sum(proxy.live.comparator.counts.values()) >= 1, what="a comparison")
+    assert (await cli("flip", "--proxy", proxy.admin, "--force", "--reason", "go")).code == 0
+    outcome = await cli("status", "--proxy", proxy.admin)
+    assert outcome.code == 0, outcome
+    text = outcome.stdout
+    assert "route: primary new, mirroring" in text
+    assert "connections: 1 (1 mirrored, shadow connected for 1" in text
+    assert "diverged games (0): none" in text
+    assert "commit" in text
+    outcome = await cli("status", "--proxy", proxy.admin, "--json")
+    (doc,) = outcome.doc["proxies"].values()
+    assert doc["status"]["route"]["primary"] == "new"
+    outcome = await cli("history", "--proxy", proxy.admin, "--limit", "10")
+    assert outcome.code == 0
+    assert "migration-engineer" in outcome.stdout
+    assert "reason=go" in outcome.stdout
+    outcome = await cli("history", "--proxy", proxy.admin, "--json")
+    kinds = [e["kind"] for e in outcome.doc["events"]]
+    assert kinds[:2] == ["commit", "flip"]  # newest first: the commit after the forced flip
+    await client.ws.close()
+    await asyncio.sleep(0)
