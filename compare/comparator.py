@@ -134,6 +134,7 @@ class StateComparator:
         self.resyncs = 0
         self.last_at = 0.0
         self._resyncing: set[str] = set()
+        self._children: dict[tuple[str, str], Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -183,7 +184,7 @@ class StateComparator:
         self.last_at = item.at
         if item.direction != "upstream" or item.msg is None:
             return
-        pair = self.pairer.add(item.role, item.msg, item.at, item.game_id, item.conn_id)
+        pair = self.pairer.add(item.role, item.msg, item.at, item.game_id, item.conn_id, item.data)
         if pair is not None:
             self.judge(pair)
 
@@ -236,7 +237,13 @@ class StateComparator:
             # An answer read at another moment: only states at equal versions compare.
             self.skip(kind, "version_skew")
             return
-        verdict = compare(pair.primary, pair.shadow, self.rules.for_type(str(frame_type)))
+        verdict = compare(
+            pair.primary,
+            pair.shadow,
+            self.rules.for_type(str(frame_type)),
+            pair.primary_text,
+            pair.shadow_text,
+        )
         self.metrics.seconds.observe(verdict.seconds)
         if verdict.equal:
             self.count(kind, "match")
@@ -306,7 +313,10 @@ class StateComparator:
     def count(self, kind: str, result: str) -> None:
         """Count one comparison result."""
         self.counts[(kind, result)] += 1
-        self.metrics.comparisons.labels(kind, result).inc()
+        child = self._children.get((kind, result))
+        if child is None:
+            child = self._children[(kind, result)] = self.metrics.comparisons.labels(kind, result)
+        child.inc()
 
     def skip(self, kind: str, reason: str) -> None:
         """Count one pair not compared."""

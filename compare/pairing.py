@@ -29,6 +29,9 @@ class Pair:
     shadow: dict[str, Any] | None
     #: for unpaired: the side that never answered
     missing: str | None = None
+    #: the frames' raw text when known (a cheap first comparison)
+    primary_text: str | bytes = ""
+    shadow_text: str | bytes = ""
 
     def version(self, side: str) -> int | None:
         """The version a side's frame shows (top level or in its state), if any."""
@@ -48,6 +51,7 @@ class _Waiting:
     game_id: str | None
     conn_id: int | None
     kind: str
+    text: str | bytes = ""
 
 
 class Pairer:
@@ -67,7 +71,13 @@ class Pairer:
             self._not_mirrored.add((conn_id, msg_id))
 
     def add(
-        self, side: str, frame: dict[str, Any], at: float, game_id: str | None, conn_id: int
+        self,
+        side: str,
+        frame: dict[str, Any],
+        at: float,
+        game_id: str | None,
+        conn_id: int,
+        text: str | bytes = "",
     ) -> Pair | None:
         """Take one upstream frame; return a complete pair when it completes one."""
         re_id = frame.get("re")
@@ -94,15 +104,17 @@ class Pairer:
             return None  # an ERROR without a readable id: nothing to pair it with
         other = self._waiting.get(key)
         if other is None or other.side == side:
-            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind)
+            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, text)
             if len(self._waiting) > self.remember:
                 self._waiting.popitem(last=False)
             return None
         del self._waiting[key]
-        primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
-        return Pair(
-            kind, game_id, conn_id if kind == "answer" else None, str(key[2]), primary, shadow
-        )
+        if side == PRIMARY:
+            primary, shadow, p_text, s_text = frame, other.frame, text, other.text
+        else:
+            primary, shadow, p_text, s_text = other.frame, frame, other.text, text
+        answer_conn = conn_id if kind == "answer" else None
+        return Pair(kind, game_id, answer_conn, str(key[2]), primary, shadow, None, p_text, s_text)
 
     def expire(self, now: float) -> list[Pair]:
         """Frames alone for longer than the timeout, as unpaired findings (oldest first)."""

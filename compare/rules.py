@@ -46,6 +46,15 @@ class TypeRules:
     exclude_paths: tuple[str, ...] = ()
     exclude_regex_paths: tuple[str, ...] = ()
 
+    def volatile(self) -> re.Pattern[str] | None:
+        """A regex removing the ignored keys' string values from a frame's JSON text, for a
+        cheap first comparison; None when other rules apply (then only the structural
+        comparison is exact)."""
+        if self.exclude_paths or self.exclude_regex_paths or not self.ignore_keys:
+            return None
+        names = "|".join(re.escape(key) for key in sorted(self.ignore_keys))
+        return re.compile(rf'"(?:{names})"\s*:\s*"(?:[^"\\]|\\.)*"\s*,?')
+
     def deepdiff_kwargs(self) -> dict[str, Any]:
         """Exclusions for DeepDiff: ignored keys become regexes anchored with `$`."""
         regexes = [rf"\['{re.escape(key)}'\]$" for key in sorted(self.ignore_keys)]
@@ -64,9 +73,17 @@ class Rules:
 
     by_type: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     source: str = "defaults"
+    #: merged rules per message type (computed once: this is on every comparison's path)
+    _merged: dict[str | None, TypeRules] = field(default_factory=dict, compare=False, repr=False)
 
     def for_type(self, message_type: str | None) -> TypeRules:
         """The rules applying to frames of `message_type`."""
+        cached = self._merged.get(message_type)
+        if cached is None:
+            cached = self._merged[message_type] = self._merge(message_type)
+        return cached
+
+    def _merge(self, message_type: str | None) -> TypeRules:
         merged: dict[str, list[str]] = {kind: [] for kind in KINDS}
         for key in ("*", message_type):
             if key is None:

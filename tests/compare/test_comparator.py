@@ -148,3 +148,24 @@ def test_a_game_not_comparable_is_not_judged(comparator: StateComparator):
     comparator.process(record("shadow", state(2, alice=7)))
     assert comparator.store.count() == 0
     assert comparator.status()["not_comparable"] == ["g1"]
+
+
+def test_the_text_shortcut_agrees_with_the_structural_comparison():
+    """The cheap text check may only say `equal` when the structural comparison would."""
+    import orjson
+
+    rules = defaults().for_type("STATE")
+    base = state(3, alice=1)
+    cases = [
+        (base, state(3, alice=1)),  # equal but for updated_at
+        (base, state(3, alice=2)),  # a real difference
+        (base, {**base, "state": {**base["state"], "settings": {"b": "2", "a": "1"}}}),
+        (base, {**base, "version": 3.0}),  # 3 and 3.0 differ on the wire
+        (base, {**base, "state": {**base["state"], "note": '"updated_at":"x"'}}),
+    ]
+    for primary, shadow in cases:
+        structural = compare(primary, shadow, rules).equal
+        with_text = compare(
+            primary, shadow, rules, orjson.dumps(primary).decode(), orjson.dumps(shadow).decode()
+        ).equal
+        assert with_text == structural, (primary, shadow)
