@@ -352,7 +352,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 ):
                     doc.update(ok=True, message="already flipped: the new server is primary")
                     return _finish(out, doc, OK)
-                report = await fleet.switch(wanted, reason=reason or "flip", hold=hold)
+                report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
                 doc["switch"] = report.to_dict()
                 if not out.as_json:
                     out.switch(report, "flip")
@@ -408,7 +408,9 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                             "a rollback would lose them",
                         )
                         return _finish(out, doc, FAILED)
-                report = await fleet.switch(wanted, reason=reason or "rollback", hold=hold)
+                report = await fleet.switch(
+                    wanted, reason=reason or "rollback", kind="rollback", hold=hold
+                )
                 doc["switch"] = report.to_dict()
             if not out.as_json:
                 out.switch(report, "rollback")
@@ -478,7 +480,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     if gate_code is not None:
                         return gate_code
                 report = await fleet.switch(
-                    wanted, reason=reason or f"ramp {percent:g}%", hold=hold
+                    wanted, reason=reason or f"ramp {percent:g}%", kind="ramp", hold=hold
                 )
                 doc["switch"] = report.to_dict()
             if not out.as_json:
@@ -616,7 +618,14 @@ def _details_text(details: Any) -> str:
     if not isinstance(details, dict):
         return _fmt(details)
     parts = []
-    for key in ("reason", "message", "result", "force", "percent", "failures", "paused_ms"):
+    if isinstance(details.get("gates"), list):
+        not_passing = [
+            f"{g.get('name')} {g.get('result')}"
+            for g in details["gates"]
+            if isinstance(g, dict) and g.get("result") != "pass"
+        ]
+        parts.append("; ".join(not_passing) if not_passing else "every gate passes")
+    for key in ("reason", "message", "force", "percent", "failures", "paused_ms"):
         if details.get(key) not in (None, "", False):
             parts.append(f"{key}={_fmt(details[key])}")
     if isinstance(details.get("to"), dict):
@@ -709,7 +718,9 @@ async def _watch(
     names = ", ".join(g.name for g in breach.gates)
     if not out.as_json:
         out.gates(breach.gates, f"breach {breach.after:.1f} s after the flip")
-    report = await fleet.switch(target("old"), reason=f"auto-rollback: {names}", hold=hold)
+    report = await fleet.switch(
+        target("old"), reason=f"auto-rollback: {names}", kind="rollback", hold=hold
+    )
     details = {
         "reason": reason,
         "breached": [g.to_dict() for g in breach.gates],

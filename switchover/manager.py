@@ -197,9 +197,15 @@ class Fleet:
     # ------------------------------------------------------------ route changes
 
     async def switch(
-        self, wanted: dict[str, Any], *, reason: str, hold: float = DEFAULT_HOLD
+        self,
+        wanted: dict[str, Any],
+        *,
+        reason: str,
+        kind: str = "switch",
+        hold: float = DEFAULT_HOLD,
     ) -> SwitchReport:
-        """Move every proxy to the `wanted` route: prepare all, then commit all, or abort all."""
+        """Move every proxy to the `wanted` route: prepare all, then commit all, or abort all.
+        Success is recorded as a `kind` event (flip, rollback, ramp) in every proxy's history."""
         report = SwitchReport(ok=False, target=wanted)
         outcomes = {url: ProxyOutcome(url, "unreachable") for url in self.urls}
         report.proxies = list(outcomes.values())
@@ -257,8 +263,16 @@ class Fleet:
                 outcome.state, outcome.route = "committed", dict(answer["route"])
         if len(committed) == len(self.urls):
             report.ok = True
-            report.message = (
-                f"switched {len(committed)} prox{'y' if len(committed) == 1 else 'ies'}"
+            n = len(committed)
+            report.message = f"switched {n} prox{'y' if n == 1 else 'ies'}"
+            await self.record(
+                kind,
+                "ok",
+                {
+                    "reason": reason,
+                    "target": wanted,
+                    "proxies": [p.to_dict() for p in report.proxies],
+                },
             )
             return report
 

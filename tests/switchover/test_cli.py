@@ -124,6 +124,7 @@ async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing
     kinds = [e["kind"] for e in await proxy.history(200)]
     assert kinds.count("commit") == 40
     assert kinds.count("check") == 20
+    assert (kinds.count("flip"), kinds.count("rollback")) == (20, 20)
 
 
 async def test_a_flip_that_fails_midway_leaves_the_route_and_the_clients(
@@ -252,6 +253,7 @@ async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
         assert breach["rollback"]["ok"] is True
         assert proxy.route().primary == "old"
         events = await proxy.history()
+        assert [e["kind"] for e in events[:3]] == ["auto-rollback", "rollback", "commit"]
         (recorded,) = [e for e in events if e["kind"] == "auto-rollback"]
         assert recorded["result"] == "ok"
         assert recorded["details"]["figures"]["shadow_p99"] > 0
@@ -317,6 +319,8 @@ async def test_status_and_history_show_the_route_figures_and_events(stack: Stack
     assert "reason=go" in outcome.stdout
     outcome = await cli("history", "--proxy", proxy.admin, "--json")
     kinds = [e["kind"] for e in outcome.doc["events"]]
-    assert kinds[:2] == ["commit", "flip"]  # newest first: the commit after the forced flip
+    # newest first: the CLI's flip, the proxy's commit, the CLI's record of the --force
+    assert kinds[:3] == ["flip", "commit", "flip"]
+    assert [e["result"] for e in outcome.doc["events"][:3]] == ["ok", "ok", "forced"]
     await client.ws.close()
     await asyncio.sleep(0)
