@@ -587,6 +587,37 @@ def measure_relay(
     return result
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median relay CPU per message (median throughput without a relay), with
+    the median of every headline figure over all runs and the runs themselves."""
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    key = "relay_cpu_per_message_us" if "relay_cpu_per_message_us" in runs[0] else "messages_per_s"
+    chosen = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
+    chosen["rounds"] = len(runs)
+    chosen["median"] = {
+        "messages_per_s": median([r["messages_per_s"] for r in runs]),
+        "p50_ms": median([r["latency"]["p50_ms"] for r in runs]),
+        "p99_ms": median([r["latency"]["p99_ms"] for r in runs]),
+    }
+    if key == "relay_cpu_per_message_us":
+        chosen["median"][key] = median([r[key] for r in runs])
+    chosen["runs"] = [
+        {
+            "messages_per_s": r["messages_per_s"],
+            "p50_ms": r["latency"]["p50_ms"],
+            "p99_ms": r["latency"]["p99_ms"],
+            **({key: r[key]} if key == "relay_cpu_per_message_us" else {}),
+        }
+        for r in runs
+    ]
+    return chosen
+
+
 def fd_capacity(fds_per_client: int) -> int:
     """Clients a proxy process can hold within its RLIMIT_NOFILE (and what it reserves)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -677,24 +708,32 @@ def _wait(condition: Any, within: float = 30.0, every: float = 0.25) -> bool:
 # --------------------------------------------------------------------------- report
 
 
+def med(r: dict[str, Any], name: str) -> float:
+    """A scenario's median figure over its rounds (its own figure for a single run)."""
+    if "median" in r and name in r["median"]:
+        return float(r["median"][name])
+    return float(r["latency"][name] if name.endswith("_ms") else r[name])
+
+
 def add_targets(results: dict[str, Any]) -> None:
     sc = results["scenarios"]
     targets = results["targets"]
     ratios: dict[str, Any] = {}
     if "nginx" in sc:
         ng = sc["nginx"]
-        direct_p50 = sc["direct"]["latency"]["p50_ms"] if "direct" in sc else None
-        ng_added = ng["latency"]["p50_ms"] - direct_p50 if direct_p50 is not None else None
+        direct_p50 = med(sc["direct"], "p50_ms") if "direct" in sc else None
+        ng_added = med(ng, "p50_ms") - direct_p50 if direct_p50 is not None else None
         for key in ("passthrough", "mirror"):
             if key not in sc:
                 continue
             r = sc[key]
             entry = {
-                "cpu_per_message": r["relay_cpu_per_message_us"] / ng["relay_cpu_per_message_us"],
-                "throughput": r["messages_per_s"] / ng["messages_per_s"],
+                "cpu_per_message": med(r, "relay_cpu_per_message_us")
+                / med(ng, "relay_cpu_per_message_us"),
+                "throughput": med(r, "messages_per_s") / med(ng, "messages_per_s"),
             }
             if ng_added is not None and direct_p50 is not None:
-                added = r["latency"]["p50_ms"] - direct_p50
+                added = med(r, "p50_ms") - direct_p50
                 entry["added_p50_ms"] = added
                 entry["added_p50_vs_nginx"] = added / ng_added if ng_added > 0 else float("inf")
             ratios[key] = entry
@@ -755,13 +794,13 @@ def print_table(results: dict[str, Any]) -> None:
             continue
         r = sc[key]
         ratio = ratios.get(key, {})
-        cpu = r.get("relay_cpu_per_message_us")
+        cpu = med(r, "relay_cpu_per_message_us") if "relay_pids" in r else None
         rows.append(
             (
                 key,
-                f"{r['messages_per_s']:,.0f}",
-                f"{r['latency']['p50_ms']:.3f}",
-                f"{r['latency']['p99_ms']:.3f}",
+                f"{med(r, 'messages_per_s'):,.0f}",
+                f"{med(r, 'p50_ms'):.3f}",
+                f"{med(r, 'p99_ms'):.3f}",
                 "-" if cpu is None else f"{cpu:.1f}",
                 f"{ratio['cpu_per_message']:.2f}x" if "cpu_per_message" in ratio else "-",
                 f"{ratio['added_p50_ms']:.3f}" if "added_p50_ms" in ratio else "-",
@@ -805,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=SCENARIOS,
         help="run only these relay scenarios (repeat); default: all",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each relay scenario, interleaved"
+    )
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--idle-clients", type=int, default=10_000)
@@ -837,8 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         with old_server(workdir, secret) as old, new_server(workdir, secret) as new:
             old_url, new_url = old.url(), new.url()
             upstream = old_url.removeprefix("ws://")
-            for name in chosen:
-                print(f"== {name}: warm-up {warmup:g} s, window {duration:g} s …", flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+            for round_no, name in [(k, n) for k in range(args.rounds) for n in chosen]:
+                print(
+                    f"== {name} (round {round_no + 1}/{args.rounds}): "
+                    f"warm-up {warmup:g} s, window {duration:g} s …",
+                    flush=True,
+                )
                 load = (secret, args.clients, args.client_processes, warmup, duration)
                 if name == "direct":
                     r = measure_relay(name, old_url, [], *load)
@@ -867,7 +914,9 @@ def main(argv: list[str] | None = None) -> int:
                             and v
                         }
                         r["log_problems"] = prx.log_problems()[:20]
-                results["scenarios"][name] = r
+                runs[name].append(r)
+            for name, done in runs.items():
+                results["scenarios"][name] = median_run(done)
             if not args.no_memory:
                 results["memory"] = {}
                 for mode in ("passthrough", "mirror"):

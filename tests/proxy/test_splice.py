@@ -254,3 +254,21 @@ async def test_stopping_the_proxy_ends_spliced_sessions(tmp_path: Path, echo: Ec
         async with asyncio.timeout(timeout()):
             await ws.recv()
     await wait_until(lambda: len(echo.closes) == 1, what="the upstream connection to end")
+
+
+async def test_without_a_clean_handover_a_session_is_relayed_frame_by_frame(
+    passthrough: ProxyUnderTest, old_server: LegacyServer, monkeypatch: pytest.MonkeyPatch
+):
+    """The fallback when websockets already holds bytes: the same transcript, no splice."""
+    monkeypatch.setattr("proxy.relay.can_splice", lambda client, up: False)
+    direct = await scripted_session(old_server.url, "direct-game")
+    assert await scripted_session(passthrough.url, "proxied-game") == direct
+    assert sample(passthrough, "stateshift_proxy_spliced_connections_total") == 0
+    frames = sample(
+        passthrough,
+        "stateshift_proxy_frames_total",
+        direction="client",
+        upstream="old",
+        role="primary",
+    )
+    assert frames > 0
