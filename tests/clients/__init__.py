@@ -1,0 +1,1 @@
+"""Real clients (Node ws, Chromium) through the proxy."""
