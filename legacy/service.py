@@ -215,6 +215,11 @@ class LegacyServer:
         self.replay: Replay | None = None
         self.port = 0
 
+    def set_score_delta_fault(self, on: bool) -> None:
+        """Turn the `score-delta-off-by-one` fault on or off while running (`stateshift demo`
+        injects its divergence this way); it applies from the next message decided."""
+        self._ctx.delta_bias = 1 if on else 0
+
     @property
     def url(self) -> str:
         """The ws:// URL the server listens on (the real port when started on port 0)."""

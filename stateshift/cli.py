@@ -9,6 +9,7 @@ import typer
 from compare.cli import app as compare_app
 from compare.cli import backfill
 from conformance.cli import app as conformance_app
+from demo.cli import app as demo_app
 from legacy.cli import app as legacy_app
 from loadgen.cli import app as loadgen_app
 from proxy.cli import app as proxy_app
@@ -23,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 # Each component owns its typer app; their commands appear at the top level.
-for component in (server_app, legacy_app, conformance_app, proxy_app, loadgen_app):
+for component in (server_app, legacy_app, conformance_app, proxy_app, loadgen_app, demo_app):
     app.add_typer(component)
 app.add_typer(compare_app, name="compare")
 app.add_typer(switchover_app, name="switchover")
