@@ -36,6 +36,17 @@ class _Snapshot(Collector):
             "Records waiting in the tap for the comparator.",
             value=values.get("tap_backlog", 0.0),
         )
+        # Roles move with flips: counted from the live sessions at scrape time.
+        upstreams = GaugeMetricFamily(
+            "stateshift_proxy_upstream_connections",
+            "Upstream connections open, by upstream and role.",
+            labels=["upstream", "role"],
+        )
+        for upstream in UPSTREAMS:
+            for role in ("primary", "shadow"):
+                count = values.get(f"up:{upstream}:{role}", 0.0)
+                upstreams.add_metric([upstream, role], count)
+        yield upstreams
 
 
 class Spliced(Protocol):
@@ -104,12 +115,6 @@ class ProxyMetrics:
             "Client connections open on the proxy.",
             registry=r,
         )
-        self.upstream_connections = Gauge(
-            "stateshift_proxy_upstream_connections",
-            "Upstream connections open, by upstream and role.",
-            ["upstream", "role"],
-            registry=r,
-        )
         self.frames = Counter(
             "stateshift_proxy_frames_total",
             "Frames relayed: direction client (client to upstream) or upstream (to the proxy).",
@@ -173,7 +178,6 @@ class ProxyMetrics:
         for upstream in UPSTREAMS:
             self.route_primary.labels(upstream)
             for role in ("primary", "shadow"):
-                self.upstream_connections.labels(upstream, role)
                 self.latency.labels(role, upstream)
                 for direction in ("client", "upstream"):
                     self.frames.labels(direction, upstream, role)

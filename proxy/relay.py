@@ -101,8 +101,8 @@ class Session:
     up: dict[str, ClientConnection | None] = field(default_factory=dict)
     mirrored: bool = True
     closed: bool = False
-    #: set when the proxy itself closes the shadow (the client left): not a shadow fault
-    shadow_closing: bool = False
+    #: upstreams the proxy itself closed (the client left, or mirroring ended): not faults
+    deliberate: set[str] = field(default_factory=set)
     connect_frame: str | bytes | None = None
     #: message id -> time it was forwarded, per upstream (answer latency)
     sent: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -205,7 +205,7 @@ class MirrorProxy:
             if not session.mirrored:
                 continue
             session.mirrored = False
-            session.shadow_closing = True
+            session.deliberate.add(session.shadow)
             self.order.remove_conn(session.id, now)
             up = session.up.get(session.shadow)
             if up is not None:
@@ -221,10 +221,17 @@ class MirrorProxy:
         self.metrics.mirroring.set(1 if route.mirroring else 0)
 
     def _snapshot(self) -> dict[str, float]:
-        return {
+        values = {
             "buffered": float(self.order.buffered()),
             "tap_backlog": float(len(self.tap)) if self.tap is not None else 0.0,
         }
+        for session in self.sessions.values():
+            for name, up in session.up.items():
+                if up is not None:
+                    role = "primary" if name == session.primary else "shadow"
+                    key = f"up:{name}:{role}"
+                    values[key] = values.get(key, 0.0) + 1.0
+        return values
 
     # ----------------------------------------------------------------- handshake
 
@@ -341,10 +348,9 @@ class MirrorProxy:
         session.sent = {"old": {}, "new": {}}
         self.sessions[session.id] = session
         self.metrics.client_connections.inc()
-        self.metrics.upstream_connections.labels(primary, "primary").inc()
         if session.mirrored:
             self.order.add_conn(session.id, session.game_id)
-            self._spawn(session, self._shadow_loop(session, session.shadow))
+            self._spawn(session, self._upstream_loop(session, session.shadow, None))
         if not session.mirrored and can_splice(client, up):
             # Not mirrored: relay bytes, not frames, until both sides close (proxy/splice.py).
             # No await may come before this: websockets must not have read anything yet.
@@ -354,13 +360,12 @@ class MirrorProxy:
                 session.closed = True
                 self.sessions.pop(session.id, None)
                 self.metrics.client_connections.dec()
-                self.metrics.upstream_connections.labels(primary, "primary").dec()
             return
-        reader = self._spawn(session, self._read_upstream(session, primary, up))
+        self._spawn(session, self._upstream_loop(session, primary, up))
         try:
             await self._client_loop(session)
         finally:
-            await self._end(session, reader)
+            await self._end(session)
 
     def _spawn(self, session: Session, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.create_task(coro)
@@ -429,8 +434,6 @@ class MirrorProxy:
                 frames.labels("upstream", name, role).inc()
                 if session.mirrored:
                     self._observe_upstream_frame(session, name, role, data)
-        if session.primary == name and not session.closed:
-            await self._relay_close(session, up)
 
     def _observe_upstream_frame(
         self, session: Session, name: str, role: str, data: str | bytes
@@ -469,20 +472,22 @@ class MirrorProxy:
         with contextlib.suppress(ConnectionClosed):
             await client.close(code, up.close_reason or "")
 
-    async def _end(self, session: Session, reader: asyncio.Task[Any]) -> None:
+    async def _end(self, session: Session) -> None:
         """The client is gone: close the primary (its in-flight answers still feed the
         shadow's order), let the shadow finish what it was sent, then close it."""
         session.closed = True
         self.metrics.client_connections.dec()
         code = session.client.close_code
         close_code = 1000 if code is None or code in NO_CLOSE_FRAME else code
-        primary_up = session.up.get(session.primary)
+        primary = session.primary
+        primary_up = session.up.get(primary)
         if primary_up is not None:
+            session.deliberate.add(primary)
             with contextlib.suppress(ConnectionClosed):
                 await primary_up.close(close_code, session.client.close_reason or "")
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-            async with asyncio.timeout(self.settings.open_timeout):
-                await reader
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.open_timeout):
+                    await primary_up.wait_closed()  # its answers arrive before its close
         if session.mirrored:
             # Bounded: the order declares a silent shadow stalled after answer_timeout.
             deadline = time.monotonic() + self.settings.answer_timeout
@@ -491,16 +496,14 @@ class MirrorProxy:
             if self.order.pending(session.id):
                 self.order.shadow_lost(session.id, "stall", time.monotonic())
                 self.flush()
-        if primary_up is not None:
-            self.metrics.upstream_connections.labels(session.primary, "primary").dec()
-        session.shadow_closing = True
-        shadow_up = session.up.get(session.shadow)
+        shadow = other(primary)
+        session.deliberate.add(shadow)
+        shadow_up = session.up.get(shadow)
         if shadow_up is not None:
             with contextlib.suppress(ConnectionClosed):
                 await shadow_up.close(close_code)
         for task in list(session.tasks):
-            if task is not reader:
-                task.cancel()
+            task.cancel()
         # Only now: until here its shadow still receives what the order releases for it.
         self.sessions.pop(session.id, None)
         self.order.remove_conn(session.id, time.monotonic())
@@ -508,56 +511,77 @@ class MirrorProxy:
         if self.tap is not None:
             self.tap.offer(TapNotice("conn_closed", "client closed", session.game_id, session.id))
 
-    # ----------------------------------------------------------------- shadow
+    # ----------------------------------------------------------------- upstreams
 
-    async def _shadow_loop(self, session: Session, name: str) -> None:
-        """Keep a shadow connection for this client, retrying with backoff."""
+    async def _upstream_loop(
+        self, session: Session, name: str, up: ClientConnection | None
+    ) -> None:
+        """Own one upstream of a client for the session's life, whatever its role.
+
+        While it is primary its frames go to the client and its close ends the client's
+        connection the same way. While it is shadow, a close or a failed connection is a
+        shadow loss (counted by reason, its frames dropped, its games not comparable) and
+        the connection is retried with backoff. Roles may swap (a flip) at any time.
+        """
         backoff = 0.1
         revive = False
-        while not session.ended() and session.mirrored:
-            reason = "down"
-            try:
-                up = await self._open(name, session.path, session.headers, session.subprotocols)
-            except InvalidStatus:
-                reason = "refused"
-            except (OSError, TimeoutError, InvalidHandshake):
+        while True:
+            if up is None:
+                if session.ended() or not session.mirrored or name in session.deliberate:
+                    return
                 reason = "down"
-            else:
+                try:
+                    up = await self._open(name, session.path, session.headers, session.subprotocols)
+                except InvalidStatus:
+                    reason = "refused"
+                except (OSError, TimeoutError, InvalidHandshake):
+                    reason = "down"
+                if up is None:
+                    self._shadow_lost(session, name, reason)
+                    revive = True
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_max)
+                    continue
                 if session.ended():
                     await up.close()
                     return
                 session.up[name] = up
-                gauge = self.metrics.upstream_connections.labels(name, "shadow")
-                gauge.inc()
-                try:
-                    now = time.monotonic()
-                    if revive:
-                        self.order.revive(session.id, session.connect_frame, now)
-                    else:
-                        self.order.shadow_opened(session.id, now)
-                    self.flush()
-                    backoff = 0.1
-                    await self._read_upstream(session, name, up)
-                finally:
-                    session.up[name] = None
-                    gauge.dec()
-                if session.shadow_closing:
-                    return  # we closed it: the client is gone
-                code = up.close_code
-                if code in (4401, 4403):
-                    reason = "refused"
-                elif code is None or code in NO_CLOSE_FRAME or code == 1011:
-                    reason = "crash"
+                now = time.monotonic()
+                if revive:
+                    self.order.revive(session.id, session.connect_frame, now)
                 else:
-                    reason = "closed"
-            self.metrics.connect_failures.labels(name, "shadow", reason).inc()
-            self.order.shadow_lost(session.id, reason, time.monotonic())
-            self.flush()
-            if session.ended():
+                    self.order.shadow_opened(session.id, now)
+                self.flush()
+                backoff = 0.1
+            try:
+                await self._read_upstream(session, name, up)
+            finally:
+                session.up[name] = None
+            if name in session.deliberate:
+                return  # the proxy closed it: the client is gone
+            if session.primary == name:
+                if not session.closed:
+                    await self._relay_close(session, up)
                 return
+            code = up.close_code
+            if code in (4401, 4403):
+                reason = "refused"
+            elif code is None or code in NO_CLOSE_FRAME or code == 1011:
+                reason = "crash"
+            else:
+                reason = "closed"
+            self._shadow_lost(session, name, reason)
+            if session.ended() or not session.mirrored:
+                return
+            up = None
             revive = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.retry_max)
+
+    def _shadow_lost(self, session: Session, name: str, reason: str) -> None:
+        self.metrics.connect_failures.labels(name, "shadow", reason).inc()
+        self.order.shadow_lost(session.id, reason, time.monotonic())
+        self.flush()
 
     def flush(self) -> None:
         """Write what the order released to the shadows (never awaited), report events."""
