@@ -275,6 +275,12 @@ class Player:
         while not gen.stopping.is_set():
             if self.lost:
                 raise _Lost
+            if gen.paused:
+                # quiet but connected; the schedule restarts when the pause ends
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gen.stopping.wait(), 0.05)
+                next_update = next_beat = loop.time()
+                continue
             at = min(next_beat, next_update) if interval else next_beat
             delay = at - loop.time()
             if delay > 0:
@@ -473,6 +479,7 @@ class LoadGen:
         ]
         self.stopping = asyncio.Event()
         self.deltas_held = False
+        self.paused = False
         self.started: float | None = None
         self.ended: float | None = None
 
@@ -483,6 +490,17 @@ class LoadGen:
     def hold_deltas(self, held: bool) -> None:
         """While held, players send every kind of update but score deltas."""
         self.deltas_held = held
+
+    def pause(self, paused: bool) -> None:
+        """While paused, players stay connected and send nothing."""
+        self.paused = paused
+
+    async def all_answered(self, within: float = DRAIN_TIMEOUT) -> None:
+        """Wait until no request of any player waits for its answer."""
+        async with asyncio.timeout(within):
+            # polled (bounded): the players' queues change on every frame
+            while any(p.pending for p in self.players):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
 
     async def deltas_answered(self, within: float = DRAIN_TIMEOUT) -> None:
         """Wait until no score delta is waiting for its answer."""
