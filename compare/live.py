@@ -118,6 +118,10 @@ class LiveComparison:
             order.resume(game_id, floor, time.monotonic())
             proxy.flush()
 
+    async def resync_now(self, game_id: str) -> int:
+        """Resync one game now, counted like the comparator's own resyncs."""
+        return await self.comparator.resync(game_id, via=self._resync)
+
     # ----------------------------------------------------------------- sweep
 
     async def sweep_now(self) -> dict[str, Any]:

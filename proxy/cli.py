@@ -125,7 +125,14 @@ def proxy(
         pair_timeout=pair_timeout,
     )
 
-    switchboard = Switchboard(relay, control, store, ignore_rules, comparison.comparator)
+    switchboard = Switchboard(
+        relay,
+        control,
+        store,
+        ignore_rules,
+        comparison.comparator,
+        resync=comparison.resync_now,
+    )
 
     async def start() -> None:
         await relay.start()

@@ -15,7 +15,31 @@ from prometheus_client.registry import Collector
 from proxy.route import UPSTREAMS
 
 DROP_REASONS = ("overflow", "refused", "down", "crash", "closed", "stall", "garbage", "gap")
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: fine enough that a p99 read from buckets can judge a 2x latency bound
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 class _Snapshot(Collector):

@@ -17,6 +17,7 @@ import contextlib
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +50,7 @@ class Prepared:
     target: Route
     previous: Route
     paused_at: float
+    games_checked: int = 0
     expiry: asyncio.TimerHandle | None = None
 
 
@@ -63,6 +65,7 @@ class Switchboard:
         rules: Rules,
         comparator: StateComparator | None = None,
         *,
+        resync: Callable[[str], Awaitable[int]] | None = None,
         quiesce_timeout: float = 5.0,
         verify_timeout: float = 10.0,
     ) -> None:
@@ -71,6 +74,7 @@ class Switchboard:
         self.state = state
         self.rules = rules
         self.comparator = comparator
+        self.resync = resync
         self.quiesce_timeout = quiesce_timeout
         self.verify_timeout = verify_timeout
         self.prepared: Prepared | None = None
@@ -108,8 +112,19 @@ class Switchboard:
 
     # ----------------------------------------------------------------- the switch
 
-    async def prepare(self, target: Route, hold: float = 10.0) -> Prepared:
-        """Pause, quiesce and verify for `target`; stay paused until commit or abort."""
+    async def prepare(
+        self,
+        target: Route,
+        hold: float = 10.0,
+        *,
+        token: str | None = None,
+        resync: bool = False,
+    ) -> Prepared:
+        """Pause, quiesce and verify for `target`; stay paused until commit or abort.
+
+        With `resync` (the way back, a rollback), a game whose states differ is first copied
+        from the current primary into the shadow, so the route can change without losing
+        what the primary acknowledged."""
         if self.prepared is not None:
             raise SwitchError("busy", "another switch is prepared on this proxy")
         proxy = self.proxy
@@ -120,14 +135,14 @@ class Switchboard:
         paused_at = time.monotonic()
         try:
             await self._quiesce()
-            await self._verify(target)
+            checked = await self._verify(target, resync)
         except SwitchError:
             proxy.gate.set()
             raise
         except Exception as exc:
             proxy.gate.set()
             raise SwitchError("error", f"{type(exc).__name__}: {exc}") from exc
-        prepared = Prepared(secrets.token_hex(8), target, previous, paused_at)
+        prepared = Prepared(token or secrets.token_hex(8), target, previous, paused_at, checked)
         prepared.expiry = asyncio.get_running_loop().call_later(hold, self._expire, prepared)
         self.prepared = prepared
         return prepared
@@ -162,10 +177,10 @@ class Switchboard:
         self._resume(prepared.target)
         return prepared.target, paused
 
-    async def abort(self, token: str | None) -> Route:
-        """Resume with the route unchanged."""
+    async def abort(self, token: str) -> Route:
+        """Resume with the route unchanged (when `token` is the prepared switch's)."""
         prepared = self.prepared
-        if prepared is not None and (token is None or token == prepared.token):
+        if prepared is not None and token == prepared.token:
             self._take(prepared.token)
             self._resume(prepared.previous)
         return self.proxy.route
@@ -200,8 +215,9 @@ class Switchboard:
                 )
             await asyncio.sleep(0.005)
 
-    async def _verify(self, target: Route) -> int:
-        """Every client has its shadow; every active game is equal on both servers."""
+    async def _verify(self, target: Route, resync: bool = False) -> int:
+        """Every client has its shadow; every active game is equal on both servers (after a
+        resync from the current primary when `resync`)."""
         proxy = self.proxy
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
         missing = [s for s in sessions if proxy.sessions.get(s.id) and s.up.get(s.shadow) is None]
@@ -221,6 +237,10 @@ class Switchboard:
                     side = "old" if states[0] is None else "new"
                     raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")
                 verdict = compare(states[0], states[1], rules)
+                if not verdict.equal and resync and self.resync is not None:
+                    await self.resync(game_id)
+                    states = await asyncio.gather(old.get_state(game_id), new.get_state(game_id))
+                    verdict = compare(states[0], states[1], rules)
                 if not verdict.equal:
                     raise SwitchError(
                         "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
@@ -326,13 +346,18 @@ class Switchboard:
             raise CommandError("BAD_MESSAGE", str(exc)) from exc
 
     async def _switch(
-        self, actor: str, kind: str, target: Route, details: dict[str, Any]
+        self,
+        actor: str,
+        kind: str,
+        target: Route,
+        details: dict[str, Any],
+        resync: bool = False,
     ) -> dict[str, Any]:
         """prepare + commit on this proxy, recorded in the history either way."""
         async with self._lock:
             before = self.proxy.route
             try:
-                prepared = await self.prepare(target)
+                prepared = await self.prepare(target, resync=resync)
                 route, paused = await self.commit(prepared.token)
             except SwitchError as exc:
                 await self.state.record(
@@ -368,9 +393,14 @@ class Switchboard:
         hold = msg.get("hold", 10.0)
         if not isinstance(hold, int | float) or not 0 < hold <= 60:
             raise CommandError("BAD_MESSAGE", "`hold` must be 0 < seconds <= 60")
+        token = msg.get("token")
+        if token is not None and (not isinstance(token, str) or not 8 <= len(token) <= 64):
+            raise CommandError("BAD_MESSAGE", "`token` must be a string of 8 to 64 characters")
         await self._lock.acquire()
         try:
-            prepared = await self.prepare(target, float(hold))
+            prepared = await self.prepare(
+                target, float(hold), token=token, resync=msg.get("resync") is True
+            )
         except SwitchError as exc:
             self._lock.release()
             await self.state.record(actor, "prepare", "failed", {"reason": exc.reason})
@@ -379,7 +409,13 @@ class Switchboard:
             ) from exc
         self._lock.release()
         paused = (time.monotonic() - prepared.paused_at) * 1000
-        return {"prepared": {"token": prepared.token, "paused_ms": paused}}
+        return {
+            "prepared": {
+                "token": prepared.token,
+                "paused_ms": paused,
+                "games_checked": prepared.games_checked,
+            }
+        }
 
     async def _commit(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         before = self.proxy.route
@@ -397,20 +433,23 @@ class Switchboard:
 
     async def _abort(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         token = msg.get("token")
-        route = await self.abort(token if isinstance(token, str) else None)
+        if not isinstance(token, str):
+            # a token-less abort could cancel another coordinator's switch
+            raise CommandError("BAD_MESSAGE", "ABORT needs the `token` of the PREPARE")
+        route = await self.abort(token)
         await self.state.record(actor, "abort", "ok", {"reason": msg.get("reason", "")})
         return {"route": route.to_dict()}
 
     async def _flip(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
-        route = self.proxy.route
-        target = route.flipped()
+        target = replace(self.proxy.route, primary="new", ramp=None)
         details = {"reason": msg.get("reason", ""), "force": bool(msg.get("force"))}
         return await self._switch(actor, "flip", target, details)
 
     async def _rollback(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         route = self.proxy.route
         target = replace(route, primary="old", ramp=None)
-        return await self._switch(actor, "rollback", target, {"reason": msg.get("reason", "")})
+        details = {"reason": msg.get("reason", "")}
+        return await self._switch(actor, "rollback", target, details, resync=True)
 
     async def _ramp(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         percent = msg.get("percent")

@@ -409,7 +409,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                         )
                         return _finish(out, doc, FAILED)
                 report = await fleet.switch(
-                    wanted, reason=reason or "rollback", kind="rollback", hold=hold
+                    wanted, reason=reason or "rollback", kind="rollback", hold=hold, resync=True
                 )
                 doc["switch"] = report.to_dict()
             if not out.as_json:
@@ -719,7 +719,7 @@ async def _watch(
     if not out.as_json:
         out.gates(breach.gates, f"breach {breach.after:.1f} s after the flip")
     report = await fleet.switch(
-        target("old"), reason=f"auto-rollback: {names}", kind="rollback", hold=hold
+        target("old"), reason=f"auto-rollback: {names}", kind="rollback", hold=hold, resync=True
     )
     details = {
         "reason": reason,

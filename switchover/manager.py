@@ -13,6 +13,7 @@ The decisions (targets, what counts as done) are small pure functions; the rest 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -203,9 +204,13 @@ class Fleet:
         reason: str,
         kind: str = "switch",
         hold: float = DEFAULT_HOLD,
+        resync: bool = False,
     ) -> SwitchReport:
         """Move every proxy to the `wanted` route: prepare all, then commit all, or abort all.
-        Success is recorded as a `kind` event (flip, rollback, ramp) in every proxy's history."""
+        Success is recorded as a `kind` event (flip, rollback, ramp) in every proxy's history.
+
+        With `resync` (the way back), a game that differs is first copied from the current
+        primary into the shadow on each proxy, so a divergence cannot block a rollback."""
         report = SwitchReport(ok=False, target=wanted)
         outcomes = {url: ProxyOutcome(url, "unreachable") for url in self.urls}
         report.proxies = list(outcomes.values())
@@ -222,8 +227,14 @@ class Fleet:
 
         prepared: dict[str, str] = {}
         timed_out: list[str] = []
+        token = secrets.token_hex(8)
         if len(before) == len(self.urls):
-            answers = await self.each("PREPARE", list(before), target=wanted, hold=hold)
+            # One token of ours for this switch: an ABORT names it, so it can never cancel
+            # another coordinator's prepared switch.
+            extra = {"resync": True} if resync else {}
+            answers = await self.each(
+                "PREPARE", list(before), target=wanted, hold=hold, token=token, **extra
+            )
             for url, answer in answers.items():
                 outcome = outcomes[url]
                 if isinstance(answer, ControlError):
@@ -242,9 +253,8 @@ class Fleet:
             failed = [o for o in outcomes.values() if o.state in ("failed", "unreachable")]
             why = "; ".join(f"{o.url}: {o.error}" for o in failed)
             await self._abort(prepared, outcomes, f"{reason}: aborted, {why}")
-            # a prepare we stopped waiting for may still succeed: the control plane answers
-            # in order, so an ABORT without a token on that connection comes right after it
-            await self.each("ABORT", timed_out, reason=f"{reason}: prepare timed out")
+            # a prepare we stopped waiting for may still succeed: abort it by our token
+            await self.each("ABORT", timed_out, token=token, reason=f"{reason}: prepare timed out")
             report.message = f"not switched: {why}" + (
                 "; aborted on the others, their routes are unchanged" if prepared else ""
             )
@@ -323,7 +333,7 @@ class Fleet:
         """Switch one proxy (used to revert); None on success, else the error."""
         client = self.clients[url]
         try:
-            answer = await client.request("PREPARE", target=wanted, hold=hold)
+            answer = await client.request("PREPARE", target=wanted, hold=hold, resync=True)
             await client.request("COMMIT", token=answer["prepared"]["token"])
         except ControlError as exc:
             return _failure(exc)

@@ -134,3 +134,50 @@ async def test_a_flip_that_cannot_verify_changes_nothing(stack: Stack):
     assert answer["type"] == "HEARTBEAT_ACK"
     with contextlib.suppress(ConnectionClosed):
         await client.ws.close()
+
+
+async def test_a_rollback_first_resyncs_a_diverged_game_from_the_current_primary(tmp_path: Path):
+    """The way back must not be blocked by a divergence: the shadow (old) gets the primary's
+    (new) copy of the game, then the roles swap; nothing the primary acknowledged is lost."""
+    from compare.live import LiveComparison
+    from compare.store import FindingStore
+    from proxy.tap import Tap
+
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, "score-delta-off-by-one")
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        settings = ProxySettings(
+            old_url=old.url,
+            new_url=new.url,
+            secret=TEST_SECRET,
+            state_path=tmp_path / "p.db",
+            port=0,
+            admin_port=0,
+        )
+        state = ProxyState(settings.state_path)
+        proxy = MirrorProxy(settings, Route(primary="new"), tap=Tap())
+        await proxy.start()
+        exits.push_async_callback(proxy.stop)
+        control = ControlPlane(proxy, state, TEST_SECRET, port=0)
+        live = LiveComparison(
+            proxy, control, defaults(), FindingStore(tmp_path / "f.db"), sweep_interval=None
+        )
+        live.start()
+        exits.push_async_callback(live.stop)
+        board = Switchboard(proxy, control, state, defaults(), resync=live.resync_now)
+        client = await Client.open(f"{proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
+        assert ack["type"] == "ACK"
+        await wait_until(lambda: proxy.order.idle(), what="the shadow to catch up")
+        assert (await scores(old.url))["scores"] != (await scores(new.url))["scores"]
+        with pytest.raises(SwitchError):  # a plain flip back refuses unequal states
+            await board.prepare(Route(primary="old"))
+        prepared = await board.prepare(Route(primary="old"), resync=True)
+        await board.commit(prepared.token)
+        assert proxy.route.primary == "old"
+        answer = await client.request(type="GET_STATE", id="g")
+        assert answer["state"]["scores"] == {"p0": 5}  # the new server's acknowledged value
+        assert (await scores(old.url))["version"] == (await scores(new.url))["version"]
