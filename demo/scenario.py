@@ -92,7 +92,9 @@ class Demo:
             invalid_ratio=0.01,
             # No reconnects by choice during the demo: the proxy currently counts a client's
             # DISCONNECT as a shadow loss (reason "closed"), which marks the game not
-            # comparable and fails the shadow_drops readiness gate.
+            # comparable and fails the shadow_drops readiness gate; and a player that comes
+            # back on a new connection gets shadow answers "UNAUTHENTICATED: send CONNECT
+            # first" (answer mismatches). `stateshift loadgen` reconnects by default.
             reconnect_every=0.0,
             seed=2026,
         )
