@@ -26,6 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from proxy.metrics import ProxyMetrics
@@ -68,6 +69,30 @@ class ProxySettings:
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
     tap_capacity: int = 65_536
+
+
+#: above this many unsent bytes to a peer, forwarding awaits its drain (backpressure)
+HIGH_WATER = 64 * 1024
+
+
+def write_now(conn: ClientConnection | ServerConnection, data: str | bytes) -> bool:
+    """Write one frame without awaiting while the peer keeps up (the common case: no
+    coroutine switch per frame). False when the caller must `await conn.send(data)`
+    instead: the connection is not open, or its buffer is above the high-water mark."""
+    transport = conn.transport
+    if (
+        conn.protocol.state is not State.OPEN
+        or transport is None
+        or conn.send_in_progress is not None
+        or transport.get_write_buffer_size() > HIGH_WATER
+    ):
+        return False
+    if isinstance(data, str):
+        conn.protocol.send_text(data.encode())
+    else:
+        conn.protocol.send_binary(data)
+    conn.send_data()
+    return True
 
 
 def parse(data: str | bytes) -> dict[str, Any] | None:
@@ -147,6 +172,18 @@ class MirrorProxy:
         self._ticker: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Future[None]] = set()
         self.metrics.watch(self._snapshot)
+        # bound metric children: a labels() lookup per frame costs more than the count
+        self._counted = {
+            (direction, upstream, role): self.metrics.frames.labels(direction, upstream, role)
+            for direction in ("client", "upstream")
+            for upstream in ("old", "new")
+            for role in ("primary", "shadow")
+        }
+        self._latency = {
+            (role, upstream): self.metrics.latency.labels(role, upstream)
+            for upstream in ("old", "new")
+            for role in ("primary", "shadow")
+        }
         self._publish_route()
 
     # ----------------------------------------------------------------- lifecycle
@@ -375,7 +412,7 @@ class MirrorProxy:
 
     async def _client_loop(self, session: Session) -> None:
         client = session.client
-        frames = self.metrics.frames
+        counted = self._counted
         with contextlib.suppress(ConnectionClosed):
             async for data in client:
                 if not self.gate.is_set():
@@ -384,11 +421,12 @@ class MirrorProxy:
                 up = session.up.get(primary)
                 if up is None:
                     break
-                try:
-                    await up.send(data)  # forward first
-                except ConnectionClosed:
-                    break  # the primary is gone; its reader relays the close
-                frames.labels("client", primary, "primary").inc()
+                if not write_now(up, data):  # forward first
+                    try:
+                        await up.send(data)
+                    except ConnectionClosed:
+                        break  # the primary is gone; its reader relays the close
+                counted[("client", primary, "primary")].inc()
                 if session.mirrored:
                     self._mirror_client_frame(session, data, primary)
 
@@ -423,15 +461,15 @@ class MirrorProxy:
     async def _read_upstream(self, session: Session, name: str, up: ClientConnection) -> None:
         """Read one upstream until it closes; relay its frames while it is primary."""
         client = session.client
-        frames = self.metrics.frames
+        counted = self._counted
         with contextlib.suppress(ConnectionClosed):
             async for data in up:
                 primary = session.primary == name
-                if primary:
+                if primary and not write_now(client, data):  # relay first
                     with contextlib.suppress(ConnectionClosed):
-                        await client.send(data)  # relay first
+                        await client.send(data)
                 role = "primary" if primary else "shadow"
-                frames.labels("upstream", name, role).inc()
+                counted[("upstream", name, role)].inc()
                 if session.mirrored:
                     self._observe_upstream_frame(session, name, role, data)
 
@@ -445,7 +483,7 @@ class MirrorProxy:
             if isinstance(re_id, str):
                 started = session.sent[name].pop(re_id, None)
                 if started is not None:
-                    self.metrics.latency.labels(role, name).observe(now - started)
+                    self._latency[(role, name)].observe(now - started)
             if role == "primary":
                 self.order.primary_frame(session.id, msg, now)
             else:
@@ -599,7 +637,7 @@ class MirrorProxy:
                 if up is None:
                     continue
                 broadcast((up,), data)
-                self.metrics.frames.labels("client", name, "shadow").inc()
+                self._counted[("client", name, "shadow")].inc()
                 if msg_id is not None:
                     session.sent[name][msg_id] = now
                 if up.transport is not None and up.transport.get_write_buffer_size() > limit:
