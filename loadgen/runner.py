@@ -199,6 +199,7 @@ class Player:
         self.ws: ClientConnection | None = None
         self.disconnecting = False
         self.lost = False
+        self.welcomed = False
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -231,11 +232,12 @@ class Player:
             await self._send(
                 ws, {"type": "CONNECT", "id": self._id("c"), "token": self.token}, "CONNECT"
             )
+            self.welcomed = False
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 while self.pending and not self.lost:
                     await self._wait_answer()
-            if self.lost:
-                raise _Lost
+            if self.lost or not self.welcomed:
+                raise _Lost  # refused (its ERROR is counted) or closed
             self.sessions += 1
             if self.sessions > 1:
                 stats.reconnects += 1
@@ -427,6 +429,7 @@ class Player:
             if isinstance(version, int):
                 game.last_version = max(game.last_version, version)
         elif kind == "CONNECTED" and pending.kind == "CONNECT":
+            self.welcomed = True
             state = frame.get("state")
             if isinstance(state, dict):
                 self.plan.see(state)
