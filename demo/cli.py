@@ -102,6 +102,7 @@ async def _main(options: Options, keep_running: bool, out: Console) -> int:
             )
             demo = Demo(stack, options, out)
             ok = await demo.run()
+            out.print()  # a file or pipe gets the live view's last frame without a newline
             out.print(demo.summary())
             out.print(
                 "[bold green]demo OK[/]" if ok else "[bold red]demo FAILED (see above)[/]",
