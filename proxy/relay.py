@@ -128,6 +128,8 @@ class Session:
     closed: bool = False
     #: upstreams the proxy itself closed (the client left, or mirroring ended): not faults
     deliberate: set[str] = field(default_factory=set)
+    #: the client said DISCONNECT: a shadow closing with 1000 is then its normal answer
+    disconnecting: bool = False
     connect_frame: str | bytes | None = None
     #: message id -> time it was forwarded, per upstream (answer latency)
     sent: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -440,8 +442,11 @@ class MirrorProxy:
                 if len(sent) >= MAX_TRACKED:
                     sent.clear()  # ids never answered: forget them rather than grow
                 sent[msg_id] = now
-            if msg.get("type") == "CONNECT" and session.connect_frame is None:
+            kind = msg.get("type")
+            if kind == "CONNECT" and session.connect_frame is None:
                 session.connect_frame = data
+            elif kind == "DISCONNECT":
+                session.disconnecting = True
         self.order.client_frame(session.id, data, msg, now)
         self.flush()
         if self.tap is not None:
@@ -602,6 +607,8 @@ class MirrorProxy:
                     await self._relay_close(session, up)
                 return
             code = up.close_code
+            if code == 1000 and session.disconnecting:
+                return  # the shadow's answer to the client's DISCONNECT, not a fault
             if code in (4401, 4403):
                 reason = "refused"
             elif code is None or code in NO_CLOSE_FRAME or code == 1011:

@@ -456,8 +456,10 @@ class ShadowOrder:
                 self._release(conn, game, head, now)
                 released_any = True
                 continue
-            if game.floor is not None and head.at <= game.floor:
-                conn.entries.popleft()  # already in the shadow's resynced copy
+            if game.floor is not None and head.at <= game.floor and head.msg_type != "CONNECT":
+                # Already in the shadow's resynced copy. (A CONNECT still goes: its
+                # connection needs it, and the copy already holds its join.)
+                conn.entries.popleft()
                 self._not_mirrored(conn, head)
                 continue
             if game.held:

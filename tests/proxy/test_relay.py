@@ -61,6 +61,12 @@ async def test_a_session_through_the_proxy_is_what_the_primary_says_directly(
     assert proxied == direct
     assert proxied[1] == 1000
     assert len(proxied[0]) == 13
+    # the shadow's own close after DISCONNECT is its normal answer, not a lost shadow
+    await wait_until(lambda: not mirror.proxy.sessions, what="the session to end")
+    drops = mirror.proxy.metrics.registry.get_sample_value(
+        "stateshift_proxy_shadow_drops_total", {"reason": "closed"}
+    )
+    assert drops == 0.0
 
 
 async def test_with_the_new_server_primary_the_client_gets_the_new_servers_frames(

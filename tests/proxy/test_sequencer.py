@@ -166,3 +166,21 @@ def test_a_reconnect_is_not_a_join_and_waits_for_the_version_it_saw():
     assert ids(order.take_releases()) == [(3, "again")]
     order.shadow_frame(3, {"type": "CONNECTED", "re": "again"}, 0.0)
     assert order.idle()
+
+
+def test_after_a_resync_changes_in_the_copy_are_not_sent_but_connects_are():
+    order = two_players()
+    data, body = update("old-change")
+    order.client_frame(1, data, body, 0.0)
+    order.hold("g1")
+    order.primary_frame(1, ack("old-change", 3), 0.0)
+    assert order.take_releases() == []  # held while the resync reads the primary
+    order.add_conn(3, "g1")
+    order.shadow_opened(3, 0.0)
+    data, body = msg("CONNECT", "late", token="t")
+    order.client_frame(3, data, body, 0.0)
+    order.primary_frame(3, connected("late", "carol", 3, ["alice", "bob", "carol"]), 0.0)
+    order.resume("g1", 3, 0.0)  # the shadow now holds the primary's version 3
+    assert ids(order.take_releases()) == [(3, "late")]  # the update is in the copy; not resent
+    events = order.take_events()
+    assert [(e.kind, e.reason) for e in events] == [("not_mirrored", "old-change")]
