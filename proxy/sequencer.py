@@ -232,7 +232,9 @@ class ShadowOrder:
         conn = self.conns.get(conn_id)
         if conn is None or conn.dead:
             return True
-        if len(conn.entries) >= self.max_buffer:
+        if len(conn.entries) + len(conn.unanswered) >= self.max_buffer:
+            # Waiting to go, or gone and still owed an answer: either way the shadow is this
+            # far behind, and memory must stay bounded.
             self.shadow_lost(conn_id, "overflow", now)
             return False
         msg_id = msg.get("id") if msg is not None else None
