@@ -14,6 +14,29 @@ from prometheus_client.registry import Collector
 
 from proxy.route import UPSTREAMS
 
+CONNECT_FAILURES = ("down", "refused", "crash", "closed")
+SWITCH_KINDS = (
+    "check",
+    "flip",
+    "rollback",
+    "ramp",
+    "prepare",
+    "commit",
+    "abort",
+    "finalize",
+    "other",
+)
+SWITCH_RESULTS = (
+    "ok",
+    "pass",
+    "fail",
+    "inconclusive",
+    "failed",
+    "aborted",
+    "reverted",
+    "forced",
+    "other",
+)
 DROP_REASONS = ("overflow", "refused", "down", "crash", "closed", "stall", "garbage", "gap")
 #: fine enough that a p99 read from buckets can judge a 2x latency bound
 LATENCY_BUCKETS = (
@@ -209,6 +232,28 @@ class ProxyMetrics:
             self.shadow_drops.labels(reason)
             self.shadow_dropped_frames.labels(reason)
             self.not_comparable.labels(reason)
+        # Every series exists from the start: Prometheus cannot see a counter's first
+        # increment (an alert on the first primary connect failure after a flip needs it).
+        for upstream in UPSTREAMS:
+            for role in ("primary", "shadow"):
+                for reason in CONNECT_FAILURES:
+                    self.connect_failures.labels(upstream, role, reason)
+        self.switch_events = Counter(
+            "stateshift_switchover_events_total",
+            "Switchover events recorded in the history, by kind and result.",
+            ["kind", "result"],
+            registry=r,
+        )
+        for kind in SWITCH_KINDS:
+            for result in SWITCH_RESULTS:
+                self.switch_events.labels(kind, result)
+
+    def switch_event(self, kind: str, result: str) -> None:
+        """Count one history event (labels outside the fixed sets become `other`)."""
+        self.switch_events.labels(
+            kind if kind in SWITCH_KINDS else "other",
+            result if result in SWITCH_RESULTS else "other",
+        ).inc()
 
     def watch(self, read: Callable[[], dict[str, float]]) -> None:
         """Export gauges read from the live proxy at scrape time."""

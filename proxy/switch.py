@@ -247,6 +247,11 @@ class Switchboard:
                     )
         return len(games)
 
+    async def _remember(self, actor: str, kind: str, result: str, details: dict[str, Any]) -> int:
+        """Record an event in the history (it survives restarts) and count it."""
+        self.proxy.metrics.switch_event(kind, result)
+        return await self.state.record(actor, kind, result, details)
+
     # ----------------------------------------------------------------- figures
 
     def _read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -360,7 +365,7 @@ class Switchboard:
                 prepared = await self.prepare(target, resync=resync)
                 route, paused = await self.commit(prepared.token)
             except SwitchError as exc:
-                await self.state.record(
+                await self._remember(
                     actor,
                     kind,
                     "failed",
@@ -374,7 +379,7 @@ class Switchboard:
                 raise CommandError(
                     "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
                 ) from exc
-            await self.state.record(
+            await self._remember(
                 actor,
                 kind,
                 "ok",
@@ -403,7 +408,7 @@ class Switchboard:
             )
         except SwitchError as exc:
             self._lock.release()
-            await self.state.record(actor, "prepare", "failed", {"reason": exc.reason})
+            await self._remember(actor, "prepare", "failed", {"reason": exc.reason})
             raise CommandError(
                 "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
             ) from exc
@@ -423,7 +428,7 @@ class Switchboard:
             route, paused = await self.commit(str(msg.get("token")))
         except SwitchError as exc:
             raise CommandError("FAILED", exc.message, reason=exc.reason) from exc
-        await self.state.record(
+        await self._remember(
             actor,
             "commit",
             "ok",
@@ -437,7 +442,7 @@ class Switchboard:
             # a token-less abort could cancel another coordinator's switch
             raise CommandError("BAD_MESSAGE", "ABORT needs the `token` of the PREPARE")
         route = await self.abort(token)
-        await self.state.record(actor, "abort", "ok", {"reason": msg.get("reason", "")})
+        await self._remember(actor, "abort", "ok", {"reason": msg.get("reason", "")})
         return {"route": route.to_dict()}
 
     async def _flip(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
@@ -467,7 +472,7 @@ class Switchboard:
         target = replace(route, mirroring=False)
         await self.state.save_route(target)
         self.proxy.finalize(target)
-        await self.state.record(actor, "finalize", "ok", {"route": target.to_dict()})
+        await self._remember(actor, "finalize", "ok", {"route": target.to_dict()})
         return {"route": target.to_dict()}
 
     async def _record(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
@@ -478,7 +483,7 @@ class Switchboard:
             or not isinstance(details, dict)
         ):
             raise CommandError("BAD_MESSAGE", "RECORD needs `kind`, `result` and `details`")
-        return {"event_id": await self.state.record(actor, kind, result, details)}
+        return {"event_id": await self._remember(actor, kind, result, details)}
 
 
 __all__ = ["SwitchError", "Switchboard"]

@@ -12,6 +12,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from server.rules import MESSAGE_TYPES
 
+#: every wire error code of PROTOCOL.md
+ERROR_CODES = (
+    "BAD_MESSAGE",
+    "UNKNOWN_TYPE",
+    "UNAUTHENTICATED",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "CONFLICT",
+    "INVALID_STATE",
+    "RATE_LIMITED",
+    "INTERNAL",
+)
+
 # `*_created` series double every family for no use here (dashboards use rates).
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
@@ -74,6 +87,21 @@ class ServerMetrics:
             self.connections.labels(kind)
         for message_type in (*MESSAGE_TYPES, "invalid"):
             self.messages.labels(message_type, "ok")
+        for code in ERROR_CODES:
+            self.errors.labels(code)
+        for close in (
+            "1000",
+            "1007",
+            "1009",
+            "1011",
+            "1012",
+            "4401",
+            "4403",
+            "4404",
+            "4408",
+            "4429",
+        ):
+            self.closes.labels(close)
 
     def message(self, message_type: str, result: str, count: int = 1) -> None:
         """Count handled messages (type outside the protocol's set counts as `invalid`)."""
