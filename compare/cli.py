@@ -457,6 +457,30 @@ def show(
 
 
 @app.command()
+def resync(
+    game_id: Annotated[str, typer.Argument(help="The game whose shadow copy is replaced.")],
+    proxy: ProxyOption,
+    token: TokenOption = "",
+    as_json: JsonOption = False,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Replace the shadow's copy of one game with the primary's, now (control command
+    RESYNC): the game becomes comparable again. Safe under traffic: the proxy holds the
+    game's mirrored frames while it copies.
+
+    Exit codes: 0 resynced, 2 usage or connection errors (or the game does not exist).
+    """
+    answer = ask_proxy(proxy, token, "RESYNC", timeout, game_id=game_id)
+    if as_json:
+        print_json(answer)
+    else:
+        console.print(
+            f"[green]resynced[/green] {answer.get('game_id')}: the shadow now has version "
+            f"{answer.get('version')}"
+        )
+
+
+@app.command()
 def explain(
     finding_id: Annotated[int, typer.Argument(metavar="ID", help="A finding's id (see `show`).")],
     proxy: ProxyOption,

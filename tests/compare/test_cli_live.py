@@ -55,3 +55,18 @@ async def test_status_show_and_explain_report_a_real_divergence(harness: Harness
     code, out = await cli("compare", "explain", str(finding["id"]), "--proxy", control)
     assert code == 0, out
     assert "scores" in out
+
+
+async def test_resync_from_the_cli_makes_the_game_comparable_again(harness: Harness):  # noqa: F811
+    proxy, live = await harness("score-delta-off-by-one")
+    await play(proxy.url, "fixme", players=1, rounds=2)
+    await wait_until(
+        lambda: bool(live.comparator.diverged), within=timeout(20), what="a divergence"
+    )
+    code, out = await cli(
+        "compare", "resync", "fixme", "--proxy", f"ws://127.0.0.1:{live.control.port}", "--json"
+    )
+    assert code == 0, out
+    assert orjson.loads(out)["game_id"] == "fixme"
+    assert live.comparator.status()["diverged"] == []
+    assert live.comparator.resyncs == 1
