@@ -147,12 +147,12 @@ def test_the_checker_catches_an_unknown_option_and_command(tmp_path: Path):
     bad = tmp_path / "bad.md"
     bad.write_text(
         "```sh\nstateshift switchover flip --proxy ws://P:8081 --yolo\n"
-        "stateshift compare resync --proxy ws://P:8081\n```\n"
+        "stateshift compare teleport --proxy ws://P:8081\n```\n"
     )
-    flip, resync = commands(bad)
+    flip, teleport = commands(bad)
     assert flip.path == ("switchover", "flip")
     assert "--yolo" in flip.options
     code, text = help_text(flip.path)
     assert code == 0
     assert "--yolo" not in text
-    assert help_text(resync.path)[0] != 0
+    assert help_text(teleport.path)[0] != 0
