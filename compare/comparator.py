@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
-from compare.diffing import Verdict, compare
+from compare.diffing import Verdict, compare, quick_equal
 from compare.pairing import PRIMARY, SHADOW, Pair, Pairer
 from compare.rules import Rules
 from compare.store import FindingStore
@@ -237,10 +237,19 @@ class StateComparator:
             # An answer read at another moment: only states at equal versions compare.
             self.skip(kind, "version_skew")
             return
+        type_rules = self.rules.for_type(str(frame_type))
+        if game_id is not None and game_id in self.diverged:
+            # Drift: the game's finding is recorded; its later pairs only count, without
+            # paying DeepDiff (a storm of diverged games must not swamp the comparator).
+            same = quick_equal(
+                pair.primary, pair.shadow, type_rules, pair.primary_text, pair.shadow_text
+            )
+            self.count(kind, "match" if same else "diverged")
+            return
         verdict = compare(
             pair.primary,
             pair.shadow,
-            self.rules.for_type(str(frame_type)),
+            type_rules,
             pair.primary_text,
             pair.shadow_text,
         )

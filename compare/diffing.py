@@ -148,6 +148,22 @@ def same_text(primary: str | bytes, shadow: str | bytes, rules: TypeRules) -> bo
     return pattern.sub("", primary) == pattern.sub("", shadow)
 
 
+def quick_equal(
+    primary: Any,
+    shadow: Any,
+    rules: TypeRules,
+    primary_text: str | bytes = "",
+    shadow_text: str | bytes = "",
+) -> bool:
+    """The cheap checks only (no DeepDiff): True means equal; False means "maybe not"
+    (regex exclusions are not applied)."""
+    if same_text(primary_text, shadow_text, rules):
+        return True
+    if rules.exclude_paths:
+        return equal(strip(primary, rules), strip(shadow, rules), rules.ignore_keys)
+    return equal(primary, shadow, rules.ignore_keys)
+
+
 def compare(
     primary: Any,
     shadow: Any,
