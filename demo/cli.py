@@ -77,7 +77,7 @@ async def _keep_running(stack: Stack, options: Options, out: Console) -> None:
         duration=365 * 24 * 3600.0,
         game_prefix="live",
         invalid_ratio=0.01,
-        reconnect_every=0.0,  # see the reconnect note in demo.scenario.Demo.__init__
+        reconnect_every=20.0,
     )
     traffic = asyncio.create_task(load.run())
     _urls(stack, out, stack.serve_page(), load.game_ids[0])

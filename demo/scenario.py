@@ -90,12 +90,9 @@ class Demo:
             options.duration + 3600,  # the scenario says when to stop
             game_prefix="demo",
             invalid_ratio=0.01,
-            # No reconnects by choice during the demo: the proxy currently counts a client's
-            # DISCONNECT as a shadow loss (reason "closed"), which marks the game not
-            # comparable and fails the shadow_drops readiness gate; and a player that comes
-            # back on a new connection gets shadow answers "UNAUTHENTICATED: send CONNECT
-            # first" (answer mismatches). `stateshift loadgen` reconnects by default.
-            reconnect_every=0.0,
+            # Players leave and come back now and then (DISCONNECT, then a new connection):
+            # clients the proxy must carry without a shadow loss or a false mismatch.
+            reconnect_every=20.0,
             seed=2026,
         )
         self.fault_acked = 0
