@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,9 @@ from urllib.parse import urlencode
 import pytest
 
 from compare.admin import AdminClient
-from compare.rules import defaults
-from legacy.service import LegacyServer
-from proxy.admin import ControlPlane
-from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import Route
-from proxy.state import ProxyState
-from proxy.switch import Switchboard
-from proxy.tap import Tap
-from server.app import StateServer
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Recorder, start_legacy, start_new, token
+from tests.proxy.conftest import Stack, start_stack, token
 from tests.support import ROOT, TEST_SECRET, timeout, wait_until
 
 CLIENTS = ROOT / "tests" / "clients"
@@ -45,46 +36,11 @@ STATIC = ROOT / "stateshift" / "static"
 CHROMIUM = Path(os.environ.get("STATESHIFT_CHROMIUM", "/usr/bin/chromium"))
 
 
-@dataclass
-class Stack:
-    old: LegacyServer
-    new: StateServer
-    proxy: MirrorProxy
-    board: Switchboard
-    recorder: Recorder
-
-
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """Old server primary, new server mirrored, the proxy with a tap, and its switchboard."""
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path)
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        settings = ProxySettings(
-            old_url=old.url,
-            new_url=new.url,
-            secret=TEST_SECRET,
-            state_path=tmp_path / "proxy.db",
-            port=0,
-            admin_port=0,
-        )
-        state = ProxyState(settings.state_path)
-        tap = Tap()
-        proxy = MirrorProxy(settings, Route(), tap=tap)
-        await proxy.start()
-        exits.push_async_callback(proxy.stop)
-        control = ControlPlane(proxy, state, TEST_SECRET, port=0)
-        await control.start()
-        exits.push_async_callback(control.stop)
-        board = Switchboard(proxy, control, state, defaults())
-        board.start()
-        exits.push_async_callback(board.stop)
-        recorder = Recorder(tap)
-        recorder.task = asyncio.create_task(recorder.run())
-        exits.callback(recorder.task.cancel)
-        yield Stack(old, new, proxy, board, recorder)
+    async with start_stack(tmp_path, switchboard=True) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -13,15 +13,9 @@ from typing import Any
 import pytest
 
 from compare.live import LiveComparison
-from compare.rules import defaults
-from compare.store import FindingStore
-from proxy.admin import ControlPlane
-from proxy.relay import MirrorProxy, ProxySettings
-from proxy.route import Route
-from proxy.state import ProxyState
-from proxy.tap import Tap
-from tests.proxy.conftest import Client, start_legacy, start_new, token
-from tests.support import TEST_SECRET, timeout, wait_until
+from proxy.relay import MirrorProxy
+from tests.proxy.conftest import Client, start_stack, token
+from tests.support import timeout, wait_until
 
 Harness = Callable[..., Awaitable[tuple[MirrorProxy, LiveComparison]]]
 
@@ -29,41 +23,15 @@ Harness = Callable[..., Awaitable[tuple[MirrorProxy, LiveComparison]]]
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     """Start old (with faults) + new + proxy + comparator; old is primary."""
-    stack = contextlib.AsyncExitStack()
+    stacks = contextlib.AsyncExitStack()
 
     async def start(*faults: str, resync: bool = False) -> tuple[MirrorProxy, LiveComparison]:
-        old = await start_legacy(tmp_path, *faults)
-        stack.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        stack.push_async_callback(new.stop)
-        settings = ProxySettings(
-            old_url=old.url,
-            new_url=new.url,
-            secret=TEST_SECRET,
-            state_path=tmp_path / "proxy.db",
-            port=0,
-            admin_port=0,
+        stack = await stacks.enter_async_context(
+            start_stack(tmp_path, *faults, comparator=True, resync=resync, pair_timeout=1.0)
         )
-        proxy = MirrorProxy(settings, Route(), tap=Tap())
-        await proxy.start()
-        stack.push_async_callback(proxy.stop)
-        control = ControlPlane(proxy, ProxyState(settings.state_path), TEST_SECRET, port=0)
-        await control.start()
-        stack.push_async_callback(control.stop)
-        live = LiveComparison(
-            proxy,
-            control,
-            defaults(),
-            FindingStore(tmp_path / "findings.db"),
-            resync=resync,
-            sweep_interval=None,
-            pair_timeout=1.0,
-        )
-        live.start()
-        stack.push_async_callback(live.stop)
-        return proxy, live
+        return stack.proxy, stack.live
 
-    async with stack:
+    async with stacks:
         yield start
 
 

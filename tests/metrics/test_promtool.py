@@ -8,16 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from compare.live import LiveComparison
-from compare.rules import defaults
-from compare.store import FindingStore
-from proxy.admin import ControlPlane
-from proxy.relay import MirrorProxy, ProxySettings
-from proxy.route import Route
-from proxy.state import ProxyState
-from proxy.tap import Tap
-from tests.proxy.conftest import Client, start_legacy, start_new, token
-from tests.support import TEST_SECRET, timeout, wait_until
+from tests.proxy.conftest import Client, start_stack, token
+from tests.support import timeout, wait_until
 
 
 async def scrape(port: int) -> str:
@@ -45,43 +37,19 @@ def promtool(text: str) -> str:
 
 
 async def test_server_legacy_and_proxy_metrics_pass_promtool(tmp_path: Path):
-    old = await start_legacy(tmp_path, "score-delta-off-by-one")
-    new = await start_new(tmp_path)
-    settings = ProxySettings(
-        old_url=old.url,
-        new_url=new.url,
-        secret=TEST_SECRET,
-        state_path=tmp_path / "proxy.db",
-        port=0,
-        admin_port=0,
-    )
-    proxy = MirrorProxy(settings, Route(), tap=Tap())
-    await proxy.start()
-    control = ControlPlane(proxy, ProxyState(settings.state_path), TEST_SECRET, port=0)
-    await control.start()
-    live = LiveComparison(
-        proxy, control, defaults(), FindingStore(tmp_path / "f.db"), sweep_interval=None
-    )
-    live.start()
-    try:
-        client = await Client.open(f"{proxy.url}/v1/games/g1")
+    async with start_stack(tmp_path, "score-delta-off-by-one", comparator=True) as stack:
+        client = await Client.open(f"{stack.proxy.url}/v1/games/g1")
         await client.request(type="CONNECT", id="c", token=token("alice"))
         await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"alice": 2}})
         await client.recv()
         await client.request(type="FLY", id="x")
         # a divergence: its normalised paths become labels
-        await wait_until(lambda: "g1" in live.comparator.diverged, what="the divergence")
-        proxy_text = await scrape(control.port)
+        await wait_until(lambda: "g1" in stack.live.comparator.diverged, what="the divergence")
+        proxy_text = await scrape(stack.control.port)
         assert "stateshift_mismatches_total{" in proxy_text
         for name, text in (
             ("proxy", proxy_text),
-            ("new server", await scrape(new.port)),
-            ("old server", await scrape(old.port)),
+            ("new server", await scrape(stack.new.port)),
+            ("old server", await scrape(stack.old.port)),
         ):
             assert promtool(text) == "", f"{name}: {promtool(text)}"
-    finally:
-        await live.stop()
-        await control.stop()
-        await proxy.stop()
-        await new.stop()
-        await old.stop()

@@ -9,23 +9,29 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from compare.live import LiveComparison
+from compare.rules import defaults
+from compare.store import FindingStore
 from legacy.faults import parse_faults
 from legacy.service import Config, LegacyServer
 from proxy.admin import ControlPlane
 from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import Route
 from proxy.state import ProxyState
+from proxy.switch import Switchboard
 from proxy.tap import Tap, TapNotice, TapRecord
 from server.app import ServerSettings, StateServer
 from stateshift.tokens import mint_token
 from tests.support import TEST_SECRET, timeout
+
+T = TypeVar("T")
 
 #: fields that legitimately differ between runs and servers
 VOLATILE = frozenset({"session_id", "updated_at", "server_time", "message"})
@@ -117,15 +123,8 @@ async def start_proxy(
     mirroring: bool = True,
     **overrides: Any,
 ) -> ProxyUnderTest:
-    settings = ProxySettings(
-        old_url=old_url,
-        new_url=new_url,
-        secret=TEST_SECRET,
-        state_path=tmp_path / "proxy-state.db",
-        port=0,
-        admin_port=0,
-        primary=primary,
-        **overrides,
+    settings = proxy_settings(
+        tmp_path / "proxy-state.db", old_url, new_url, primary=primary, **overrides
     )
     state = ProxyState(settings.state_path)
     route = state.load_route(Route(primary=primary, mirroring=mirroring))
@@ -134,18 +133,139 @@ async def start_proxy(
     await proxy.start()
     control = ControlPlane(proxy, state, TEST_SECRET, port=0)
     await control.start()
-    recorder = Recorder(tap)
-    recorder.task = asyncio.create_task(recorder.run())
+    recorder = start_recorder(tap)
     return ProxyUnderTest(proxy, control, recorder, state)
 
 
 async def stop_proxy(under_test: ProxyUnderTest) -> None:
     await under_test.control.stop()
     await under_test.proxy.stop()
-    if under_test.recorder.task is not None:
-        under_test.recorder.task.cancel()
+    await stop_recorder(under_test.recorder)
+
+
+def proxy_settings(state_path: Path, old_url: str, new_url: str, **overrides: Any) -> ProxySettings:
+    """Settings for a proxy under test: the test secret, free ports for relay and admin."""
+    return ProxySettings(
+        old_url=old_url,
+        new_url=new_url,
+        secret=TEST_SECRET,
+        state_path=state_path,
+        port=0,
+        admin_port=0,
+        **overrides,
+    )
+
+
+def start_recorder(tap: Tap) -> Recorder:
+    """A `Recorder` reading `tap` in a task of its own."""
+    recorder = Recorder(tap)
+    recorder.task = asyncio.create_task(recorder.run())
+    return recorder
+
+
+async def stop_recorder(recorder: Recorder) -> None:
+    if recorder.task is not None:
+        recorder.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await under_test.recorder.task
+            await recorder.task
+
+
+def _wired(piece: T | None, how: str) -> T:
+    assert piece is not None, f"the stack was started without it: start_stack({how})"
+    return piece
+
+
+@dataclass
+class Stack:
+    """What `start_stack` started: the servers, the proxy with its control plane and state,
+    and the optional pieces (reached through `recorder`, `live` and `board`)."""
+
+    old: LegacyServer
+    new: StateServer
+    proxy: MirrorProxy
+    control: ControlPlane
+    state: ProxyState
+    _recorder: Recorder | None = None
+    _live: LiveComparison | None = None
+    _board: Switchboard | None = None
+
+    @property
+    def recorder(self) -> Recorder:
+        """Everything the proxy's tap saw."""
+        return _wired(self._recorder, "tap=True, comparator=False")
+
+    @property
+    def live(self) -> LiveComparison:
+        """The comparator, wired to the proxy and its control plane."""
+        return _wired(self._live, "comparator=True")
+
+    @property
+    def board(self) -> Switchboard:
+        """The switchboard (flip, rollback) on the control plane."""
+        return _wired(self._board, "switchboard=True")
+
+
+@contextlib.asynccontextmanager
+async def start_stack(
+    tmp_path: Path,
+    *faults: str,
+    primary: str = "old",
+    tap: bool = True,
+    comparator: bool = False,
+    switchboard: bool = False,
+    resync: bool = False,
+    pair_timeout: float | None = None,
+    **proxy_overrides: Any,
+) -> AsyncIterator[Stack]:
+    """The in-process stack, stopped (newest first) on exit: the old server (with `faults`),
+    the new server, the proxy (`primary` first, mirroring; its route not persisted) and its
+    control plane.
+
+    - `tap`: the proxy has a tap; a `Recorder` reads it unless the comparator does.
+    - `comparator`: a `LiveComparison` (no periodic sweep), resyncing diverged games when
+      `resync`, with its own default pair timeout unless `pair_timeout` is given.
+    - `switchboard`: a `Switchboard`, wired as `stateshift proxy` wires it (the comparator's
+      figures and its resync, when there is a comparator).
+    """
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, *faults)
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        settings = proxy_settings(tmp_path / "proxy.db", old.url, new.url, **proxy_overrides)
+        state = ProxyState(settings.state_path)
+        proxy = MirrorProxy(settings, Route(primary=primary), tap=Tap() if tap else None)
+        await proxy.start()
+        exits.push_async_callback(proxy.stop)
+        control = ControlPlane(proxy, state, TEST_SECRET, port=0)
+        await control.start()
+        exits.push_async_callback(control.stop)
+        stack = Stack(old, new, proxy, control, state)
+        if comparator:
+            timing = {} if pair_timeout is None else {"pair_timeout": pair_timeout}
+            findings = FindingStore(tmp_path / "findings.db")
+            live = LiveComparison(
+                proxy, control, defaults(), findings, resync=resync, sweep_interval=None, **timing
+            )
+            live.start()
+            exits.push_async_callback(live.stop)
+            stack._live = live
+        elif proxy.tap is not None:
+            stack._recorder = start_recorder(proxy.tap)
+            exits.push_async_callback(stop_recorder, stack._recorder)
+        if switchboard:
+            board = Switchboard(
+                proxy,
+                control,
+                state,
+                defaults(),
+                stack._live.comparator if stack._live is not None else None,
+                resync=stack._live.resync_now if stack._live is not None else None,
+            )
+            board.start()
+            exits.push_async_callback(board.stop)
+            stack._board = board
+        yield stack
 
 
 class Client:

@@ -6,61 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from compare.admin import AdminClient
-from compare.rules import defaults
-from legacy.service import LegacyServer
-from proxy.admin import ControlPlane
-from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import Route
-from proxy.state import ProxyState
-from proxy.switch import Switchboard, SwitchError
-from server.app import StateServer
+from proxy.switch import SwitchError
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Client, start_legacy, start_new, token
+from tests.proxy.conftest import Client, Stack, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
-
-
-@dataclass
-class Stack:
-    old: LegacyServer
-    new: StateServer
-    proxy: MirrorProxy
-    board: Switchboard
-    state: ProxyState
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path)
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        settings = ProxySettings(
-            old_url=old.url,
-            new_url=new.url,
-            secret=TEST_SECRET,
-            state_path=tmp_path / "p.db",
-            port=0,
-            admin_port=0,
-        )
-        state = ProxyState(settings.state_path)
-        proxy = MirrorProxy(settings, Route())
-        await proxy.start()
-        exits.push_async_callback(proxy.stop)
-        control = ControlPlane(proxy, state, TEST_SECRET, port=0)
-        await control.start()
-        exits.push_async_callback(control.stop)
-        board = Switchboard(proxy, control, state, defaults())
-        board.start()
-        exits.push_async_callback(board.stop)
-        yield Stack(old, new, proxy, board, state)
+    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
+        yield stack
 
 
 async def player(url: str, name: str, acked: dict[str, int], stop: asyncio.Event) -> None:
@@ -139,34 +101,10 @@ async def test_a_flip_that_cannot_verify_changes_nothing(stack: Stack):
 async def test_a_rollback_first_resyncs_a_diverged_game_from_the_current_primary(tmp_path: Path):
     """The way back must not be blocked by a divergence: the shadow (old) gets the primary's
     (new) copy of the game, then the roles swap; nothing the primary acknowledged is lost."""
-    from compare.live import LiveComparison
-    from compare.store import FindingStore
-    from proxy.tap import Tap
-
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path, "score-delta-off-by-one")
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        settings = ProxySettings(
-            old_url=old.url,
-            new_url=new.url,
-            secret=TEST_SECRET,
-            state_path=tmp_path / "p.db",
-            port=0,
-            admin_port=0,
-        )
-        state = ProxyState(settings.state_path)
-        proxy = MirrorProxy(settings, Route(primary="new"), tap=Tap())
-        await proxy.start()
-        exits.push_async_callback(proxy.stop)
-        control = ControlPlane(proxy, state, TEST_SECRET, port=0)
-        live = LiveComparison(
-            proxy, control, defaults(), FindingStore(tmp_path / "f.db"), sweep_interval=None
-        )
-        live.start()
-        exits.push_async_callback(live.stop)
-        board = Switchboard(proxy, control, state, defaults(), resync=live.resync_now)
+    async with start_stack(
+        tmp_path, "score-delta-off-by-one", primary="new", comparator=True, switchboard=True
+    ) as stack:
+        old, new, proxy, board = stack.old, stack.new, stack.proxy, stack.board
         client = await Client.open(f"{proxy.url}/v1/games/arena")
         await client.request(type="CONNECT", id="c", token=token("p0"))
         ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
