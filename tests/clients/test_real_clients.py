@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,6 +23,7 @@ from urllib.parse import urlencode
 import pytest
 
 from compare.admin import AdminClient
+from demo.stack import StaticSite
 from proxy.route import Route
 from stateshift.tokens import mint_token
 from tests.proxy.conftest import Stack, start_stack, token
@@ -69,24 +67,14 @@ def chromium(node: str) -> Path:
     return CHROMIUM
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # the log is noise here
-        pass
-
-
 @pytest.fixture
 def site() -> Iterator[str]:
     """`stateshift/static/` over HTTP on loopback (a thread: it never touches the event loop)."""
-    handler = functools.partial(_QuietHandler, directory=str(STATIC))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, name="static-site", daemon=True)
-    thread.start()
+    static = StaticSite(STATIC)
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield static.url.rstrip("/")
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout())
+        static.close()
 
 
 class NodeClient:
