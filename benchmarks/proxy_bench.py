@@ -34,25 +34,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import multiprocessing as mp
 import os
-import re
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +56,33 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `stateshift` and the sibling importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.server_bench import (  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LOG_PROBLEMS,
     RATE_ARGS,
+    Worker,
+    client_processes,
+    collect,
+    command_line,
+    fetch_metrics,
+    git_commit,
     latency_summary_ms,
+    log_problems,
     machine_cpu,
     machine_info,
+    mark_cpu,
+    merge_counts,
+    metric_sum,
     now_ns,
+    print_problems,
+    print_targets,
     proc_user_sys,
-    run_loop,
-    times_cpu,
+    run_worker,
+    send_plan,
+    sleep_until,
+    stop_process,
+    target,
     wait_plan,
+    write_json,
 )
 from stateshift.tokens import mint_token  # noqa: E402
 
@@ -144,31 +154,6 @@ def cpu_of(pids: Sequence[int]) -> tuple[float, float]:
     return user, system
 
 
-METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def fetch_metrics(url: str) -> dict[str, float]:
-    """Prometheus metrics at `url`, `name{labels}` → value."""
-    with urllib.request.urlopen(url, timeout=10) as response:  # loopback only
-        text = response.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        match = METRIC_LINE.match(line)
-        if match:
-            found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return found
-
-
-def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the series of `name` whose labels include `labels`."""
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -193,22 +178,11 @@ class Proc:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL after `timeout` s; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def log_problems(self) -> list[str]:
-        """Lines of the log at WARNING or above, and traceback headers."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        keep = ("WARNING", "ERROR", "CRITICAL", "Traceback", "[error]", "[crit]", "[alert]")
-        return [line for line in lines if any(word in line for word in keep)]
+        """Lines of the log at WARNING or above (nginx's too), and traceback headers."""
+        return log_problems(self.log_path, (*LOG_PROBLEMS, "[error]", "[crit]", "[alert]"))
 
 
 def _preexec() -> None:
@@ -394,11 +368,6 @@ async def _closed_loop_worker(
     errors: dict[str, int] = {}
     cpu_marks: list[float] = []
 
-    async def marks() -> None:
-        for mark in (start, end):
-            await asyncio.sleep(max(0.0, (mark - now_ns()) / 1e9))
-            cpu_marks.append(times_cpu())
-
     async def client(ws: ClientConnection, player: str) -> None:
         nonlocal answered
         update = '","updates":{"score_deltas":{"' + player + '":1}}}'
@@ -427,7 +396,7 @@ async def _closed_loop_worker(
             if sent >= start and got < end:
                 latencies.append(got - sent)
 
-    marker = asyncio.create_task(marks())
+    marker = asyncio.create_task(mark_cpu((start, end), cpu_marks))
     await asyncio.gather(*(client(ws, p) for ws, p in zip(opened, players, strict=True)))
     await marker
     await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
@@ -471,58 +440,11 @@ async def _idle_worker(
 
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
     """Entry point of a client process: run one worker coroutine, put its result."""
-    try:
-        if kind == "closed_loop":
-            coro = _closed_loop_worker(*args, ready=ready, go=go)
-        elif kind == "idle":
-            coro = _idle_worker(*args, ready=ready, go=go)
-        else:
-            raise ValueError(kind)
-        results.put(("ok", run_loop(coro)))
-    except BaseException:
-        message = traceback.format_exc()
-        ready.put(("error", message))
-        results.put(("error", message))
-
-
-@contextlib.contextmanager
-def client_processes(jobs: list[tuple[str, tuple[Any, ...]]]) -> Iterator[Any]:
-    """Start one spawned process per job; yield (ready, gos, results); always reap them."""
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    results = ctx.Queue()
-    gos = [ctx.Queue() for _ in jobs]
-    procs: list[SpawnProcess] = []
-    try:
-        for (kind, args), go in zip(jobs, gos, strict=True):
-            proc = ctx.Process(
-                target=worker_main, args=(kind, args, ready, go, results), daemon=True
-            )
-            proc.start()
-            procs.append(proc)
-        yield ready, gos, results
-    finally:
-        for proc in procs:
-            proc.join(timeout=15)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
-        for q in (ready, results, *gos):
-            q.close()
-            q.cancel_join_thread()
-
-
-def collect(queue_: Any, n: int, timeout: float, what: str) -> list[Any]:
-    out = []
-    for _ in range(n):
-        status, detail = queue_.get(timeout=timeout)
-        if status not in ("ok", "ready"):
-            raise RuntimeError(f"a client process failed ({what}):\n{detail}")
-        out.append(detail)
-    return out
+    workers: dict[str, Worker] = {
+        "closed_loop": _closed_loop_worker,
+        "idle": _idle_worker,
+    }
+    run_worker(lambda: workers[kind](*args, ready=ready, go=go), ready, results)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -541,25 +463,18 @@ def measure_relay(
     """Closed-loop load through `url`; the relay's CPU over the window per client message."""
     players = [f"{name}-p{i:02d}" for i in range(clients)]
     jobs = [("closed_loop", (url, secret, players[k::procs])) for k in range(procs)]
-    with client_processes(jobs) as (ready, gos, results):
+    with client_processes(worker_main, jobs) as (ready, gos, results):
         collect(ready, len(jobs), 90, "connect")
-        t0 = now_ns() + int(0.3e9)
-        start = t0 + int(warmup * 1e9)
-        end = start + int(duration * 1e9)
-        for go in gos:
-            go.put((t0, start, end))
-        time.sleep(max(0.0, (start - now_ns()) / 1e9))
+        _warm, start, end = send_plan(gos, warmup, duration)
+        sleep_until(start)
         (u0, s0), (busy0, total0), began = cpu_of(relay_pids), machine_cpu(), now_ns()
-        time.sleep(max(0.0, (end - now_ns()) / 1e9))
+        sleep_until(end)
         (u1, s1), (busy1, total1), finished = cpu_of(relay_pids), machine_cpu(), now_ns()
         outputs = collect(results, len(jobs), 60, "load")
     seconds = (finished - began) / 1e9
     answered = sum(o["answered"] for o in outputs)
     latencies = [x for o in outputs for x in o["latencies_ns"]]
-    errors: dict[str, int] = {}
-    for o in outputs:
-        for code, n in o["errors"].items():
-            errors[code] = errors.get(code, 0) + n
+    errors = merge_counts(outputs, "errors")
     relay_cpu = (u1 - u0) + (s1 - s0)
     result: dict[str, Any] = {
         "scenario": name,
@@ -642,7 +557,7 @@ def measure_memory(
         url, admin = prx.url(), prx.url("admin on") + "/metrics"
         # warm the code paths (imports, first session) before the baseline
         jobs = [("idle", (url, secret, [f"warm{mode[0]}{k}" for k in range(5)]))]
-        with client_processes(jobs) as (ready, gos, results):
+        with client_processes(worker_main, jobs) as (ready, gos, results):
             collect(ready, 1, 60, "warm-up")
             gos[0].put(True)
             collect(results, 1, 60, "warm-up")
@@ -650,7 +565,7 @@ def measure_memory(
         before = rss_kib(prx.pid)
         jobs = [("idle", (url, secret, players[k::procs])) for k in range(procs)]
         began = time.monotonic()
-        with client_processes(jobs) as (ready, gos, results):
+        with client_processes(worker_main, jobs) as (ready, gos, results):
             opened = sum(collect(ready, len(jobs), 600, "connect idle clients"))
             connect_s = time.monotonic() - began
             shadows_ok = True
@@ -745,33 +660,25 @@ def add_targets(results: dict[str, Any]) -> None:
         ):
             if key in ratios:
                 measured = ratios[key]["cpu_per_message"]
-                targets.append(
-                    {
-                        "name": f"{key} relay CPU per message ÷ nginx's",
-                        "measured": measured,
-                        "limit": f"<= {limit:g}",
-                        "met": measured <= limit,
-                    }
-                )
+                targets.append(target(f"{key} relay CPU per message ÷ nginx's", measured, limit))
         if "mirror" in ratios and "added_p50_vs_nginx" in ratios["mirror"]:
             measured = ratios["mirror"]["added_p50_vs_nginx"]
             targets.append(
-                {
-                    "name": "mirror added client p50 ÷ nginx's added p50",
-                    "measured": measured,
-                    "limit": f"<= {TARGET_MIRROR_ADDED_P50_RATIO:g}",
-                    "met": measured <= TARGET_MIRROR_ADDED_P50_RATIO,
-                }
+                target(
+                    "mirror added client p50 ÷ nginx's added p50",
+                    measured,
+                    TARGET_MIRROR_ADDED_P50_RATIO,
+                )
             )
     results["ratios_vs_nginx"] = ratios
     for mode, r in results.get("memory", {}).items():
         targets.append(
-            {
-                "name": f"{mode} proxy memory per idle client (KiB, at {r['clients']} clients)",
-                "measured": r["kib_per_client"],
-                "limit": f"< {TARGET_MEMORY_KIB_PER_CLIENT:g}",
-                "met": r["kib_per_client"] < TARGET_MEMORY_KIB_PER_CLIENT,
-            }
+            target(
+                f"{mode} proxy memory per idle client (KiB, at {r['clients']} clients)",
+                r["kib_per_client"],
+                TARGET_MEMORY_KIB_PER_CLIENT,
+                strict=True,
+            )
         )
 
 
@@ -820,16 +727,8 @@ def print_table(results: dict[str, Any]) -> None:
             f" (connect failures {r['connect_failures']}, fd capacity {r['fd_capacity']})"
         )
     print()
-    for target in results["targets"]:
-        status = "MET" if target["met"] else "MISSED"
-        print(f"target {target['name']}: {target['measured']:.2f} vs {target['limit']} → {status}")
-    for key, r in sc.items():
-        if r.get("log_problems"):
-            print(f"log of {key}: {len(r['log_problems'])} warning/error lines, e.g.")
-            for line in r["log_problems"][:5]:
-                print("   ", line)
-        if r.get("client_errors"):
-            print(f"client-side errors in {key}: {r['client_errors']}")
+    print_targets(results["targets"])
+    print_problems(sc, "log_problems", "log")
 
 
 # --------------------------------------------------------------------------- main
@@ -861,12 +760,10 @@ def main(argv: list[str] | None = None) -> int:
     secret = secrets.token_hex(32)
     results: dict[str, Any] = {
         "benchmark": "mirroring proxy vs nginx",
-        "command": " ".join(
-            ["benchmarks/proxy_bench.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("proxy_bench.py", argv),
         "quick": args.quick,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "git_dirty_proxy": _git_dirty("proxy"),
         "machine": {**machine_info(), "nginx": _nginx_version(), "rlimit_nofile": nofile},
         "upstream_args": list(RATE_ARGS),
@@ -937,22 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     add_targets(results)
     print_table(results)
     if not args.no_json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.json.with_suffix(".json.tmp")
-        tmp_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-        tmp_path.replace(args.json)
-        shown = args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json
-        print(f"\nwrote {shown}")
+        write_json(args.json, results)
     return 0
-
-
-def _git_commit() -> str | None:
-    with contextlib.suppress(OSError):
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or None
-    return None
 
 
 def _git_dirty(path: str) -> bool | None:

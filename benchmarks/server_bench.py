@@ -32,26 +32,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
-import json
-import multiprocessing as mp
 import os
-import platform
 import pstats
 import queue
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-import urllib.request
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -62,150 +54,44 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `stateshift` importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import (  # noqa: E402
+    RATE_ARGS,
+    Worker,
+    client_processes,
+    collect,
+    command_line,
+    fetch_metrics,
+    git_commit,
+    latency_summary_ms,
+    log_problems,
+    machine_cpu,
+    machine_info,
+    mark_cpu,
+    merge_counts,
+    metric_sum,
+    now_ns,
+    print_problems,
+    print_targets,
+    proc_cpu_seconds,
+    proc_user_sys,
+    run_loop,
+    run_worker,
+    send_plan,
+    sleep_until,
+    stop_process,
+    target,
+    thread_cpu_seconds,
+    times_cpu,
+    wait_plan,
+    write_json,
+)
 from stateshift.tokens import mint_token  # noqa: E402
 
 PYTHON = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_ENV = "STATESHIFT_BENCH_PROFILE"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "server.json"
-#: the per-connection rate limit is raised for every scenario (PROTOCOL.md's 50/s would cap
-#: a closed-loop client); the limiter still runs for every message
-RATE_ARGS = ("--rate", "100000", "--burst", "100000")
 TARGET_CPU_PER_ACK_US = 50.0
 TARGET_FANOUT_P99_MS = 5.0
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def now_ns() -> int:
-    """CLOCK_MONOTONIC in ns: the same clock in every process of the machine."""
-    return time.monotonic_ns()
-
-
-def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine on uvloop when importable, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
-    # after "(comm) ", fields[0] is the state (field 3 of proc(5)); utime and stime are 14, 15
-    return proc_cpu_seconds_path(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU time of each live thread of a process, by thread id."""
-    found: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            found[int(task.name)] = proc_cpu_seconds_path(task / "stat")
-    return found
-
-
-def proc_cpu_seconds_path(path: Path) -> float:
-    """User + system CPU time from a proc(5) `stat` file."""
-    user, system = proc_user_sys(path)
-    return user + system
-
-
-def proc_user_sys(path: Path) -> tuple[float, float]:
-    """(user, system) CPU seconds from a proc(5) `stat` file."""
-    raw = path.read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user
-    return total - idle, total
-
-
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(p / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def latency_summary_ms(samples_ns: list[int]) -> dict[str, float]:
-    """p50/p95/p99/max/mean in milliseconds."""
-    ordered = sorted(samples_ns)
-    if not ordered:
-        return {"count": 0}
-    ms = 1e6
-    return {
-        "count": len(ordered),
-        "p50_ms": percentile(ordered, 50) / ms,
-        "p95_ms": percentile(ordered, 95) / ms,
-        "p99_ms": percentile(ordered, 99) / ms,
-        "max_ms": ordered[-1] / ms,
-        "mean_ms": sum(ordered) / len(ordered) / ms,
-    }
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "websockets": version("websockets"),
-        "uvloop": version("uvloop"),
-        "aiosqlite": version("aiosqlite"),
-    }
-
-
-METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def fetch_metrics(port: int) -> dict[str, float]:
-    """The server's Prometheus metrics, `name{labels}` → value (labels as printed)."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
-        text = response.read().decode()
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        match = METRIC_LINE.match(line)
-        if match:
-            found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return found
-
-
-def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """Sum of the series of `name` whose labels include `labels`."""
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
 
 
 # --------------------------------------------------------------------------- server
@@ -227,24 +113,17 @@ class ServerProcess:
     def cpu(self) -> float:
         return proc_cpu_seconds(self.proc.pid)
 
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus metrics, `name{labels}` → value (labels as printed)."""
+        return fetch_metrics(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
+
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (graceful), then SIGKILL after `timeout` s; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def log_problems(self) -> list[str]:
         """Lines of the server's log at WARNING or above, and traceback headers."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        keep = ("WARNING", "ERROR", "CRITICAL", "Traceback")
-        return [line for line in lines if any(word in line for word in keep)]
+        return log_problems(self.log_path)
 
 
 @contextlib.contextmanager
@@ -313,9 +192,6 @@ def _wait_listening(proc: subprocess.Popen[str], timeout: float, log_path: Path)
 
 # --------------------------------------------------------------------------- workers
 
-#: (warm-up start, measured window start, measured window end), CLOCK_MONOTONIC ns
-Plan = tuple[int, int, int]
-
 
 async def open_client(url: str, game: str, token: str) -> tuple[ClientConnection, dict[str, Any]]:
     """Connect to a game and authenticate; the CONNECTED frame."""
@@ -336,18 +212,6 @@ async def open_client(url: str, game: str, token: str) -> tuple[ClientConnection
             return ws, frame
 
 
-async def wait_plan(go: Any) -> Plan:
-    """Block (in a thread) until the parent sends the plan."""
-    plan: Plan = await asyncio.get_running_loop().run_in_executor(None, go.get, True, 120)
-    return plan
-
-
-def times_cpu() -> float:
-    """This process's user + system CPU time."""
-    t = os.times()
-    return t.user + t.system
-
-
 async def _closed_loop_worker(
     url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
 ) -> dict[str, Any]:
@@ -363,11 +227,6 @@ async def _closed_loop_worker(
     acks_in_window = 0
     errors: dict[str, int] = {}
     cpu_marks: list[float] = []
-
-    async def marks() -> None:
-        for mark in (start, end):
-            await asyncio.sleep(max(0.0, (mark - now_ns()) / 1e9))
-            cpu_marks.append(times_cpu())
 
     async def client(ws: ClientConnection, player: str) -> None:
         nonlocal acks_in_window
@@ -397,7 +256,7 @@ async def _closed_loop_worker(
             if sent >= start and got < end:
                 latencies.append(got - sent)
 
-    marker = asyncio.create_task(marks())
+    marker = asyncio.create_task(mark_cpu((start, end), cpu_marks))
     await asyncio.gather(
         *(client(ws, frame["player_id"]) for ws, frame in opened),
     )
@@ -486,11 +345,6 @@ async def _receiver_worker(
     cpu_marks: list[float] = []
     stop_at = end + int(2e9)  # the last broadcasts of the window still arrive
 
-    async def marks() -> None:
-        for mark in (start, end):
-            await asyncio.sleep(max(0.0, (mark - now_ns()) / 1e9))
-            cpu_marks.append(times_cpu())
-
     async def receiver(ws: ClientConnection, seen: dict[int, int]) -> None:
         while True:
             timeout = (stop_at - now_ns()) / 1e9
@@ -505,7 +359,7 @@ async def _receiver_worker(
             if frame["type"] == "STATE":
                 seen[frame["version"]] = got
 
-    marker = asyncio.create_task(marks())
+    marker = asyncio.create_task(mark_cpu((start, end), cpu_marks))
     await asyncio.gather(
         *(receiver(ws, seen) for (ws, _), seen in zip(opened, receipts, strict=True))
     )
@@ -516,20 +370,12 @@ async def _receiver_worker(
 
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
     """Entry point of a client process: run one worker coroutine, put its result."""
-    try:
-        if kind == "closed_loop":
-            coro = _closed_loop_worker(*args, ready=ready, go=go)
-        elif kind == "sender":
-            coro = _sender_worker(*args, ready=ready, go=go)
-        elif kind == "receiver":
-            coro = _receiver_worker(*args, ready=ready, go=go)
-        else:
-            raise ValueError(kind)
-        results.put(("ok", run_loop(coro)))
-    except BaseException:
-        message = traceback.format_exc()
-        ready.put(("error", message))
-        results.put(("error", message))
+    workers: dict[str, Worker] = {
+        "closed_loop": _closed_loop_worker,
+        "sender": _sender_worker,
+        "receiver": _receiver_worker,
+    }
+    run_worker(lambda: workers[kind](*args, ready=ready, go=go), ready, results)
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -563,46 +409,23 @@ def run_clients(
     duration: float,
 ) -> tuple[Window, list[dict[str, Any]]]:
     """Start one process per job, wait until all are connected, run the plan, collect."""
-    ctx = mp.get_context("spawn")
-    ready = ctx.Queue()
-    results = ctx.Queue()
-    gos = [ctx.Queue() for _ in jobs]
-    procs: list[SpawnProcess] = []
-    try:
-        for (kind, args), go in zip(jobs, gos, strict=True):
-            proc = ctx.Process(
-                target=worker_main, args=(kind, args, ready, go, results), daemon=True
-            )
-            proc.start()
-            procs.append(proc)
-        for _ in jobs:
-            status, detail = ready.get(timeout=90)
-            if status != "ready":
-                raise RuntimeError(f"a client process failed:\n{detail}")
-        t0 = now_ns() + int(0.3e9)
-        start = t0 + int(warmup * 1e9)
-        end = start + int(duration * 1e9)
-        for go in gos:
-            go.put((t0, start, end))
+    with client_processes(worker_main, jobs, join_timeout=10) as (ready, gos, results):
+        collect(ready, len(jobs), 90, "connect")
+        _warm, start, end = send_plan(gos, warmup, duration)
         pid = srv.proc.pid
-        time.sleep(max(0.0, (start - now_ns()) / 1e9))
-        metrics_before = fetch_metrics(srv.port)
+        sleep_until(start)
+        metrics_before = srv.metrics()
         threads0 = thread_cpu_seconds(srv.proc.pid)
         sys0 = proc_user_sys(Path(f"/proc/{pid}/stat"))[1]
         cpu0, (busy0, total0) = srv.cpu(), machine_cpu()
         began = now_ns()
-        time.sleep(max(0.0, (end - now_ns()) / 1e9))
+        sleep_until(end)
         cpu1, (busy1, total1) = srv.cpu(), machine_cpu()
         threads1 = thread_cpu_seconds(srv.proc.pid)
         sys1 = proc_user_sys(Path(f"/proc/{pid}/stat"))[1]
         finished = now_ns()
-        metrics_after = fetch_metrics(srv.port)
-        outputs: list[dict[str, Any]] = []
-        for _ in jobs:
-            status, detail = results.get(timeout=60)
-            if status != "ok":
-                raise RuntimeError(f"a client process failed:\n{detail}")
-            outputs.append(detail)
+        metrics_after = srv.metrics()
+        outputs: list[dict[str, Any]] = collect(results, len(jobs), 60, "load")
         window = Window(
             seconds=(finished - began) / 1e9,
             server_cpu_s=cpu1 - cpu0,
@@ -613,15 +436,6 @@ def run_clients(
             metrics_after=metrics_after,
         )
         return window, outputs
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-        for q in (ready, results, *gos):
-            q.close()
-            q.cancel_join_thread()
 
 
 def scenario_durable(
@@ -645,10 +459,7 @@ def scenario_durable(
         command = srv.command
     acks = sum(o["acks"] for o in outputs)
     latencies = [x for o in outputs for x in o["latencies_ns"]]
-    errors: dict[str, int] = {}
-    for o in outputs:
-        for code, n in o["errors"].items():
-            errors[code] = errors.get(code, 0) + n
+    errors = merge_counts(outputs, "errors")
     server_acks = window.delta("stateshift_server_messages_total", type="STATE_UPDATE", result="ok")
     batches = window.delta("stateshift_server_commit_batch_size_count")
     batched = window.delta("stateshift_server_commit_batch_size_sum")
@@ -887,16 +698,8 @@ def print_table(results: dict[str, Any]) -> None:
     for row in rows:
         print(f"{row[0].ljust(widths[0])} | {row[1].ljust(widths[1])} | {row[2].rjust(widths[2])}")
     print()
-    for target in results["targets"]:
-        status = "MET" if target["met"] else "MISSED"
-        print(f"target {target['name']}: {target['measured']:.2f} vs {target['limit']} → {status}")
-    for key, r in results["scenarios"].items():
-        if r.get("server_log_problems"):
-            print(f"server log of {key}: {len(r['server_log_problems'])} warning/error lines, e.g.")
-            for line in r["server_log_problems"][:5]:
-                print("   ", line)
-        if r.get("client_errors"):
-            print(f"client-side errors in {key}: {r['client_errors']}")
+    print_targets(results["targets"])
+    print_problems(results["scenarios"], "server_log_problems", "server log")
 
 
 def print_profiles() -> None:
@@ -928,13 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     secret = secrets.token_hex(32)
     results: dict[str, Any] = {
         "benchmark": "new state server",
-        "command": " ".join(
-            ["benchmarks/server_bench.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("server_bench.py", argv),
         "quick": args.quick,
         "profiled": bool(os.environ.get(PROFILE_ENV)),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": machine_info(),
         "scenarios": {},
         "targets": [],
@@ -963,43 +764,18 @@ def main(argv: list[str] | None = None) -> int:
     if "durable" in sc:
         measured = sc["durable"]["server_cpu_per_ack_us"]
         results["targets"].append(
-            {
-                "name": "server CPU per acked durable update (µs)",
-                "measured": measured,
-                "limit": f"<= {TARGET_CPU_PER_ACK_US:g}",
-                "met": measured <= TARGET_CPU_PER_ACK_US,
-            }
+            target("server CPU per acked durable update (µs)", measured, TARGET_CPU_PER_ACK_US)
         )
     if "fanout" in sc:
         measured = sc["fanout"]["fanout_latency"].get("p99_ms", float("nan"))
         results["targets"].append(
-            {
-                "name": "broadcast fan-out p99 (ms)",
-                "measured": measured,
-                "limit": f"< {TARGET_FANOUT_P99_MS:g}",
-                "met": measured < TARGET_FANOUT_P99_MS,
-            }
+            target("broadcast fan-out p99 (ms)", measured, TARGET_FANOUT_P99_MS, strict=True)
         )
     print_table(results)
     print_profiles()
     if not args.no_json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = args.json.with_suffix(".json.tmp")
-        tmp_path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-        tmp_path.replace(args.json)
-        shown = args.json.relative_to(REPO) if args.json.is_relative_to(REPO) else args.json
-        print(f"\nwrote {shown}")
+        write_json(args.json, results)
     return 0
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":
