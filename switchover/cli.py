@@ -53,6 +53,12 @@ TimeoutOpt = Annotated[
     float, typer.Option(help="Seconds to wait for each proxy's answer (a prepare can be slow).")
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
+HoldOpt = Annotated[float, typer.Option(help="Seconds a prepared proxy waits for the commit.")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="TOML file with a [readiness] table.")]
+#: the readiness thresholds of flip and ramp (`check` documents each with its default)
+WindowOpt = Annotated[float | None, typer.Option(help="Readiness window (seconds).")]
+IntBoundOpt = Annotated[int | None, typer.Option()]
+FloatBoundOpt = Annotated[float | None, typer.Option()]
 
 
 class Usage(Exception):
@@ -244,9 +250,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         window: Annotated[
             float | None, typer.Option(help="Seconds of history judged [default: 300].")
         ] = None,
-        config: Annotated[
-            Path | None, typer.Option(help="TOML file with a [readiness] table.")
-        ] = None,
+        config: ConfigOpt = None,
         min_comparisons: Annotated[int | None, typer.Option(help="[default: 200]")] = None,
         max_mismatch_ratio: Annotated[float | None, typer.Option(help="[default: 0.001]")] = None,
         max_diverged: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
@@ -302,18 +306,14 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         check_every: Annotated[
             float, typer.Option(help="Seconds between checks while watching.")
         ] = 5.0,
-        window: Annotated[float | None, typer.Option(help="Readiness window (seconds).")] = None,
-        config: Annotated[
-            Path | None, typer.Option(help="TOML file with a [readiness] table.")
-        ] = None,
-        min_comparisons: Annotated[int | None, typer.Option()] = None,
-        max_mismatch_ratio: Annotated[float | None, typer.Option()] = None,
-        max_diverged: Annotated[int | None, typer.Option()] = None,
-        max_shadow_drops: Annotated[int | None, typer.Option()] = None,
-        max_latency_ratio: Annotated[float | None, typer.Option()] = None,
-        hold: Annotated[
-            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
-        ] = DEFAULT_HOLD,
+        window: WindowOpt = None,
+        config: ConfigOpt = None,
+        min_comparisons: IntBoundOpt = None,
+        max_mismatch_ratio: FloatBoundOpt = None,
+        max_diverged: IntBoundOpt = None,
+        max_shadow_drops: IntBoundOpt = None,
+        max_latency_ratio: FloatBoundOpt = None,
+        hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
         """Make the new server primary on every proxy, without closing a client.
@@ -347,15 +347,12 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "flip")
                 if gate_code is not None:
                     return gate_code
-                if not fleet.unreachable and all(
-                    same_route(r, wanted) for r in (await fleet.routes()).values()
-                ):
+                routes = await _reachable_routes(fleet)
+                if _already(routes, wanted):
                     doc.update(ok=True, message="already flipped: the new server is primary")
                     return _finish(out, doc, OK)
                 report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
-                doc["switch"] = report.to_dict()
-                if not out.as_json:
-                    out.switch(report, "flip")
+                _show_switch(out, doc, report, "flip")
                 if not report.ok:
                     return _finish(out, doc, _failed(report))
                 if auto_rollback is None:
@@ -374,9 +371,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         token: TokenOpt = "",
         as_json: JsonOpt = False,
         reason: ReasonOpt = "",
-        hold: Annotated[
-            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
-        ] = DEFAULT_HOLD,
+        hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
         """Make the old server primary again on every proxy.
@@ -392,28 +387,23 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             doc: dict[str, Any] = {"reason": reason}
             async with Fleet(proxy, token, timeout=timeout) as fleet:
                 wanted = target("old")
-                if not fleet.unreachable:
-                    routes = await fleet.routes()
-                    if all(same_route(r, wanted) for r in routes.values()):
-                        doc.update(
-                            ok=True, message="already rolled back: the old server is primary"
-                        )
-                        return _finish(out, doc, OK)
-                    finalized = [u for u, r in routes.items() if not r.get("mirroring")]
-                    if finalized:
-                        doc.update(
-                            ok=False,
-                            message="mirroring to the old server is off (finalized) on "
-                            f"{', '.join(finalized)}: it missed updates, "
-                            "a rollback would lose them",
-                        )
-                        return _finish(out, doc, FAILED)
+                routes = await _reachable_routes(fleet)
+                if _already(routes, wanted):
+                    doc.update(ok=True, message="already rolled back: the old server is primary")
+                    return _finish(out, doc, OK)
+                finalized = [u for u, r in (routes or {}).items() if not r.get("mirroring")]
+                if finalized:
+                    doc.update(
+                        ok=False,
+                        message="mirroring to the old server is off (finalized) on "
+                        f"{', '.join(finalized)}: it missed updates, "
+                        "a rollback would lose them",
+                    )
+                    return _finish(out, doc, FAILED)
                 report = await fleet.switch(
                     wanted, reason=reason or "rollback", kind="rollback", hold=hold, resync=True
                 )
-                doc["switch"] = report.to_dict()
-            if not out.as_json:
-                out.switch(report, "rollback")
+                _show_switch(out, doc, report, "rollback")
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
 
         run(as_json, token, proxy, body)
@@ -430,18 +420,14 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             bool, typer.Option(help="Raise the share even when the check does not pass.")
         ] = False,
         reason: ReasonOpt = "",
-        window: Annotated[float | None, typer.Option(help="Readiness window (seconds).")] = None,
-        config: Annotated[
-            Path | None, typer.Option(help="TOML file with a [readiness] table.")
-        ] = None,
-        min_comparisons: Annotated[int | None, typer.Option()] = None,
-        max_mismatch_ratio: Annotated[float | None, typer.Option()] = None,
-        max_diverged: Annotated[int | None, typer.Option()] = None,
-        max_shadow_drops: Annotated[int | None, typer.Option()] = None,
-        max_latency_ratio: Annotated[float | None, typer.Option()] = None,
-        hold: Annotated[
-            float, typer.Option(help="Seconds a prepared proxy waits for the commit.")
-        ] = DEFAULT_HOLD,
+        window: WindowOpt = None,
+        config: ConfigOpt = None,
+        min_comparisons: IntBoundOpt = None,
+        max_mismatch_ratio: FloatBoundOpt = None,
+        max_diverged: IntBoundOpt = None,
+        max_shadow_drops: IntBoundOpt = None,
+        max_latency_ratio: FloatBoundOpt = None,
+        hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
         """Gradual switchover: PERCENT of games get the new server as primary.
@@ -468,23 +454,18 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             doc: dict[str, Any] = {"reason": reason, "force": force, "percent": percent}
             async with Fleet(proxy, token, timeout=timeout) as fleet:
                 wanted = target("old", percent)
-                raising = True
-                if not fleet.unreachable:
-                    routes = await fleet.routes()
-                    if all(same_route(r, wanted) for r in routes.values()):
-                        doc.update(ok=True, message=f"already at {percent:g}%")
-                        return _finish(out, doc, OK)
-                    raising = any(percent > _share(r) for r in routes.values())
-                if raising:
+                routes = await _reachable_routes(fleet)
+                if _already(routes, wanted):
+                    doc.update(ok=True, message=f"already at {percent:g}%")
+                    return _finish(out, doc, OK)
+                if routes is None or any(percent > _share(r) for r in routes.values()):
                     gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "ramp")
                     if gate_code is not None:
                         return gate_code
                 report = await fleet.switch(
                     wanted, reason=reason or f"ramp {percent:g}%", kind="ramp", hold=hold
                 )
-                doc["switch"] = report.to_dict()
-            if not out.as_json:
-                out.switch(report, f"ramp to {percent:g}%")
+                _show_switch(out, doc, report, f"ramp to {percent:g}%")
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
 
         run(as_json, token, proxy, body)
@@ -600,6 +581,23 @@ def _thresholds(config: Path | None, **flags: float | int | None) -> Thresholds:
         return thresholds_from(config, **flags)
     except ThresholdsError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+async def _reachable_routes(fleet: Fleet) -> dict[str, dict[str, Any]] | None:
+    """Every proxy's route; None when a proxy is unreachable (the switch then says so)."""
+    return None if fleet.unreachable else await fleet.routes()
+
+
+def _already(routes: dict[str, dict[str, Any]] | None, wanted: dict[str, Any]) -> bool:
+    """Every proxy is reachable and already on the wanted route."""
+    return routes is not None and all(same_route(r, wanted) for r in routes.values())
+
+
+def _show_switch(out: Output, doc: dict[str, Any], report: SwitchReport, title: str) -> None:
+    """A switch's report: kept in `doc`, drawn for people."""
+    doc["switch"] = report.to_dict()
+    if not out.as_json:
+        out.switch(report, title)
 
 
 def _failed(report: SwitchReport) -> int:
