@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -87,6 +87,9 @@ RulesOption = Annotated[
 ]
 
 
+T = TypeVar("T")
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error on stderr and exit."""
     err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
@@ -133,6 +136,16 @@ def ask_proxy(proxy: str, token: str, command: str, timeout: float, **fields: An
         return asyncio.run(control_request(proxy, token, command, timeout, **fields))
     except ControlError as exc:
         fail(f"{command} on {proxy}: {exc.code}: {exc.message}")
+
+
+def ask_proxy_for(
+    key: str, kind: type[T], proxy: str, token: str, command: str, timeout: float, **fields: Any
+) -> T:
+    """Run one control command; the answer's `key` (a `kind`), or exit 2 when it has none."""
+    value = ask_proxy(proxy, token, command, timeout, **fields).get(key)
+    if not isinstance(value, kind):
+        fail(f"{command} on {proxy} answered without `{key}`")
+    return value
 
 
 def admin_token(secret: str, sub: str) -> str:
@@ -423,10 +436,7 @@ def status(
 
     Exit codes: 0 ok, 1 some game is currently diverged, 2 usage or connection errors.
     """
-    answer = ask_proxy(proxy, token, "COMPARE_STATUS", timeout)
-    figures = answer.get("compare")
-    if not isinstance(figures, dict):
-        fail(f"COMPARE_STATUS on {proxy} answered without `compare`")
+    figures = ask_proxy_for("compare", dict, proxy, token, "COMPARE_STATUS", timeout)
     if as_json:
         print_json(figures)
     else:
@@ -446,10 +456,7 @@ def show(
 
     Exit codes: 0 ok (with or without findings), 2 usage or connection errors.
     """
-    answer = ask_proxy(proxy, token, "FINDINGS", timeout, limit=limit)
-    findings = answer.get("findings")
-    if not isinstance(findings, list):
-        fail(f"FINDINGS on {proxy} answered without `findings`")
+    findings = ask_proxy_for("findings", list, proxy, token, "FINDINGS", timeout, limit=limit)
     if as_json:
         print_json(findings)
     else:
@@ -494,10 +501,9 @@ def explain(
 
     Exit codes: 0 ok, 2 usage or connection errors, or no such finding (kept ones only).
     """
-    answer = ask_proxy(proxy, token, "FINDING", timeout, finding_id=finding_id)
-    finding = answer.get("finding")
-    if not isinstance(finding, dict):
-        fail(f"FINDING on {proxy} answered without `finding`")
+    finding = ask_proxy_for(
+        "finding", dict, proxy, token, "FINDING", timeout, finding_id=finding_id
+    )
     if as_json:
         print_json(finding)
     else:
