@@ -215,6 +215,13 @@ class ProxyMetrics:
             "1 while client traffic is mirrored to the shadow.",
             registry=r,
         )
+        self.client_drops = Counter(
+            "stateshift_proxy_client_drops_total",
+            "Client connections the proxy dropped itself, by reason (slow: it did not read).",
+            ["reason"],
+            registry=r,
+        )
+        self.client_drops.labels("slow")
         self.tap_dropped = Counter(
             "stateshift_proxy_tap_dropped_total",
             "Tap records dropped because the comparator fell behind.",

@@ -68,6 +68,9 @@ class ProxySettings:
     retry_max: float = 5.0
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
+    #: a client that takes longer than this to take a frame is dropped (it does not read):
+    #: the proxy must not keep it, and what it buffers, forever
+    client_send_timeout: float = 30.0
     tap_capacity: int = 65_536
 
 
@@ -394,7 +397,13 @@ class MirrorProxy:
             # Not mirrored: relay bytes, not frames, until both sides close (proxy/splice.py).
             # No await may come before this: websockets must not have read anything yet.
             try:
-                await splice(client, up, self.metrics.spliced)
+                await splice(
+                    client,
+                    up,
+                    self.metrics.spliced,
+                    stall_timeout=self.settings.client_send_timeout,
+                    on_stall=self.metrics.client_drops.labels("slow").inc,
+                )
             finally:
                 session.closed = True
                 self.sessions.pop(session.id, None)
@@ -470,13 +479,34 @@ class MirrorProxy:
         with contextlib.suppress(ConnectionClosed):
             async for data in up:
                 primary = session.primary == name
-                if primary and not write_now(client, data):  # relay first
-                    with contextlib.suppress(ConnectionClosed):
-                        await client.send(data)
+                # relay first (awaiting only a client whose buffer is full, and not forever)
+                if (
+                    primary
+                    and not write_now(client, data)
+                    and not await self._send_slowly(session, data)
+                ):
+                    return
                 role = "primary" if primary else "shadow"
                 counted[("upstream", name, role)].inc()
                 if session.mirrored:
                     self._observe_upstream_frame(session, name, role, data)
+
+    async def _send_slowly(self, session: Session, data: str | bytes) -> bool:
+        """Relay to a client whose buffer is full, waiting for it to read: but not forever.
+        False when the client was dropped (it never took the frame) or is gone."""
+        client = session.client
+        try:
+            async with asyncio.timeout(self.settings.client_send_timeout):
+                await client.send(data)
+        except ConnectionClosed:
+            return False
+        except TimeoutError:
+            self.metrics.client_drops.labels("slow").inc()
+            log.warning("dropping a client that does not read (session %d)", session.id)
+            if client.transport is not None:
+                client.transport.abort()
+            return False
+        return True
 
     def _observe_upstream_frame(
         self, session: Session, name: str, role: str, data: str | bytes
@@ -605,6 +635,9 @@ class MirrorProxy:
             if session.primary == name:
                 if not session.closed:
                     await self._relay_close(session, up)
+                if up.transport is not None and not up.transport.is_closing():
+                    # we stopped reading it (the client was dropped): it has no owner left
+                    up.transport.abort()
                 return
             code = up.close_code
             if code == 1000 and session.disconnecting:

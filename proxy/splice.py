@@ -21,6 +21,7 @@ splice; to end a spliced session on purpose, call `end_splice`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
@@ -36,7 +37,7 @@ CLOSE_GRACE = 5.0
 class _Pipe(asyncio.Protocol):
     """Reads one transport (`own`) and writes what it reads to the other (`peer`)."""
 
-    __slots__ = ("bytes", "lost", "own", "peer", "splice", "write")
+    __slots__ = ("bytes", "lost", "own", "peer", "splice", "stall", "write")
 
     def __init__(self, splice: Splice, own: asyncio.Transport, peer: asyncio.Transport) -> None:
         self.splice = splice
@@ -46,6 +47,8 @@ class _Pipe(asyncio.Protocol):
         #: bytes read from `own` (and written to `peer`)
         self.bytes = 0
         self.lost = False
+        #: ends the splice if `own` stays unable to take more for the stall timeout
+        self.stall: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         self.write(data)  # the whole hot path: one write, one addition
@@ -55,11 +58,14 @@ class _Pipe(asyncio.Protocol):
         return None  # the transport closes itself; connection_lost closes the peer
 
     def pause_writing(self) -> None:
-        # `own`'s write buffer is full (it receives what `peer` sends): stop reading `peer`.
+        # `own`'s write buffer is full (it receives what `peer` sends): stop reading `peer`,
+        # for a while: a side that never reads again ends the splice.
         if not self.peer.is_closing():
             self.peer.pause_reading()
+        self.splice.stalled(self)
 
     def resume_writing(self) -> None:
+        self.splice.unstalled(self)
         if not self.peer.is_closing():
             self.peer.resume_reading()
 
@@ -72,9 +78,16 @@ class Splice:
     """Two transports joined byte for byte; `done` resolves when both are closed."""
 
     def __init__(
-        self, client: asyncio.Transport, upstream: asyncio.Transport, tally: SpliceTally
+        self,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        tally: SpliceTally,
+        stall_timeout: float | None = None,
+        on_stall: Callable[[], None] | None = None,
     ) -> None:
         self.tally = tally
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: aborts of sides told to close that have not finished flushing yet
         self._timers: list[asyncio.TimerHandle] = []
@@ -94,9 +107,28 @@ class Splice:
     def upstream_bytes(self) -> int:
         return self.from_upstream.bytes
 
+    def stalled(self, pipe: _Pipe) -> None:
+        """`pipe.own` stopped taking bytes: give it `stall_timeout` seconds to read again."""
+        if self.stall_timeout is not None and pipe.stall is None:
+            loop = asyncio.get_running_loop()
+            pipe.stall = loop.call_later(self.stall_timeout, self._stall_expired)
+
+    def unstalled(self, pipe: _Pipe) -> None:
+        """`pipe.own` reads again."""
+        if pipe.stall is not None:
+            pipe.stall.cancel()
+            pipe.stall = None
+
+    def _stall_expired(self) -> None:
+        if self.on_stall is not None:
+            self.on_stall()
+        self.abort()
+
     def side_lost(self, pipe: _Pipe) -> None:
         """One side is gone: flush what is buffered for the other, then close it."""
         self._close(pipe.peer)
+        self.unstalled(self.from_client)
+        self.unstalled(self.from_upstream)
         if self.from_client.lost and self.from_upstream.lost and not self.done.done():
             for timer in self._timers:
                 timer.cancel()
@@ -147,11 +179,20 @@ def _detach(conn: Connection) -> None:
     conn.connection_lost(None)
 
 
-async def splice(client: ServerConnection, up: ClientConnection, tally: SpliceTally) -> None:
+async def splice(
+    client: ServerConnection,
+    up: ClientConnection,
+    tally: SpliceTally,
+    *,
+    stall_timeout: float | None = None,
+    on_stall: Callable[[], None] | None = None,
+) -> None:
     """Relay bytes between the client and its upstream until both are closed.
 
+    A side that does not read for `stall_timeout` seconds (its buffer stays full) ends the
+    splice: the other side, paused meanwhile, would otherwise never see its own close.
     Call only when `can_splice(client, up)` and before any await after the handshakes."""
-    joined = Splice(client.transport, up.transport, tally)
+    joined = Splice(client.transport, up.transport, tally, stall_timeout, on_stall)
     _detach(client)
     _detach(up)
     try:
