@@ -172,7 +172,10 @@ class MirrorProxy:
         self.gate = asyncio.Event()
         self.gate.set()
         self._ids = itertools.count(1)
-        self._handshakes: dict[ServerConnection, tuple[ClientConnection, str]] = {}
+        #: upstream opened during a client's handshake: (connection, its name, headers sent)
+        self._handshakes: dict[
+            ServerConnection, tuple[ClientConnection, str, list[tuple[str, str]]]
+        ] = {}
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Future[None]] = set()
@@ -330,7 +333,7 @@ class MirrorProxy:
             self.metrics.connect_failures.labels(primary, "primary", "down").inc()
             log.warning("primary %s unreachable: %s", primary, exc)
             return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
-        self._handshakes[ws] = (up, primary)
+        self._handshakes[ws] = (up, primary, headers)
         # A client that vanishes between handshake and handler must not leak the upstream.
         asyncio.get_running_loop().call_later(
             self.settings.open_timeout * 2, self._forget_handshake, ws
@@ -374,14 +377,14 @@ class MirrorProxy:
         pending = self._handshakes.pop(client, None)
         if pending is None or client.request is None:
             return
-        up, primary = pending
+        up, primary, headers = pending
         request = client.request
         session = Session(
             id=next(self._ids),
             client=client,
             path=request.path,
             game_id=game_of(request.path),
-            headers=self._upstream_headers(client, request),
+            headers=headers,
             subprotocols=[up.subprotocol] if up.subprotocol else [],
             primary=primary,
             mirrored=self.route.mirroring,

@@ -8,7 +8,7 @@ primary.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 UPSTREAMS: Final = ("old", "new")
@@ -45,10 +45,6 @@ class Route:
         if self.ramp is None or game_id is None:
             return self.primary
         return "new" if ramp_bucket(game_id) < self.ramp * 100 else "old"
-
-    def flipped(self) -> Route:
-        """The same route with the roles of old and new swapped (ramp cleared)."""
-        return replace(self, primary=other(self.primary), ramp=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -6,7 +6,6 @@ that mirroring one against the other can reveal a bug in either.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 
@@ -14,21 +13,6 @@ import jwt
 
 SECRET_ENV = "STATESHIFT_SECRET"
 ROLES = ("player", "observer", "admin")
-
-
-class MissingSecretError(RuntimeError):
-    """The shared signing secret is not configured."""
-
-
-def secret_from_env(env_var: str = SECRET_ENV) -> str:
-    """The shared secret from the environment; raises saying how to set it when missing."""
-    secret = os.environ.get(env_var, "")
-    if not secret:
-        raise MissingSecretError(
-            f"{env_var} is not set: export the secret shared by the old and new servers, "
-            f"e.g. `export {env_var}=$(openssl rand -hex 32)`"
-        )
-    return secret
 
 
 def mint_token(
