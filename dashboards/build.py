@@ -973,6 +973,13 @@ SWITCHOVER: Final = Dashboard(
             "orange",
         ),
         Annotation(
+            "Switchover event",
+            f"sum by (instance, kind, result) "
+            f"(increase(stateshift_switchover_events_total{{{P}}}[1m])) > 0",
+            "{{kind}} {{result}} on {{instance}}",
+            "blue",
+        ),
+        Annotation(
             "Mirroring change",
             f"changes(stateshift_proxy_mirroring{{{P}}}[1m]) > 0",
             "mirroring changed on {{instance}}",
