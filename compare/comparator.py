@@ -319,17 +319,17 @@ class StateComparator:
         self.metrics.diverged.set(len(self.diverged))
         self._maybe_resync(game_id)
 
-    def count(self, kind: str, result: str) -> None:
-        """Count one comparison result."""
-        self.counts[(kind, result)] += 1
+    def count(self, kind: str, result: str, n: int = 1) -> None:
+        """Count `n` comparison results."""
+        self.counts[(kind, result)] += n
         child = self._children.get((kind, result))
         if child is None:
             child = self._children[(kind, result)] = self.metrics.comparisons.labels(kind, result)
-        child.inc()
+        child.inc(n)
 
-    def skip(self, kind: str, reason: str) -> None:
-        """Count one pair not compared."""
-        self.metrics.skipped.labels(kind, reason).inc()
+    def skip(self, kind: str, reason: str, n: int = 1) -> None:
+        """Count `n` pairs not compared."""
+        self.metrics.skipped.labels(kind, reason).inc(n)
 
     # ----------------------------------------------------------------- resync
 

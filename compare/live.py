@@ -157,10 +157,10 @@ class LiveComparison:
                     "text": verdict.text,
                 },
             )
-        for _ in range(report.matched):
-            comparator.count("snapshot", "match")
-        for _ in report.skipped:
-            comparator.skip("snapshot", "version_skew")
+        comparator.count("snapshot", "match", report.matched)
+        skewed = sum(1 for _, reason in report.skipped if reason == "version skew")
+        comparator.skip("snapshot", "version_skew", skewed)
+        comparator.skip("snapshot", "not_comparable", len(report.skipped) - skewed)
         self.last_sweep = {
             "at": time.time(),
             "games": report.games,
