@@ -184,7 +184,9 @@ class StateComparator:
         self.last_at = item.at
         if item.direction != "upstream" or item.msg is None:
             return
-        pair = self.pairer.add(item.role, item.msg, item.at, item.game_id, item.conn_id, item.data)
+        pair = self.pairer.add(
+            item.role, item.msg, item.at, item.game_id, item.conn_id, item.data, item.upstream
+        )
         if pair is not None:
             self.judge(pair)
 

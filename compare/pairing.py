@@ -52,6 +52,7 @@ class _Waiting:
     conn_id: int | None
     kind: str
     text: str | bytes = ""
+    upstream: str = ""
 
 
 class Pairer:
@@ -78,8 +79,14 @@ class Pairer:
         game_id: str | None,
         conn_id: int,
         text: str | bytes = "",
+        upstream: str = "",
     ) -> Pair | None:
-        """Take one upstream frame; return a complete pair when it completes one."""
+        """Take one upstream frame; return a complete pair when it completes one.
+
+        Frames pair across upstreams (old with new) when `upstream` is given: a flip swaps
+        the roles, and a frame sent before it may arrive after it; the role only decides
+        which frame is called primary."""
+        source = upstream or side
         re_id = frame.get("re")
         if isinstance(re_id, str):
             if side == PRIMARY and (conn_id, re_id) in self._not_mirrored:
@@ -91,7 +98,7 @@ class Pairer:
             bgame, version = frame.get("game_id"), frame.get("version")
             if not isinstance(bgame, str) or type(version) is not int:
                 return None
-            seen = (side, bgame, version)
+            seen = (source, bgame, version)
             if seen in self._seen:
                 return None
             self._seen[seen] = None
@@ -103,12 +110,13 @@ class Pairer:
         else:
             return None  # an ERROR without a readable id: nothing to pair it with
         other = self._waiting.get(key)
-        if other is None or other.side == side:
-            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, text)
+        if other is None or (other.upstream or other.side) == source:
+            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, text, upstream)
             if len(self._waiting) > self.remember:
                 self._waiting.popitem(last=False)
             return None
         del self._waiting[key]
+        # Roles as the newer frame sees them (the two frames may straddle a flip).
         if side == PRIMARY:
             primary, shadow, p_text, s_text = frame, other.frame, text, other.text
         else:

@@ -169,3 +169,16 @@ def test_the_text_shortcut_agrees_with_the_structural_comparison():
             primary, shadow, rules, orjson.dumps(primary).decode(), orjson.dumps(shadow).decode()
         ).equal
         assert with_text == structural, (primary, shadow)
+
+
+def test_frames_straddling_a_flip_still_pair_old_with_new():
+    """Sent before a flip, received after it: both copies carry the same role label; they
+    must pair by upstream, not be taken for two frames of one side."""
+    pairer = Pairer(timeout=5)
+    # before the flip the new server was the shadow; its broadcast arrives first
+    assert pairer.add("shadow", state(7), 0.0, "g1", 1, "", "new") is None
+    # the old server's copy arrives after the flip: old is the shadow now
+    pair = pairer.add("shadow", state(7), 0.1, "g1", 1, "", "old")
+    assert pair is not None
+    assert pair.kind == "broadcast"
+    assert pairer.expire(100.0) == []
