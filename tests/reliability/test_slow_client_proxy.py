@@ -171,7 +171,9 @@ async def sloth_run(tmp_path: Path, mirroring: bool) -> AsyncIterator[Run]:
             f"round {run.slowest * 1000:.0f} ms; the proxy held at most {run.buffered} bytes "
             f"in the sloth's write buffer and {run.queued} frames from its upstream"
         )
-        assert len(proxy.sessions) == 4  # the others are all still there
+        # the others are all still there (the sloth itself may already be dropped: the proxy's
+        # patience, SEND_TIMEOUT, can run out before the new server drops its upstream)
+        assert sum(1 for key in proxy.sessions if key != session.id) == 3
         yield run
     finally:
         if sloth is not None:
