@@ -21,6 +21,7 @@ from typing import Any
 SCALE = float(os.environ.get("STATESHIFT_TEST_TIMEOUT_SCALE", "1"))
 TEST_SECRET = "test-secret-shared-by-old-and-new-servers"
 LISTENING = re.compile(r"listening on (ws://\S+)")
+ADMIN_LINE = re.compile(r"admin on (http://\S+)")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,6 +72,8 @@ class ServerProcess:
         self.env = env or cli_env()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        #: listening lines printed so far (one per start: a restart appends to the log)
+        self.starts = 0
 
     def start(self, within: float | None = None) -> str:
         """Start the process and wait for its listening line; return its ws:// URL."""
@@ -86,6 +89,7 @@ class ServerProcess:
             matches = LISTENING.findall(self.output())
             if len(matches) > before:
                 self.url = matches[-1]
+                self.starts = len(matches)
                 return self.url
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
@@ -119,6 +123,35 @@ class ServerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.terminate()
             self.kill()
+
+
+def proxy_args(
+    old_url: str,
+    new_url: str,
+    state: Path,
+    *extra: str,
+    listen: str = "127.0.0.1:0",
+    admin: str = "127.0.0.1:0",
+) -> list[str]:
+    """The arguments of a `stateshift proxy` subprocess (loopback, port 0 by default)."""
+    return [
+        *("proxy", "--old", old_url, "--new", new_url),
+        *("--listen", listen, "--admin", admin, "--state", str(state)),
+        *extra,
+    ]
+
+
+def admin_url(proxy: ServerProcess, within: float | None = None) -> str:
+    """The control-plane URL a started proxy printed (its newest start): the proxy prints
+    it just after its listening line, so wait for it rather than race it."""
+    deadline = time.monotonic() + (within if within is not None else timeout())
+    while True:
+        found = ADMIN_LINE.findall(proxy.output())
+        if len(found) >= proxy.starts:
+            return str(found[-1])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no admin line:\n{proxy.output()}")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -28,11 +28,10 @@ import pytest
 from dashboards import build
 from tests.dashboards import promql
 from tests.proxy.conftest import Client, token
-from tests.support import ServerProcess, timeout
+from tests.support import ServerProcess, admin_url, timeout
 
 pytestmark = pytest.mark.slow
 
-ADMIN = re.compile(r"admin on (http://\S+)")
 #: one injected divergence: the old server adds one to every score delta
 FAULT = ("--fault", "score-delta-off-by-one")
 
@@ -87,10 +86,7 @@ def start_proxy(args: list[str], log: Path) -> tuple[ServerProcess, str]:
     """Start `stateshift proxy`; return it and its admin (metrics) URL."""
     proxy = ServerProcess(["proxy", *args], log)
     proxy.start()
-    poll(lambda: ADMIN.search(proxy.output()) is not None, timeout(20), "the admin line")
-    match = ADMIN.search(proxy.output())
-    assert match
-    return proxy, match.group(1)
+    return proxy, admin_url(proxy, within=timeout(20))
 
 
 async def play(via_a: str, via_b: str) -> None:

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from stateshift.tokens import mint_token
-from tests.support import TEST_SECRET, ServerProcess, timeout
+from tests.support import TEST_SECRET, ServerProcess, proxy_args, timeout
 
 TYPES = ["CONNECT", "HEARTBEAT", "STATE_UPDATE", "GET_STATE", "LIST_GAMES", "IMPORT_STATE"]
 ANSWERS = {"HEARTBEAT_ACK", "ACK", "STATE", "ERROR", "GAMES", "CONNECTED"}
@@ -162,21 +162,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     old_url, new_url = old.start(), new.start()
     proxy = ServerProcess(
-        [
-            "proxy",
-            "--old",
-            old_url,
-            "--new",
-            new_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--state",
-            str(tmp / "proxy.db"),
-            "--sweep-interval",
-            "0",
-        ],
+        proxy_args(old_url, new_url, tmp / "proxy.db", "--sweep-interval", "0"),
         tmp / "proxy.log",
     )
     url = proxy.start()

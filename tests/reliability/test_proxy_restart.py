@@ -7,7 +7,6 @@ route is still `new`, and HISTORY still holds the flip."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import socket
 from pathlib import Path
@@ -16,7 +15,7 @@ from server.app import StateServer
 from stateshift.control import ControlClient
 from stateshift.tokens import mint_token
 from tests.proxy.conftest import Client, start_legacy, start_new, token
-from tests.support import TEST_SECRET, ServerProcess, timeout
+from tests.support import TEST_SECRET, ServerProcess, admin_url, proxy_args, timeout
 from tests.switchover.conftest import game_state
 
 ADMIN = mint_token(TEST_SECRET, "restart-engineer", "admin")
@@ -52,29 +51,23 @@ async def test_a_restarted_proxy_keeps_its_route_and_history_and_clients_reconne
     new: StateServer = await start_new(tmp_path)
     listen, admin = free_port(), free_port()
     proxy = ServerProcess(
-        [
-            "proxy",
-            "--old",
+        proxy_args(
             old.url,
-            "--new",
             new.url,
-            "--listen",
-            f"127.0.0.1:{listen}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--state",
-            str(tmp_path / "proxy-state.db"),
+            tmp_path / "proxy-state.db",
             "--sweep-interval",
             "0",
-        ],
+            listen=f"127.0.0.1:{listen}",
+            admin=f"127.0.0.1:{admin}",
+        ),
         tmp_path / "proxy.log",
     )
     clients: list[Client] = []
     try:
         url = await asyncio.to_thread(proxy.start)
         assert url == f"ws://127.0.0.1:{listen}"
-        admin_url = re.findall(r"admin on (http://\S+)", proxy.output())[-1]
-        control_url = admin_url.replace("http://", "ws://") + "/v1/control"
+        admin_http = await asyncio.to_thread(admin_url, proxy)
+        control_url = admin_http.replace("http://", "ws://") + "/v1/control"
         for name in PLAYERS:
             client, _ = await join(url, name)
             clients.append(client)

@@ -5,7 +5,6 @@ output and /metrics are searched for them."""
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import jwt
@@ -13,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from stateshift.tokens import mint_token
 from tests.proxy.conftest import Client
-from tests.support import TEST_SECRET, ServerProcess, timeout
+from tests.support import TEST_SECRET, ServerProcess, admin_url, proxy_args, timeout
 
 
 async def scrape(url: str) -> str:
@@ -35,24 +34,11 @@ async def test_tokens_never_reach_logs_or_metrics(tmp_path: Path):
     )
     old_url, new_url = old.start(), new.start()
     proxy = ServerProcess(
-        [
-            "proxy",
-            "--old",
-            old_url,
-            "--new",
-            new_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--state",
-            str(tmp_path / "p.db"),
-            *debug,
-        ],
+        proxy_args(old_url, new_url, tmp_path / "p.db", *debug),
         tmp_path / "proxy.log",
     )
     url = proxy.start()
-    admin_url = re.findall(r"admin on (http://\S+)", proxy.output())[-1]
+    control_http = admin_url(proxy)
     good = mint_token(TEST_SECRET, "alice", "player", ["g1"])
     admin = mint_token(TEST_SECRET, "ops", "admin")
     forged = jwt.encode({"sub": "mallory", "role": "admin", "exp": 2**40}, "x" * 40)
@@ -66,7 +52,7 @@ async def test_tokens_never_reach_logs_or_metrics(tmp_path: Path):
             refused = await Client.open(f"{base}/v1/admin")
             await refused.request(type="CONNECT", id="c", token=forged)
             await refused.closed()
-        control = await Client.open(admin_url.replace("http://", "ws://") + "/v1/control")
+        control = await Client.open(control_http.replace("http://", "ws://") + "/v1/control")
         await control.request(type="CONNECT", id="c", token=admin)
         await control.request(type="STATUS", id="s")
         await control.ws.close()
@@ -76,7 +62,7 @@ async def test_tokens_never_reach_logs_or_metrics(tmp_path: Path):
             await ws.send('{"type":"HEARTBEAT","id":"h"}')
             await ws.recv()
         texts = {
-            "proxy metrics": await scrape(admin_url),
+            "proxy metrics": await scrape(control_http),
             "new metrics": await scrape(new_url),
             "old metrics": await scrape(old_url),
         }
