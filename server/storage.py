@@ -9,9 +9,10 @@ writer (WAL readers do not block on writers).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -36,10 +37,38 @@ INSERT_HISTORY = {
     "settings": "INSERT INTO settings (game_id, key, value, version, timestamp) "
     "VALUES (?, ?, ?, ?, ?)",
 }
+T = TypeVar("T")
 SELECT_STATE = (
     "SELECT game_id, status, current_player, scores, timer, settings, version, updated_at "
     "FROM game_state WHERE game_id = ?"
 )
+
+
+def _write_batch(
+    db: sqlite3.Connection,
+    upserts: list[tuple[object, ...]],
+    by_table: dict[str, list[tuple[object, ...]]],
+) -> None:
+    """One batch's transaction, run in aiosqlite's thread: the upserts, the history rows,
+    COMMIT (durable when it returns: WAL, `synchronous=FULL`); rolled back on any error."""
+    try:
+        db.executemany(UPSERT_STATE, upserts)
+        for table, values in by_table.items():
+            db.executemany(INSERT_HISTORY[table], values)
+        db.commit()
+    except BaseException:
+        try:
+            db.rollback()
+        except sqlite3.Error:
+            pass  # the connection is broken; the original error says why
+        raise
+
+
+async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(sqlite3_connection, *args)` in the aiosqlite connection's own thread, after
+    what is already queued there (aiosqlite's `_execute`, which all its methods use)."""
+    run: Callable[..., Awaitable[T]] = db._execute
+    return await run(lambda: fn(db._conn, *args))
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -145,32 +174,25 @@ class Storage:
         by_table: dict[str, list[tuple[object, ...]]] = {}
         for table, game_id, key, value, version, stamp in rows:
             by_table.setdefault(table, []).append((game_id, key, value, version, stamp))
-        db = self.writer
-        try:
-            await db.executemany(
-                UPSERT_STATE,
-                [
-                    (
-                        s.game_id,
-                        s.status,
-                        s.current_player,
-                        orjson.dumps(s.scores).decode(),
-                        orjson.dumps(s.timer).decode(),
-                        orjson.dumps(s.settings).decode(),
-                        s.version,
-                        s.updated_at,
-                    )
-                    for s in latest.values()
-                ],
+        dumps = orjson.dumps
+        upserts = [
+            (
+                s.game_id,
+                s.status,
+                s.current_player,
+                dumps(s.scores).decode(),
+                dumps(s.timer).decode(),
+                dumps(s.settings).decode(),
+                s.version,
+                s.updated_at,
             )
-            for table, values in by_table.items():
-                await db.executemany(INSERT_HISTORY[table], values)
-            await db.commit()
+            for s in latest.values()
+        ]
+        try:
+            # The whole transaction is one call in aiosqlite's thread: one hand-off there and
+            # one back per commit, instead of one per statement.
+            await _in_thread(self.writer, _write_batch, upserts, by_table)
         except (sqlite3.Error, ValueError, OverflowError) as exc:
-            try:
-                await db.rollback()
-            except sqlite3.Error:
-                pass  # the connection is broken; the original error says why
             raise DatabaseError(f"commit failed: {exc}") from exc
 
     async def close(self) -> None:
