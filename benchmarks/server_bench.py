@@ -128,9 +128,16 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def server(
-    workdir: Path, name: str, secret: str, extra: Sequence[str] = (), startup: float = 30.0
+    workdir: Path,
+    name: str,
+    secret: str,
+    extra: Sequence[str] = (),
+    startup: float = 30.0,
+    code: Path = REPO,
 ) -> Iterator[ServerProcess]:
-    """Start a server on a fresh SQLite file in `workdir`; always stop it."""
+    """Start a server on a fresh SQLite file in `workdir`; always stop it. `code`: the
+    checkout whose `server/` runs (`python -m stateshift` from there: another worktree runs
+    its own version, for an A/B)."""
     db = workdir / f"{name}.db"
     log_path = workdir / f"{name}.log"
     command = [PYTHON]
@@ -144,7 +151,7 @@ def server(
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=code,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -215,23 +222,35 @@ async def open_client(url: str, game: str, token: str) -> tuple[ClientConnection
 async def _closed_loop_worker(
     url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
 ) -> dict[str, Any]:
-    opened = await asyncio.gather(
-        *(
-            open_client(url, game, mint_token(secret, player, "player", [game]))
-            for game, player in clients
+    result = await _closed_loop_multi([url], secret, clients, ready=ready, go=go)
+    per_server: dict[str, Any] = result["per_server"][0]
+    return {**per_server, "cpu_s": result["cpu_s"]}
+
+
+async def _closed_loop_multi(
+    urls: list[str], secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    """The closed-loop clients `clients` against each server of `urls` (the same clients
+    against each, in one process and one event loop: the concurrent A/B uses it)."""
+    opened = [
+        await asyncio.gather(
+            *(
+                open_client(url, game, mint_token(secret, player, "player", [game]))
+                for game, player in clients
+            )
         )
-    )
-    ready.put(("ready", len(opened)))
+        for url in urls
+    ]
+    ready.put(("ready", sum(len(o) for o in opened)))
     warm, start, end = await wait_plan(go)
-    latencies: list[int] = []
-    acks_in_window = 0
-    errors: dict[str, int] = {}
+    tallies: list[dict[str, Any]] = [{"acks": 0, "latencies_ns": [], "errors": {}} for _ in urls]
     cpu_marks: list[float] = []
 
-    async def client(ws: ClientConnection, player: str) -> None:
-        nonlocal acks_in_window
+    async def client(ws: ClientConnection, player: str, tally: dict[str, Any]) -> None:
         prefix = '{"type":"STATE_UPDATE","id":"'
         suffix = '","updates":{"score_deltas":{"' + player + '":1}}}'
+        latencies: list[int] = tally["latencies_ns"]
+        errors: dict[str, int] = tally["errors"]
         seq = 0
         await asyncio.sleep(max(0.0, (warm - now_ns()) / 1e9))
         while True:
@@ -247,27 +266,27 @@ async def _closed_loop_worker(
                     break
             got = now_ns()
             if frame["type"] != "ACK":
-                errors[frame.get("code", frame["type"])] = (
-                    errors.get(frame.get("code", frame["type"]), 0) + 1
-                )
+                code = frame.get("code", frame["type"])
+                errors[code] = errors.get(code, 0) + 1
                 continue
             if start <= got < end:
-                acks_in_window += 1
+                tally["acks"] += 1
             if sent >= start and got < end:
                 latencies.append(got - sent)
 
     marker = asyncio.create_task(mark_cpu((start, end), cpu_marks))
     await asyncio.gather(
-        *(client(ws, frame["player_id"]) for ws, frame in opened),
+        *(
+            client(ws, frame["player_id"], tally)
+            for conns, tally in zip(opened, tallies, strict=True)
+            for ws, frame in conns
+        ),
     )
     await marker
-    await asyncio.gather(*(ws.close() for ws, _ in opened), return_exceptions=True)
-    return {
-        "acks": acks_in_window,
-        "latencies_ns": latencies,
-        "errors": errors,
-        "cpu_s": cpu_marks[1] - cpu_marks[0],
-    }
+    await asyncio.gather(
+        *(ws.close() for conns in opened for ws, _ in conns), return_exceptions=True
+    )
+    return {"per_server": tallies, "cpu_s": cpu_marks[1] - cpu_marks[0]}
 
 
 async def _sender_worker(
@@ -372,6 +391,7 @@ def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: 
     """Entry point of a client process: run one worker coroutine, put its result."""
     workers: dict[str, Worker] = {
         "closed_loop": _closed_loop_worker,
+        "closed_loop_multi": _closed_loop_multi,
         "sender": _sender_worker,
         "receiver": _receiver_worker,
     }
@@ -506,11 +526,13 @@ def scenario_fanout(
     procs: int,
     warmup: float,
     duration: float,
+    code: Path = REPO,
+    name: str = "fanout",
 ) -> dict[str, Any]:
     """One sender at a fixed rate, `receivers` observers on the same game."""
     game = "fanout"
     names = [f"o{i:03d}" for i in range(receivers)]
-    with server(workdir, "fanout", secret, RATE_ARGS) as srv:
+    with server(workdir, name, secret, RATE_ARGS, code=code) as srv:
         ctx_jobs: list[tuple[str, tuple[Any, ...]]] = [
             ("sender", (srv.url, secret, game, rate)),
         ]
