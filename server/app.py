@@ -592,11 +592,11 @@ class StateServer:
                 # A refusal must not show a change that is not committed yet (note 36):
                 # decide again once the pending changes are durable (or failed).
                 await self.games.flush(game)
-        await self._submit_update(conn, game, new, request.id, slot)
+        await self._submit_update(conn, game, new, request.id, slot).waiter()
 
     def _submit_update(
         self, conn: Conn, game: Game, new: GameState, re_id: str, slot: Slot
-    ) -> asyncio.Future[None]:
+    ) -> Change:
         def on_commit(change: Change, out: Outbox) -> None:
             self._acked += 1
             ack = dumps({"type": "ACK", "re": re_id, "version": change.new.version})
@@ -698,7 +698,7 @@ class StateServer:
                         conn.claims, conn.game = claims, change.game
                         change.game.conns.add(conn)
 
-                    await self.games.submit(game, new, on_join)
+                    await self.games.commit(game, new, on_join)
                     return
                 if not game.pending:
                     break
@@ -776,6 +776,6 @@ class StateServer:
             self._broadcast(change.game, change.new, out)
 
         try:
-            await self.games.submit(game, state, on_commit)
+            await self.games.commit(game, state, on_commit)
         finally:
             self.games.release(game)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,8 @@ class Game:
     #: connections that receive this game's broadcasts (opaque to this module)
     conns: set[Any] = field(default_factory=set)
     pending: int = 0
-    #: the future of the newest uncommitted change (to wait for a flush)
-    last_change: asyncio.Future[None] | None = None
+    #: the newest change submitted (uncommitted while `pending`; to wait for a flush)
+    last_change: Change | None = None
     #: handlers currently using this object; a pinned game is never evicted
     pins: int = 0
 
@@ -44,15 +45,22 @@ class Game:
 @dataclass(eq=False, slots=True)
 class Change:
     """An accepted change waiting for its commit; `on_commit` queues its frames, `on_fail`
-    (when given) answers a failed commit without anyone awaiting `future`."""
+    (when given) answers a failed commit. `future`, made only when someone waits for the
+    change (`commit`, `flush`), resolves when it is durable or fails."""
 
     game: Game
     old: GameState | None
     new: GameState
     on_commit: Callable[[Change, Outbox], None]
     rows: list[HistoryRow]
-    future: asyncio.Future[None]
     on_fail: Callable[[Change, DatabaseError], None] | None = None
+    future: asyncio.Future[None] | None = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """The future of this change (made now if nobody waited for it before)."""
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+        return self.future
 
 
 class Games:
@@ -64,7 +72,10 @@ class Games:
         self.max_batch = max_batch
         self.games: dict[str, Game] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
-        self._queue: asyncio.Queue[Change] = asyncio.Queue()
+        #: changes waiting for the writer, in submission order
+        self._queue: deque[Change] = deque()
+        #: set while the writer waits for a change (resolved by the next `submit`)
+        self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -123,7 +134,7 @@ class Games:
         """Wait until every change accepted for `game` so far is committed (or failed)."""
         while game.pending and game.last_change is not None:
             try:
-                await asyncio.shield(game.last_change)
+                await asyncio.shield(game.last_change.waiter())
             except DatabaseError:
                 pass  # the failed change's own handler reports it
 
@@ -142,18 +153,32 @@ class Games:
         new: GameState,
         on_commit: Callable[[Change, Outbox], None],
         on_fail: Callable[[Change, DatabaseError], None] | None = None,
-    ) -> asyncio.Future[None]:
-        """Accept `new` as the game's next state; the future resolves once it is durable
-        (its frames already sent by `on_commit`) or fails with `DatabaseError` (after
-        `on_fail`, if given, was called)."""
-        future = asyncio.get_running_loop().create_future()
-        change = Change(game, game.head, new, on_commit, history(game.head, new), future, on_fail)
+    ) -> Change:
+        """Accept `new` as the game's next state. Once it is durable `on_commit` queues its
+        frames; if its commit fails, `on_fail` (if given) is called."""
+        change = Change(game, game.head, new, on_commit, history(game.head, new), on_fail)
         game.head = new
         game.pending += 1
-        game.last_change = future
+        game.last_change = change
+        self._queue.append(change)
         self._idle.clear()
-        self._queue.put_nowait(change)
-        return future
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        return change
+
+    async def commit(
+        self,
+        game: Game,
+        new: GameState,
+        on_commit: Callable[[Change, Outbox], None],
+        on_fail: Callable[[Change, DatabaseError], None] | None = None,
+    ) -> None:
+        """`submit`, then wait until the change is durable (its frames already sent by
+        `on_commit`); raise `DatabaseError` if it failed (after `on_fail`, if given)."""
+        await self.submit(game, new, on_commit, on_fail).waiter()
 
     def start(self) -> None:
         """Start the writer task."""
@@ -176,11 +201,19 @@ class Games:
 
     async def _write_loop(self) -> None:
         queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
+            if not queue:
+                self._idle.set()
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
             # Everything that arrived while the previous commit ran goes into this one.
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
+            if len(queue) <= self.max_batch:
+                batch = list(queue)
+                queue.clear()
+            else:
+                batch = [queue.popleft() for _ in range(self.max_batch)]
             started = time.perf_counter()
             try:
                 await self.storage.commit(
@@ -205,11 +238,10 @@ class Games:
                 if self.after_batch is not None:
                     self.after_batch()
                 for change in batch:
-                    if not change.future.done():
-                        change.future.set_result(None)
+                    future = change.future
+                    if future is not None and not future.done():
+                        future.set_result(None)
                     self.maybe_evict(change.game)
-            if queue.empty():
-                self._idle.set()
 
     def _committed(self, change: Change, outbox: Outbox) -> None:
         game = change.game
@@ -223,8 +255,8 @@ class Games:
     def _fail(self, batch: list[Change], exc: DatabaseError) -> None:
         """A failed commit fails its batch and everything queued behind it (which was
         validated against the failed states); heads go back to what is on disk."""
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        batch.extend(self._queue)
+        self._queue.clear()
         for change in batch:
             game = change.game
             game.head = game.committed
@@ -235,8 +267,9 @@ class Games:
                     change.on_fail(change, failure)
                 except Exception:  # answering must not stop the writer
                     log.exception("answering a failed change failed")
-            if not change.future.done():
-                change.future.set_exception(failure)
-                change.future.exception()  # the handler may be gone; mark it retrieved
+            future = change.future
+            if future is not None and not future.done():
+                future.set_exception(failure)
+                future.exception()  # the handler may be gone; mark it retrieved
         for change in batch:
             self.maybe_evict(change.game)
