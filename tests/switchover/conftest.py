@@ -166,7 +166,7 @@ class Players:
 
 
 async def player(
-    url: str, game: str, name: str, acked: dict[str, int], stop: asyncio.Event
+    url: str, game: str, name: str, acked: dict[str, int], stop: asyncio.Event, pace: float
 ) -> int | None:
     client = await Client.open(f"{url}/v1/games/{game}")
     await client.request(type="CONNECT", id="c", token=token(name))
@@ -183,17 +183,18 @@ async def player(
         answer = await client.until(lambda frame: frame.get("re") == beat)  # noqa: B023
         assert answer["type"] == "HEARTBEAT_ACK", answer
         client.frames.clear()
-        await asyncio.sleep(PACE)
+        await asyncio.sleep(pace)
     await client.request(type="DISCONNECT", id="bye")
     return await client.closed()
 
 
-def start_players(url: str, games: int, per_game: int) -> Players:
+def start_players(url: str, games: int, per_game: int, pace: float = PACE) -> Players:
     names = {f"p{g}-{n}": f"game{g}" for g in range(games) for n in range(per_game)}
     acked = dict.fromkeys(names, 0)
     stop = asyncio.Event()
     tasks = [
-        asyncio.create_task(player(url, game, name, acked, stop)) for name, game in names.items()
+        asyncio.create_task(player(url, game, name, acked, stop, pace))
+        for name, game in names.items()
     ]
     return Players(acked, stop, tasks)
 

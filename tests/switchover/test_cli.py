@@ -218,7 +218,13 @@ async def test_a_two_proxy_flip_aborts_on_the_other_when_one_cannot_prepare(
 async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
     tmp_path: Path,
 ):
-    """The old server answers slowly: fine as the primary, a latency breach as the shadow."""
+    """The old server answers slowly: fine as the primary, a latency breach as the shadow.
+
+    The players are paced below what the slow server can absorb (one update at a time per
+    game, 40 ms each), so that the shadow does not fall ever further behind. On a starved
+    machine it may still lag past the pairing timeout, and the unpaired answers then breach
+    the mismatch gates as well: the latency gate must be among the breaches, not the only one.
+    """
     import contextlib
 
     from tests.proxy.conftest import start_legacy
@@ -230,7 +236,7 @@ async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
         exits.push_async_callback(new.stop)
         stack = Stack(tmp_path, exits, old, new)
         proxy = await stack.add_proxy()
-        players = start_players(proxy.proxy.url, games=1, per_game=3)
+        players = start_players(proxy.proxy.url, games=1, per_game=3, pace=0.2)
         await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
         outcome = await cli(
             "flip",
@@ -249,7 +255,7 @@ async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
         doc = outcome.doc
         assert doc["switch"]["ok"] is True  # the flip itself worked
         breach = doc["auto_rollback"]
-        assert [g["name"] for g in breach["breached"]] == ["shadow_latency"]
+        assert "shadow_latency" in [g["name"] for g in breach["breached"]], breach
         assert breach["rollback"]["ok"] is True
         assert proxy.route().primary == "old"
         events = await proxy.history()
