@@ -49,6 +49,9 @@ class MessageConnection(ServerConnection):
         self._fragments: list[bytes] = []
         self._fragmented_text = False
         self._failing: asyncio.Task[None] | None = None
+        #: websockets' parser was last seen waiting between frames with nothing buffered,
+        #: and has been given no data since (only its `data_received` moves it)
+        self._parser_idle = False
 
     def attach(self, on_message: MessageHandler) -> None:
         """Start delivering messages to `on_message`, first those already received."""
@@ -62,10 +65,14 @@ class MessageConnection(ServerConnection):
         # directly; websockets' generator-based parser (the same checks, one generator step
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
-        if self._on_message is not None and self._between_frames():
+        if self._on_message is not None and (
+            (self._parser_idle and self.protocol.state is OPEN) or self._between_frames()
+        ):
+            self._parser_idle = True
             data = self._parse_simple_frames(data)
             if not data:
                 return
+        self._parser_idle = False
         super().data_received(data)
 
     def _between_frames(self) -> bool:
