@@ -175,6 +175,7 @@ def run_fanout(args: argparse.Namespace, secret: str, workdir: Path) -> None:
             args.duration,
             code=versions[label],
             name=f"fanout-{label}-{now_ns()}",
+            receiver_client=args.fanout_receivers,
         )
         lat = res["fanout_latency"]
         p99[label].append(lat["p99_ms"])
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--fanout-receivers", choices=("raw", "websockets"), default="raw")
     args = parser.parse_args(argv)
     for path in (args.before, args.after):
         if not (path / "server" / "app.py").is_file():

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -85,6 +85,7 @@ from benchmarks.common import (  # noqa: E402
     wait_plan,
     write_json,
 )
+from conformance import wire  # noqa: E402
 from stateshift.tokens import mint_token  # noqa: E402
 
 PYTHON = sys.executable
@@ -387,6 +388,128 @@ async def _receiver_worker(
     return {"receipts": receipts, "cpu_s": cpu_marks[1] - cpu_marks[0]}
 
 
+STATE_PREFIX = b'{"type":"STATE",'
+
+
+class RawReceiver(asyncio.Protocol):
+    """A lean observer for the fan-out: the WebSocket handshake and `CONNECT` written by
+    hand (conformance/wire.py), then every segment read from the socket is timestamped as it
+    arrives (`data_received`, before any parsing) and its complete frames are decoded; a
+    `STATE` frame records that receipt time under its version (read from the frame's text,
+    which starts `{"type":"STATE",`: the top-level `version` comes before `state`). Pings are
+    answered. It finds each frame and its version without websockets' per-frame parser,
+    message queue and task wake-up, nor a full JSON parse, so that 50 of them in one process
+    measure the server's fan-out more than the client library's cost."""
+
+    def __init__(self, token: str, seen: dict[int, int]) -> None:
+        self.token = token
+        self.seen = seen
+        self.buffer = b""
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        got = now_ns()
+        buf = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if not sep:
+                self.buffer = buf
+                return
+            if wire.status_code(head) != 101:
+                self._fail(f"handshake refused: {head[:80]!r}")
+                return
+            self.upgraded = True
+            assert self.transport is not None
+            connect_msg = orjson.dumps({"type": "CONNECT", "id": "c", "token": self.token})
+            self.transport.write(wire.encode_frame(wire.OP_TEXT, connect_msg))
+            buf = rest
+        # Server frames are never masked: a 2-byte header, then 2 or 8 bytes of length.
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                length = int.from_bytes(buf[start : start + 2])
+                start += 2
+            elif length == 127:
+                length = int.from_bytes(buf[start : start + 8])
+                start += 8
+            end = start + length
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == wire.OP_TEXT:
+                self._message(buf, start, end, got)
+            elif opcode == wire.OP_PING and self.transport is not None:
+                self.transport.write(wire.encode_frame(wire.OP_PONG, buf[start:end]))
+            elif opcode == wire.OP_CLOSE and self.transport is not None:
+                self.transport.close()
+            pos = end
+        self.buffer = buf[pos:] if pos < size else b""
+
+    def _message(self, buf: bytes, start: int, end: int, got: int) -> None:
+        if buf.startswith(STATE_PREFIX, start):
+            # The server writes the top-level `version` before `state` (which has its own).
+            at = buf.index(b'"version":', start, end) + 10
+            self.seen[int(buf[at : buf.index(b",", at, end)])] = got
+            return
+        body = orjson.loads(buf[start:end])
+        if body.get("re") == "c":
+            if body.get("type") == "CONNECTED":
+                if not self.connected.done():
+                    self.connected.set_result(None)
+            else:
+                self._fail(f"CONNECT refused: {body}")
+
+    def _fail(self, why: str) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(RuntimeError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(RuntimeError(f"connection lost: {exc}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _raw_receiver_worker(
+    url: str, secret: str, game: str, names: list[str], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    receipts: list[dict[int, int]] = [{} for _ in names]
+
+    async def open_one(name: str, seen: dict[int, int]) -> RawReceiver:
+        token = mint_token(secret, name, "observer", [game])
+        transport, proto = await loop.create_connection(
+            lambda: RawReceiver(token, seen), host, int(port)
+        )
+        transport.write(wire.upgrade_request(host, int(port), f"/v1/games/{game}"))
+        await asyncio.wait_for(proto.connected, 30)
+        return proto
+
+    opened = await asyncio.gather(
+        *(open_one(name, seen) for name, seen in zip(names, receipts, strict=True))
+    )
+    ready.put(("ready", len(opened)))
+    _warm, start, end = await wait_plan(go)
+    cpu_marks: list[float] = []
+    await mark_cpu((start, end), cpu_marks)
+    await asyncio.sleep(max(0.0, (end + int(2e9) - now_ns()) / 1e9))  # the last broadcasts
+    for proto in opened:
+        if proto.transport is not None:
+            proto.transport.close()
+    return {"receipts": receipts, "cpu_s": cpu_marks[1] - cpu_marks[0]}
+
+
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
     """Entry point of a client process: run one worker coroutine, put its result."""
     workers: dict[str, Worker] = {
@@ -394,6 +517,7 @@ def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: 
         "closed_loop_multi": _closed_loop_multi,
         "sender": _sender_worker,
         "receiver": _receiver_worker,
+        "raw_receiver": _raw_receiver_worker,
     }
     run_worker(lambda: workers[kind](*args, ready=ready, go=go), ready, results)
 
@@ -528,15 +652,18 @@ def scenario_fanout(
     duration: float,
     code: Path = REPO,
     name: str = "fanout",
+    receiver_client: str = "raw",
 ) -> dict[str, Any]:
-    """One sender at a fixed rate, `receivers` observers on the same game."""
+    """One sender at a fixed rate, `receivers` observers on the same game (`receiver_client`:
+    `raw` for `RawReceiver`s, `websockets` for websockets' asyncio client)."""
     game = "fanout"
     names = [f"o{i:03d}" for i in range(receivers)]
     with server(workdir, name, secret, RATE_ARGS, code=code) as srv:
         ctx_jobs: list[tuple[str, tuple[Any, ...]]] = [
             ("sender", (srv.url, secret, game, rate)),
         ]
-        ctx_jobs += [("receiver", (srv.url, secret, game, names[k::procs])) for k in range(procs)]
+        kind = "raw_receiver" if receiver_client == "raw" else "receiver"
+        ctx_jobs += [(kind, (srv.url, secret, game, names[k::procs])) for k in range(procs)]
         run_loop(create_game(srv.url, secret, game, "sender"))
         window, outputs = run_clients(srv, ctx_jobs, warmup, duration)
         problems = srv.log_problems()
@@ -570,6 +697,7 @@ def scenario_fanout(
         "receivers": receivers,
         "sender_rate_per_s": rate,
         "receiver_processes": procs,
+        "receiver_client": receiver_client,
         "warmup_s": warmup,
         "window_s": window.seconds,
         "updates": len(sends),
@@ -590,6 +718,12 @@ def scenario_fanout(
         "mean_commit_ms": 1e3
         * window.delta("stateshift_server_commit_seconds_sum")
         / max(1.0, window.delta("stateshift_server_commit_batch_size_count")),
+        "commits_over_ms": {
+            limit: 1.0
+            - window.delta("stateshift_server_commit_seconds_bucket", le=le)
+            / max(1.0, window.delta("stateshift_server_commit_seconds_count"))
+            for limit, le in (("1", "0.001"), ("2.5", "0.0025"), ("5", "0.005"))
+        },
         "server_main_thread_cpu_pct_of_one_core": 100
         * window.server_main_thread_cpu_s
         / window.seconds,
@@ -710,6 +844,12 @@ def print_table(results: dict[str, Any]) -> None:
                 fmt(fanout["server_sys_cpu_pct"], 0),
             ),
             ("fan-out", "mean commit time (ms)", fmt(fanout["mean_commit_ms"], 2)),
+            (
+                "fan-out",
+                "commits over 1 / 2.5 / 5 ms (%)",
+                " / ".join(fmt(100 * v, 1) for v in fanout["commits_over_ms"].values()),
+            ),
+            ("fan-out", "client processes CPU (s)", fmt(fanout["client_cpu_s"], 2)),
         ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     print()
@@ -745,6 +885,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these (repeat); default: all",
     )
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--fanout-receivers",
+        choices=("raw", "websockets"),
+        default="raw",
+        help="fan-out observers: raw sockets timestamped on read (default) or websockets' client",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
     args = parser.parse_args(argv)
@@ -774,7 +920,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             else:
                 results["scenarios"][name] = scenario_fanout(
-                    workdir, secret, 99, 50.0, procs, warmup, duration
+                    workdir,
+                    secret,
+                    99,
+                    50.0,
+                    procs,
+                    warmup,
+                    duration,
+                    receiver_client=args.fanout_receivers,
                 )
     sc = results["scenarios"]
     if "durable" in sc and "batch1" in sc:
