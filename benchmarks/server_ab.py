@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import secrets
+import shlex
 import statistics
 import sys
 import tempfile
@@ -67,7 +68,7 @@ def _cpu(srv: ServerProcess) -> tuple[float, float, float]:
 
 
 def durable_round(
-    versions: list[tuple[str, Path]],
+    versions: list[tuple[str, Path, list[str]]],
     secret: str,
     workdir: Path,
     procs: int,
@@ -81,9 +82,9 @@ def durable_round(
     with contextlib.ExitStack() as stack:
         servers = [
             stack.enter_context(
-                server(workdir, f"{label}-{now_ns()}", secret, RATE_ARGS, code=code)
+                server(workdir, f"{label}-{now_ns()}", secret, [*RATE_ARGS, *extra], code=code)
             )
-            for label, code in versions
+            for label, code, extra in versions
         ]
         urls = [srv.url for srv in servers]
         jobs = [("closed_loop_multi", (urls, secret, pairs[k::procs])) for k in range(procs)]
@@ -102,7 +103,7 @@ def durable_round(
             outputs = collect(results, len(jobs), 60, "load")
         problems = [srv.log_problems() for srv in servers]
     figures: dict[str, dict[str, float]] = {}
-    for i, (label, _code) in enumerate(versions):
+    for i, (label, _code, _extra) in enumerate(versions):
         (m0, c0), m1, c1 = before[i], metrics_after[i], cpu_after[i]
 
         def delta(name: str, m0: Any = m0, m1: Any = m1, **labels: str) -> float:
@@ -130,7 +131,10 @@ def durable_round(
 
 
 def run_durable(args: argparse.Namespace, secret: str, workdir: Path) -> None:
-    versions = [("before", args.before), ("after", args.after)]
+    versions = [
+        ("before", args.before, shlex.split(args.before_args)),
+        ("after", args.after, shlex.split(args.after_args)),
+    ]
     ratios: list[float] = []
     for r in range(args.rounds):
         order = versions if r % 2 == 0 else versions[::-1]
@@ -205,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--before", type=Path, default=Path("/tmp/server-before"))
     parser.add_argument("--after", type=Path, default=REPO)
+    parser.add_argument("--before-args", default="", help="more `serve` options (durable)")
+    parser.add_argument("--after-args", default="", help="more `serve` options (durable)")
     parser.add_argument("--scenario", choices=("durable", "fanout"), default="durable")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=float, default=4.0)
