@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from compare.diffing import Verdict, compare, quick_equal
@@ -26,6 +26,7 @@ from compare.pairing import PRIMARY, SHADOW, Pair, Pairer
 from compare.rules import Rules
 from compare.store import FindingStore
 from proxy.tap import Tap, TapNotice, TapRecord
+from stateshift.hotmetrics import HotCounter, HotHistogram
 
 log = logging.getLogger("stateshift.compare")
 
@@ -41,7 +42,7 @@ class CompareMetrics:
     """The comparator's families, registered in the proxy's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.comparisons = PromCounter(
+        self.comparisons = HotCounter(
             "stateshift_comparisons",
             "Comparisons of primary and shadow, by kind (answer, broadcast, snapshot) and "
             "result (match, mismatch, unpaired, diverged: a game already diverged).",
@@ -85,7 +86,7 @@ class CompareMetrics:
             "Age of the newest tap record the comparator has processed.",
             registry=registry,
         )
-        self.seconds = Histogram(
+        self.seconds = HotHistogram(
             "stateshift_compare_seconds",
             "Time spent comparing one pair (cheap equality, DeepDiff on a mismatch).",
             buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 0.025),

@@ -1,6 +1,8 @@
 """The proxy's Prometheus metrics (its own registry, served on the admin port).
 
 Labels from fixed sets only: upstream (old|new), role (primary|shadow), direction, reason.
+The families updated for every frame (frames, answer latency) are `stateshift.hotmetrics`
+ones: plain numbers read at scrape time.
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.route import UPSTREAMS
+from stateshift.hotmetrics import HotCounter, HotHistogram
 
 CONNECT_FAILURES = ("down", "refused", "crash", "closed")
 SWITCH_KINDS = (
@@ -162,7 +165,7 @@ class ProxyMetrics:
             "Client connections open on the proxy.",
             registry=r,
         )
-        self.frames = Counter(
+        self.frames = HotCounter(
             "stateshift_proxy_frames_total",
             "Frames relayed: direction client (client to upstream) or upstream (to the proxy).",
             ["direction", "upstream", "role"],
@@ -192,7 +195,7 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = HotHistogram(
             "stateshift_upstream_latency_seconds",
             "Time from a client frame reaching an upstream to that upstream's answer.",
             ["role", "upstream"],
