@@ -132,20 +132,32 @@ def equal(a: Any, b: Any, ignore: frozenset[str]) -> bool:
     return bool(a == b)
 
 
-_VOLATILE: dict[TypeRules, re.Pattern[str] | None] = {}
+_VOLATILE: dict[TypeRules, tuple[re.Pattern[str], re.Pattern[bytes]] | None] = {}
+
+
+def _volatile(rules: TypeRules) -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
+    if rules not in _VOLATILE:
+        pattern = rules.volatile()
+        _VOLATILE[rules] = (
+            None if pattern is None else (pattern, re.compile(pattern.pattern.encode()))
+        )
+    return _VOLATILE[rules]
 
 
 def same_text(primary: str | bytes, shadow: str | bytes, rules: TypeRules) -> bool:
-    """True when the two frames' JSON texts are identical once the ignored keys' string
-    values are cut out: then they are equal (a False proves nothing: key order may differ)."""
-    if not isinstance(primary, str) or not isinstance(shadow, str) or not primary:
+    """True when the two frames' JSON texts (str, or UTF-8 bytes as the proxy relays them)
+    are identical once the ignored keys' string values are cut out: then they are equal (a
+    False proves nothing: key order may differ)."""
+    if not primary or type(primary) is not type(shadow):
         return False
-    if rules not in _VOLATILE:
-        _VOLATILE[rules] = rules.volatile()
-    pattern = _VOLATILE[rules]
-    if pattern is None:
+    patterns = _volatile(rules)
+    if patterns is None:
         return False
-    return pattern.sub("", primary) == pattern.sub("", shadow)
+    if isinstance(primary, str):
+        assert isinstance(shadow, str)
+        return patterns[0].sub("", primary) == patterns[0].sub("", shadow)
+    assert isinstance(shadow, bytes)
+    return patterns[1].sub(b"", primary) == patterns[1].sub(b"", shadow)
 
 
 def quick_equal(

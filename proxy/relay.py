@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import re
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
 
+from proxy.frames import ClientSide, UpstreamSide, writable
 from proxy.metrics import ProxyMetrics
 from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder
@@ -74,36 +78,12 @@ class ProxySettings:
     tap_capacity: int = 65_536
 
 
-#: above this many unsent bytes to a peer, forwarding awaits its drain (backpressure)
-HIGH_WATER = 64 * 1024
-
-
-def write_now(conn: ClientConnection | ServerConnection, data: str | bytes) -> bool:
-    """Write one frame without awaiting while the peer keeps up (the common case: no
-    coroutine switch per frame). False when the caller must `await conn.send(data)`
-    instead: the connection is not open, or its buffer is above the high-water mark."""
-    transport = conn.transport
-    if (
-        conn.protocol.state is not State.OPEN
-        or transport is None
-        or conn.send_in_progress is not None
-        or transport.get_write_buffer_size() > HIGH_WATER
-    ):
-        return False
-    if isinstance(data, str):
-        conn.protocol.send_text(data.encode())
-    else:
-        conn.protocol.send_binary(data)
-    conn.send_data()
-    return True
-
-
-def parse(data: str | bytes) -> dict[str, Any] | None:
-    """A frame as a JSON object, or None (binary, not JSON, not an object)."""
-    if not isinstance(data, str):
+def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
+    """A message as a JSON object, or None (binary, not JSON, not an object)."""
+    if not is_text:
         return None
     try:
-        msg = orjson.loads(data)
+        msg = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
     return msg if isinstance(msg, dict) else None
@@ -120,23 +100,30 @@ class Session:
     """One client connection and its two upstream connections."""
 
     id: int
-    client: ServerConnection
+    client: ClientSide
     path: str
     game_id: str | None
     headers: list[tuple[str, str]]
     subprotocols: list[Subprotocol]
     primary: str
-    up: dict[str, ClientConnection | None] = field(default_factory=dict)
+    up: dict[str, UpstreamSide | None] = field(default_factory=dict)
     mirrored: bool = True
     closed: bool = False
     #: upstreams the proxy itself closed (the client left, or mirroring ended): not faults
     deliberate: set[str] = field(default_factory=set)
     #: the client said DISCONNECT: a shadow closing with 1000 is then its normal answer
     disconnecting: bool = False
-    connect_frame: str | bytes | None = None
+    #: the client's CONNECT frame (masked, as received), replayed to a revived shadow
+    connect_frame: bytes | None = None
     #: message id -> time it was forwarded, per upstream (answer latency)
     sent: dict[str, dict[str, float]] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: client frames waiting for the gate (a flip) or for the primary to drain, in order
+    held: deque[tuple[bool, bytes, bytes]] | None = None
+    #: primary frames waiting for the client to drain, in order
+    to_client: deque[bytes] | None = None
+    #: upstreams whose reading is paused until the client drains
+    paused: set[UpstreamSide] = field(default_factory=set)
 
     @property
     def shadow(self) -> str:
@@ -174,8 +161,11 @@ class MirrorProxy:
         self._ids = itertools.count(1)
         #: upstream opened during a client's handshake: (connection, its name, headers sent)
         self._handshakes: dict[
-            ServerConnection, tuple[ClientConnection, str, list[tuple[str, str]]]
+            ServerConnection, tuple[UpstreamSide, str, list[tuple[str, str]]]
         ] = {}
+        #: bookkeeping of frames already forwarded, done once per event-loop turn: every
+        #: socket that is ready in a turn is relayed before any frame is thought about
+        self._later: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Future[None]] = set()
@@ -211,6 +201,7 @@ class MirrorProxy:
             self._handle,
             self.settings.host,
             self.settings.port,
+            create_connection=ClientSide,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             max_size=self.settings.max_size,
@@ -295,10 +286,11 @@ class MirrorProxy:
         path: str,
         headers: list[tuple[str, str]],
         subprotocols: list[Subprotocol],
-    ) -> ClientConnection:
+    ) -> UpstreamSide:
         user_agent = dict(headers).get("User-Agent")
-        return await connect(
+        up = await connect(
             self.urls[upstream] + path,
+            create_connection=UpstreamSide,
             subprotocols=subprotocols or None,
             additional_headers=[(k, v) for k, v in headers if k != "User-Agent"],
             user_agent_header=user_agent,
@@ -309,6 +301,8 @@ class MirrorProxy:
             close_timeout=2,
             proxy=None,
         )
+        assert isinstance(up, UpstreamSide)
+        return up
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
@@ -374,6 +368,7 @@ class MirrorProxy:
     # ----------------------------------------------------------------- sessions
 
     async def _handle(self, client: ServerConnection) -> None:
+        assert isinstance(client, ClientSide)  # serve(create_connection=ClientSide)
         pending = self._handshakes.pop(client, None)
         if pending is None or client.request is None:
             return
@@ -412,9 +407,10 @@ class MirrorProxy:
                 self.sessions.pop(session.id, None)
                 self.metrics.client_connections.dec()
             return
+        client.attach(functools.partial(self._client_frame, session))
         self._spawn(session, self._upstream_loop(session, primary, up))
         try:
-            await self._client_loop(session)
+            await client.wait_closed()
         finally:
             await self._end(session)
 
@@ -424,98 +420,173 @@ class MirrorProxy:
         task.add_done_callback(session.tasks.discard)
         return task
 
-    async def _client_loop(self, session: Session) -> None:
-        client = session.client
-        counted = self._counted
-        with contextlib.suppress(ConnectionClosed):
-            async for data in client:
+    # ----------------------------------------------------------------- client -> upstreams
+
+    def _client_frame(self, session: Session, is_text: bool, payload: bytes, raw: bytes) -> None:
+        """A client frame, as it is parsed: to the primary first, then to the bookkeeping."""
+        if session.held is not None or not self.gate.is_set() or not self._forward(session, raw):
+            self._hold(session, (is_text, payload, raw))
+            return
+        if session.mirrored:
+            self._defer(self._mirror_client_frame, session, is_text, payload, raw, time.monotonic())
+
+    def _forward(self, session: Session, raw: bytes) -> bool:
+        """Write a client frame to the primary; False when it must wait (the primary's
+        buffer is full). A frame for a primary that is gone is dropped: its close is on
+        its way to the client."""
+        primary = session.primary
+        up = session.up.get(primary)
+        if up is not None:
+            if not writable(up):
+                return up.protocol.state is not OPEN
+            up.transport.write(raw)
+            self._counted[("client", primary, "primary")].inc()
+        return True
+
+    def _hold(self, session: Session, frame: tuple[bool, bytes, bytes]) -> None:
+        """Keep a client frame (and the ones after it) until it can go: the client is not
+        read meanwhile, so what is held stays small."""
+        if session.held is None:
+            session.held = deque()
+            transport = session.client.transport
+            if not transport.is_closing():
+                transport.pause_reading()
+            self._spawn(session, self._release_held(session))
+        session.held.append(frame)
+
+    async def _release_held(self, session: Session) -> None:
+        held = session.held
+        assert held is not None
+        try:
+            while held:
                 if not self.gate.is_set():
                     await self.gate.wait()  # a flip is swapping roles under us
-                primary = session.primary
-                up = session.up.get(primary)
-                if up is None:
-                    break
-                if not write_now(up, data):  # forward first
-                    try:
-                        await up.send(data)
-                    except ConnectionClosed:
-                        break  # the primary is gone; its reader relays the close
-                counted[("client", primary, "primary")].inc()
+                is_text, payload, raw = held[0]
+                if not self._forward(session, raw):
+                    up = session.up.get(session.primary)
+                    if up is not None:
+                        await up.drain()
+                    continue
+                held.popleft()
                 if session.mirrored:
-                    self._mirror_client_frame(session, data, primary)
+                    self._defer(
+                        self._mirror_client_frame, session, is_text, payload, raw, time.monotonic()
+                    )
+        finally:
+            session.held = None
+            transport = session.client.transport
+            if not transport.is_closing():
+                transport.resume_reading()
 
-    def _mirror_client_frame(self, session: Session, data: str | bytes, primary: str) -> None:
-        now = time.monotonic()
-        msg = parse(data)
+    def _defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Do `fn(*args)` at the end of this event-loop turn (see `settle`)."""
+        later = self._later
+        if not later:
+            asyncio.get_running_loop().call_soon(self.settle)
+        later.append((fn, args))
+
+    def settle(self) -> None:
+        """The bookkeeping of every frame forwarded so far, in the order they were
+        forwarded, then one flush (what it released goes to the shadows)."""
+        later = self._later
+        if later:
+            self._later = []
+            for fn, args in later:
+                try:
+                    fn(*args)
+                except Exception:  # one frame's bookkeeping must not lose the others'
+                    log.exception("bookkeeping of a relayed frame failed")
+        self.flush()
+
+    def _mirror_client_frame(
+        self, session: Session, is_text: bool, payload: bytes, raw: bytes, now: float
+    ) -> None:
+        """What the proxy learns from a client frame it forwarded: its id (answer latency),
+        and its shadow copy, placed by the order."""
+        msg = parse(is_text, payload)
         if msg is not None:
             msg_id = msg.get("id")
             if isinstance(msg_id, str):
-                sent = session.sent[primary]
+                sent = session.sent[session.primary]
                 if len(sent) >= MAX_TRACKED:
                     sent.clear()  # ids never answered: forget them rather than grow
                 sent[msg_id] = now
             kind = msg.get("type")
             if kind == "CONNECT" and session.connect_frame is None:
-                session.connect_frame = data
+                session.connect_frame = raw
             elif kind == "DISCONNECT":
                 session.disconnecting = True
-        self.order.client_frame(session.id, data, msg, now)
-        self.flush()
-        if self.tap is not None:
-            self.tap.offer(
-                TapRecord(
-                    session.id,
-                    "client",
-                    "primary",
-                    primary,
-                    time.time(),
-                    session.game_id,
-                    data,
-                    msg,
-                )
-            )
+        self.order.client_frame(session.id, raw, msg, now)
 
-    async def _read_upstream(self, session: Session, name: str, up: ClientConnection) -> None:
-        """Read one upstream until it closes; relay its frames while it is primary."""
-        client = session.client
-        counted = self._counted
-        with contextlib.suppress(ConnectionClosed):
-            async for data in up:
-                primary = session.primary == name
-                # relay first (awaiting only a client whose buffer is full, and not forever)
-                if (
-                    primary
-                    and not write_now(client, data)
-                    and not await self._send_slowly(session, data)
-                ):
-                    return
-                role = "primary" if primary else "shadow"
-                counted[("upstream", name, role)].inc()
-                if session.mirrored:
-                    self._observe_upstream_frame(session, name, role, data)
+    # ----------------------------------------------------------------- upstreams -> client
 
-    async def _send_slowly(self, session: Session, data: str | bytes) -> bool:
-        """Relay to a client whose buffer is full, waiting for it to read: but not forever.
-        False when the client was dropped (it never took the frame) or is gone."""
+    def _upstream_frame(
+        self, session: Session, name: str, is_text: bool, payload: bytes, raw: bytes
+    ) -> None:
+        """An upstream frame, as it is parsed: the primary's to the client first (the
+        shadow's to nobody), then to the bookkeeping."""
+        if session.primary == name:
+            role = "primary"
+            if session.to_client is not None or not writable(session.client):
+                self._hold_for_client(session, name, raw)
+            else:
+                session.client.transport.write(raw)
+        else:
+            role = "shadow"
+        self._counted[("upstream", name, role)].inc()
+        if session.mirrored:
+            now = time.monotonic()
+            self._defer(self._observe_upstream_frame, session, name, role, is_text, payload, now)
+
+    def _hold_for_client(self, session: Session, name: str, raw: bytes) -> None:
+        """Keep a frame for a client that does not keep up; stop reading the upstream that
+        sent it until the client drains (or is dropped)."""
         client = session.client
+        if client.protocol.state is not OPEN:
+            return  # the client is leaving: nothing more reaches it
+        up = session.up.get(name)
+        if up is not None and up not in session.paused and not up.transport.is_closing():
+            up.transport.pause_reading()
+            session.paused.add(up)
+        if session.to_client is None:
+            session.to_client = deque()
+            self._spawn(session, self._drain_to_client(session))
+        session.to_client.append(raw)
+
+    async def _drain_to_client(self, session: Session) -> None:
+        """Relay held frames to a client whose buffer is full, waiting for it to read: but
+        not forever (a client that takes nothing for `client_send_timeout` is dropped)."""
+        client = session.client
+        waiting = session.to_client
+        assert waiting is not None
         try:
-            async with asyncio.timeout(self.settings.client_send_timeout):
-                await client.send(data)
-        except ConnectionClosed:
-            return False
-        except TimeoutError:
-            self.metrics.client_drops.labels("slow").inc()
-            log.warning("dropping a client that does not read (session %d)", session.id)
-            if client.transport is not None:
-                client.transport.abort()
-            return False
-        return True
+            while waiting:
+                if client.protocol.state is not OPEN:
+                    return
+                if not writable(client):
+                    try:
+                        async with asyncio.timeout(self.settings.client_send_timeout):
+                            await client.drain()
+                    except TimeoutError:
+                        self.metrics.client_drops.labels("slow").inc()
+                        log.warning("dropping a client that does not read (session %d)", session.id)
+                        client.transport.abort()
+                        return
+                    continue
+                client.transport.write(waiting.popleft())
+        finally:
+            session.to_client = None
+            for up in session.paused:
+                if not up.transport.is_closing():
+                    up.transport.resume_reading()
+            session.paused.clear()
 
     def _observe_upstream_frame(
-        self, session: Session, name: str, role: str, data: str | bytes
+        self, session: Session, name: str, role: str, is_text: bool, payload: bytes, now: float
     ) -> None:
-        now = time.monotonic()
-        msg = parse(data)
+        """What the proxy learns from an upstream frame: answer latency, versions and
+        answers for the order; the frame goes to the tap."""
+        msg = parse(is_text, payload)
         if msg is not None:
             re_id = msg.get("re")
             if isinstance(re_id, str):
@@ -526,18 +597,17 @@ class MirrorProxy:
                 self.order.primary_frame(session.id, msg, now)
             else:
                 self.order.shadow_frame(session.id, msg, now)
-            self.flush()
         elif role == "shadow" and session.game_id is not None:
             # A shadow that answers garbage: what it says can no longer be trusted.
             self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
         if self.tap is not None:
             self.tap.offer(
                 TapRecord(
-                    session.id, "upstream", role, name, time.time(), session.game_id, data, msg
+                    session.id, "upstream", role, name, time.time(), session.game_id, payload, msg
                 )
             )
 
-    async def _relay_close(self, session: Session, up: ClientConnection) -> None:
+    async def _relay_close(self, session: Session, up: UpstreamSide) -> None:
         """The primary closed: the client gets exactly that close (or a vanished peer)."""
         code = up.close_code
         client = session.client
@@ -564,6 +634,7 @@ class MirrorProxy:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.open_timeout):
                     await primary_up.wait_closed()  # its answers arrive before its close
+        self.settle()
         if session.mirrored:
             # Bounded: the order declares a silent shadow stalled after answer_timeout.
             deadline = time.monotonic() + self.settings.answer_timeout
@@ -581,6 +652,7 @@ class MirrorProxy:
         for task in list(session.tasks):
             task.cancel()
         # Only now: until here its shadow still receives what the order releases for it.
+        self.settle()
         self.sessions.pop(session.id, None)
         self.order.remove_conn(session.id, time.monotonic())
         self.flush()
@@ -589,9 +661,7 @@ class MirrorProxy:
 
     # ----------------------------------------------------------------- upstreams
 
-    async def _upstream_loop(
-        self, session: Session, name: str, up: ClientConnection | None
-    ) -> None:
+    async def _upstream_loop(self, session: Session, name: str, up: UpstreamSide | None) -> None:
         """Own one upstream of a client for the session's life, whatever its role.
 
         While it is primary its frames go to the client and its close ends the client's
@@ -630,7 +700,8 @@ class MirrorProxy:
                 self.flush()
                 backoff = 0.1
             try:
-                await self._read_upstream(session, name, up)
+                up.attach(functools.partial(self._upstream_frame, session, name))
+                await up.wait_closed()
             finally:
                 session.up[name] = None
             if name in session.deliberate:
@@ -638,9 +709,6 @@ class MirrorProxy:
             if session.primary == name:
                 if not session.closed:
                     await self._relay_close(session, up)
-                if up.transport is not None and not up.transport.is_closing():
-                    # we stopped reading it (the client was dropped): it has no owner left
-                    up.transport.abort()
                 return
             code = up.close_code
             if code == 1000 and session.disconnecting:
@@ -679,7 +747,9 @@ class MirrorProxy:
                 up = session.up.get(name)
                 if up is None:
                     continue
-                broadcast((up,), data)
+                if up.protocol.state is not OPEN:
+                    continue
+                up.transport.write(data)
                 self._counted[("client", name, "shadow")].inc()
                 if msg_id is not None:
                     session.sent[name][msg_id] = now

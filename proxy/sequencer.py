@@ -45,7 +45,7 @@ UNORDERED: Final = frozenset({"HEARTBEAT", "DISCONNECT"})
 class Entry:
     """One client frame on its way to the shadow."""
 
-    data: str | bytes
+    data: bytes
     msg_id: str | None
     msg_type: str | None
     exclusive: bool
@@ -114,7 +114,7 @@ class ShadowOrder:
         self.keep_states = keep_states
         self.conns: dict[int, ConnOrder] = {}
         self.games: dict[str, GameOrder] = {}
-        self._releases: list[tuple[int, str | bytes, str | None]] = []
+        self._releases: list[tuple[int, bytes, str | None]] = []
         self._events: list[Event] = []
 
     # ----------------------------------------------------------------- connections
@@ -156,7 +156,7 @@ class ShadowOrder:
         if game is not None:
             self._pump_game(game, now)
 
-    def revive(self, conn_id: int, replay: str | bytes | None, now: float) -> None:
+    def revive(self, conn_id: int, replay: bytes | None, now: float) -> None:
         """A lost shadow reconnected: start a fresh FIFO, replaying the client's CONNECT
         first (the game stays not comparable until it is resynced)."""
         conn = self.conns.get(conn_id)
@@ -222,7 +222,7 @@ class ShadowOrder:
     # ----------------------------------------------------------------- frames
 
     def client_frame(
-        self, conn_id: int, data: str | bytes, msg: dict[str, Any] | None, now: float
+        self, conn_id: int, data: bytes, msg: dict[str, Any] | None, now: float
     ) -> bool:
         """A client frame was forwarded to the primary; queue its shadow copy.
 
@@ -328,7 +328,7 @@ class ShadowOrder:
 
     # ----------------------------------------------------------------- output
 
-    def take_releases(self) -> list[tuple[int, str | bytes, str | None]]:
+    def take_releases(self) -> list[tuple[int, bytes, str | None]]:
         """Frames to send to the shadow now, as (conn_id, data, message id), in order."""
         releases, self._releases = self._releases, []
         return releases

@@ -168,6 +168,7 @@ def can_splice(client: ServerConnection, up: ClientConnection) -> bool:
             or transport.is_closing()
             or conn.protocol.reader.buffer
             or len(conn.recv_messages.frames)
+            or getattr(conn, "early", None)  # proxy.frames connections: parsed, not relayed
         ):
             return False
     return True

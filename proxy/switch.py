@@ -204,6 +204,7 @@ class Switchboard:
         proxy = self.proxy
         deadline = time.monotonic() + self.quiesce_timeout
         while True:
+            proxy.settle()  # the bookkeeping of frames forwarded just before the pause
             in_flight = sum(len(s.sent[s.primary]) for s in proxy.sessions.values() if s.mirrored)
             if not in_flight and proxy.order.idle():
                 return

@@ -1,5 +1,6 @@
-"""The tap: every frame from each upstream (and every client frame mirrored), handed to the
-comparator through a bounded buffer that never blocks the relay.
+"""The tap: every frame from each upstream, handed to the comparator through a bounded
+buffer that never blocks the relay (client frames are not tapped: nothing is compared on
+them; the order of the shadow's copies is `proxy.sequencer`'s business).
 
 `offer` is synchronous and O(1): when the consumer falls behind, records are dropped and
 counted (the comparator then reports what it could not see) rather than slowing clients.

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from compare.comparator import StateComparator
-from compare.diffing import compare, normalise_path
+from compare.diffing import compare, normalise_path, same_text
 from compare.pairing import Pairer
 from compare.rules import RulesError, defaults, load
 from compare.store import FindingStore
@@ -163,12 +163,15 @@ def test_the_text_shortcut_agrees_with_the_structural_comparison():
         (base, {**base, "version": 3.0}),  # 3 and 3.0 differ on the wire
         (base, {**base, "state": {**base["state"], "note": '"updated_at":"x"'}}),
     ]
+    shortcuts = 0
     for primary, shadow in cases:
         structural = compare(primary, shadow, rules).equal
-        with_text = compare(
-            primary, shadow, rules, orjson.dumps(primary).decode(), orjson.dumps(shadow).decode()
-        ).equal
-        assert with_text == structural, (primary, shadow)
+        p_bytes, s_bytes = orjson.dumps(primary), orjson.dumps(shadow)  # as the proxy relays
+        for p_text, s_text in ((p_bytes.decode(), s_bytes.decode()), (p_bytes, s_bytes)):
+            assert compare(primary, shadow, rules, p_text, s_text).equal == structural
+            shortcuts += same_text(p_text, s_text, rules)
+    assert shortcuts == 2  # the first case, as text and as bytes: the shortcut did work
+    assert not same_text(p_bytes, s_bytes.decode(), rules)  # never bytes against text
 
 
 def test_frames_straddling_a_flip_still_pair_old_with_new():

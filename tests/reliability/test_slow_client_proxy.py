@@ -81,8 +81,7 @@ async def never_reading_client(url: str, path: str, name: str) -> socket.socket:
 
 def queued_frames(session: Session) -> int:
     """Frames read from the session's primary upstream and not yet relayed."""
-    up = session.up.get(session.primary)
-    return len(up.recv_messages.frames) if up is not None else 0
+    return len(session.to_client or ())
 
 
 @dataclass

@@ -1,0 +1,193 @@
+"""websockets connections that hand each data frame to a callback, synchronously, with its
+bytes as they travel on the wire, so that the relay can forward them without re-encoding.
+
+websockets' receive path queues every frame in an assembler and wakes the task awaiting
+`recv()` (one future and one task switch per frame), and its send path serializes (and, from
+a client, masks) the frame again. A relay needs neither: a frame from the client is already
+masked, which is what a server expects, and a frame from a server is unmasked, which is what
+a client expects. So the connections below parse whole, final, simple data frames directly in
+`data_received` and call `on_frame(is_text, payload, raw)`:
+
+- `payload`: the message (unmasked, not decoded), for the relay to read;
+- `raw`: the frame exactly as received, for the relay to write to the other side
+  (`ClientSide`: masked, fit for a server; `UpstreamSide`: unmasked, fit for a client).
+
+Whatever else arrives (a fragmented message, a 64-bit length, a frame split across reads,
+control frames) goes through websockets' own parser as usual; its data messages reach the
+same callback with `raw` re-encoded for the other side. websockets keeps the handshake,
+pings and pongs, the size limit (1009), the closing handshake and its timeout.
+
+The same technique serves the new server's connections (`server/connection.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.messages import MAX_FRAGMENTS
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import BINARY, CONT, PONG, TEXT, Frame, Opcode
+from websockets.protocol import OPEN, Event
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover  (built without the C extension)
+    from websockets.utils import apply_mask
+
+#: `on_frame(is_text, payload, raw)`: one complete data message
+FrameHandler = Callable[[bool, bytes, bytes], None]
+
+#: first header byte of a final, unfragmented text or binary frame without RSV bits
+FIN_TEXT, FIN_BINARY = 0x81, 0x82
+#: where websockets' frame parser waits when it is between two frames with nothing buffered
+BETWEEN_FRAMES = StreamReader.at_eof.__code__
+
+
+class FrameFeed(Connection):
+    """The shared part of `ClientSide` and `UpstreamSide` (not used on its own)."""
+
+    #: frames received on this connection are masked (it is the server side)
+    MASKED: ClassVar[bool]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_frame: FrameHandler | None = None
+        #: messages received before `attach` (nobody listened yet)
+        self.early: list[tuple[bool, bytes, bytes]] = []
+        self._fragments: list[bytes] = []
+        self._fragmented_text = False
+
+    def attach(self, on_frame: FrameHandler) -> None:
+        """Start delivering data messages to `on_frame`, first those already received."""
+        self._on_frame = on_frame
+        early, self.early = self.early, []
+        for is_text, payload, raw in early:
+            on_frame(is_text, payload, raw)
+
+    def detach(self) -> None:
+        """Stop delivering (later messages are dropped: the connection is being closed)."""
+        self._on_frame = _ignore
+
+    def data_received(self, data: bytes) -> None:
+        if self._on_frame is not None and self._between_frames():
+            data = self._simple_frames(data)
+            if not data:
+                return
+        super().data_received(data)
+
+    def _between_frames(self) -> bool:
+        """True when websockets' parser is waiting for a new frame with nothing buffered, in
+        the OPEN state, with no fragmented message in progress and no extension."""
+        protocol = self.protocol
+        if (
+            protocol.state is not OPEN
+            or protocol.current_size is not None
+            or protocol.extensions
+            or protocol.debug
+            or protocol.reader.buffer
+        ):
+            return False
+        generator: Any = protocol.parser
+        while generator.gi_yieldfrom is not None:
+            generator = generator.gi_yieldfrom
+        return generator.gi_code is BETWEEN_FRAMES
+
+    def _simple_frames(self, data: bytes) -> bytes:
+        """Deliver the whole simple frames at the start of `data`; return the rest."""
+        max_size = self.protocol.max_message_size
+        masked = self.MASKED
+        size = len(data)
+        pos = 0
+        while size - pos >= 2:
+            head1, head2 = data[pos], data[pos + 1]
+            if (head1 != FIN_TEXT and head1 != FIN_BINARY) or (head2 >= 0x80) is not masked:
+                break
+            length = head2 & 0x7F
+            start = pos + 6 if masked else pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4])
+                start += 2
+            elif length == 127:
+                break
+            end = start + length
+            if (max_size is not None and length > max_size) or end > size:
+                break
+            if masked:
+                payload = apply_mask(data[start:end], data[start - 4 : start])
+            else:
+                payload = data[start:end]
+            raw = data[pos:end] if pos or end != size else data
+            pos = end
+            self._deliver(head1 == FIN_TEXT, payload, raw)
+            if self.protocol.state is not OPEN:
+                break
+        return data[pos:] if pos else data
+
+    def process_event(self, event: Event) -> None:
+        if not isinstance(event, Frame):  # the opening handshake
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is TEXT or opcode is BINARY:
+            if event.fin:
+                self._deliver_parsed(opcode, bytes(event.data))
+            else:
+                self._fragments = [bytes(event.data)]
+                self._fragmented_text = opcode is TEXT
+        elif opcode is CONT:
+            fragments = self._fragments
+            if len(fragments) >= MAX_FRAGMENTS:  # as websockets' assembler does
+                self._fragments = []
+                self.protocol.fail(1009, "too many fragments")
+                self.send_data()
+                return
+            fragments.append(bytes(event.data))
+            if event.fin:
+                self._fragments = []
+                self._deliver_parsed(TEXT if self._fragmented_text else BINARY, b"".join(fragments))
+        elif opcode is PONG:
+            self.acknowledge_pings(bytes(event.data))
+
+    def _deliver_parsed(self, opcode: Opcode, payload: bytes) -> None:
+        """A message websockets parsed: encoded again, as one frame, for the other side."""
+        raw = Frame(opcode, payload).serialize(mask=self.MASKED, extensions=[])
+        self._deliver(opcode is TEXT, payload, raw)
+
+    def _deliver(self, is_text: bool, payload: bytes, raw: bytes) -> None:
+        if self._on_frame is None:
+            self.early.append((is_text, payload, raw))
+        else:
+            self._on_frame(is_text, payload, raw)
+
+
+def _ignore(is_text: bool, payload: bytes, raw: bytes) -> None:
+    return None
+
+
+class ClientSide(FrameFeed, ServerConnection):
+    """A client's connection to the proxy (the proxy is its server: frames come masked)."""
+
+    MASKED = True
+
+
+class UpstreamSide(FrameFeed, ClientConnection):
+    """The proxy's connection to an upstream server (frames come unmasked)."""
+
+    MASKED = False
+
+
+def writable(conn: Connection) -> bool:
+    """Whether a frame can be written to `conn` now without awaiting: it is open and its
+    peer keeps up (its write buffer is below websockets' high-water mark). When it is open
+    but not writable, the caller awaits `conn.drain()` first (backpressure).
+
+    Frames written this way go straight to the transport, between websockets' own writes
+    (each a whole frame: pongs, close frames). The relay never sends a fragmented message
+    with websockets' `send()`, so no frame can land between two fragments."""
+    return conn.protocol.state is OPEN and not conn.paused
