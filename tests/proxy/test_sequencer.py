@@ -9,12 +9,13 @@ import orjson
 from proxy.sequencer import ShadowOrder
 
 
-def msg(type_: str, id_: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+def msg(type_: str, id_: str, **fields: Any) -> tuple[bytes, dict[str, Any]]:
+    """A client frame (the order keeps it as opaque bytes) and its parsed form."""
     body = {"type": type_, "id": id_, **fields}
-    return orjson.dumps(body).decode(), body
+    return orjson.dumps(body), body
 
 
-def update(id_: str) -> tuple[str, dict[str, Any]]:
+def update(id_: str) -> tuple[bytes, dict[str, Any]]:
     return msg("STATE_UPDATE", id_, updates={"score_deltas": {"a": 1}})
 
 
@@ -27,7 +28,7 @@ def connected(re: str, player: str, version: int, players: list[str]) -> dict[st
     return {"type": "CONNECTED", "re": re, "player_id": player, "state": state}
 
 
-def ids(releases: list[tuple[int, str | bytes, str | None]]) -> list[tuple[int, str]]:
+def ids(releases: list[tuple[int, bytes, str | None]]) -> list[tuple[int, str]]:
     return [(conn, orjson.loads(data)["id"]) for conn, data, _ in releases]
 
 
@@ -98,7 +99,7 @@ def test_frames_of_one_connection_keep_their_order():
     order = two_players()
     data, body = update("u")
     order.client_frame(1, data, body, 0.0)
-    order.client_frame(1, "not json", None, 0.0)  # free, but behind the update
+    order.client_frame(1, b"not json", None, 0.0)  # free, but behind the update
     assert order.take_releases() == []
     order.primary_frame(1, ack("u", 3), 0.0)
     assert [conn for conn, _, _ in order.take_releases()] == [1, 1]
