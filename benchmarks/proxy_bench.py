@@ -459,8 +459,11 @@ def measure_relay(
     procs: int,
     warmup: float,
     duration: float,
+    servers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop load through `url`; the relay's CPU over the window per client message."""
+    """Closed-loop load through `url`; the relay's CPU over the window per client message
+    (and each upstream server's, `servers`: name -> pid)."""
+    servers = servers or {}
     players = [f"{name}-p{i:02d}" for i in range(clients)]
     jobs = [("closed_loop", (url, secret, players[k::procs])) for k in range(procs)]
     with client_processes(worker_main, jobs) as (ready, gos, results):
@@ -468,8 +471,10 @@ def measure_relay(
         _warm, start, end = send_plan(gos, warmup, duration)
         sleep_until(start)
         (u0, s0), (busy0, total0), began = cpu_of(relay_pids), machine_cpu(), now_ns()
+        servers0 = {name: sum(cpu_of([pid])) for name, pid in servers.items()}
         sleep_until(end)
         (u1, s1), (busy1, total1), finished = cpu_of(relay_pids), machine_cpu(), now_ns()
+        servers1 = {name: sum(cpu_of([pid])) for name, pid in servers.items()}
         outputs = collect(results, len(jobs), 60, "load")
     seconds = (finished - began) / 1e9
     answered = sum(o["answered"] for o in outputs)
@@ -488,6 +493,11 @@ def measure_relay(
         "client_cpu_pct_of_one_core": 100 * sum(o["cpu_s"] for o in outputs) / seconds,
         "machine_busy_pct": 100 * (busy1 - busy0) / max(1.0, total1 - total0),
         "client_errors": errors,
+        # the upstream servers' CPU per client message: mirroring makes the shadow work too
+        # (on 2 shared cores that is CPU taken from everything else, latency included)
+        "server_cpu_per_message_us": {
+            name: 1e6 * (servers1[name] - servers0[name]) / max(1, answered) for name in servers
+        },
     }
     if relay_pids:
         result.update(
@@ -682,6 +692,14 @@ def add_targets(results: dict[str, Any]) -> None:
         )
 
 
+def servers_cpu(r: dict[str, Any]) -> str:
+    """The upstream servers' CPU per message (of the median run), as `old+new`."""
+    per = r.get("server_cpu_per_message_us", {})
+    if not per:
+        return "-"
+    return f"{per.get('old', 0):.0f}+{per.get('new', 0):.0f}"
+
+
 def print_table(results: dict[str, Any]) -> None:
     sc = results["scenarios"]
     ratios = results.get("ratios_vs_nginx", {})
@@ -694,6 +712,7 @@ def print_table(results: dict[str, Any]) -> None:
         "÷ nginx",
         "added p50 ms",
         "÷ nginx",
+        "servers CPU/msg µs (old+new)",
     )
     rows = []
     for key in SCENARIOS:
@@ -712,6 +731,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{ratio['cpu_per_message']:.2f}x" if "cpu_per_message" in ratio else "-",
                 f"{ratio['added_p50_ms']:.3f}" if "added_p50_ms" in ratio else "-",
                 f"{ratio['added_p50_vs_nginx']:.2f}x" if "added_p50_vs_nginx" in ratio else "-",
+                servers_cpu(r),
             )
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -784,19 +804,20 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 load = (secret, args.clients, args.client_processes, warmup, duration)
+                pids = {"old": old.pid, "new": new.pid}
                 if name == "direct":
-                    r = measure_relay(name, old_url, [], *load)
+                    r = measure_relay(name, old_url, [], *load, servers=pids)
                     r["log_problems"] = []
                 elif name == "nginx":
                     with nginx(workdir, upstream) as (ngx, url):
                         workers = children_of(ngx.pid)
-                        r = measure_relay(name, url, [ngx.pid, *workers], *load)
+                        r = measure_relay(name, url, [ngx.pid, *workers], *load, servers=pids)
                         r["nginx_workers"] = len(workers)
                         r["log_problems"] = ngx.log_problems()[:20]
                 else:
                     mirror = name == "mirror"
                     with proxy(workdir, secret, f"proxy-{name}", old_url, new_url, mirror) as prx:
-                        r = measure_relay(name, prx.url(), [prx.pid], *load)
+                        r = measure_relay(name, prx.url(), [prx.pid], *load, servers=pids)
                         metrics = fetch_metrics(prx.url("admin on") + "/metrics")
                         r["proxy_metrics"] = {
                             k: v
