@@ -122,6 +122,9 @@ class StateComparator:
         self.rules = rules
         self.store = store
         self.metrics = CompareMetrics(registry)
+        # read when scraped: nothing to update per record
+        self.metrics.lag.set_function(self.lag)
+        self.metrics.pending.set_function(lambda: len(self.pairer))
         self.pairer = Pairer(pair_timeout)
         self.resync_game = resync
         #: game id -> why it diverged (the finding id)
@@ -137,6 +140,7 @@ class StateComparator:
         self._resyncing: set[str] = set()
         self._children: dict[tuple[str, str], Any] = {}
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------- running
@@ -144,36 +148,34 @@ class StateComparator:
     def start(self) -> None:
         """Start consuming the tap."""
         self._task = asyncio.create_task(self._run(), name="comparator")
+        self._ticker = asyncio.create_task(self._tick(), name="comparator-expiry")
 
     async def stop(self) -> None:
         """Stop consuming."""
-        for task in [self._task, *self._tasks]:
+        for task in [self._task, self._ticker, *self._tasks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = None
+        self._task = self._ticker = None
 
     async def _run(self) -> None:
-        next_expiry = time.monotonic()
+        # Nothing but the records here: this runs once per event-loop turn with traffic.
         while True:
-            try:
-                async with asyncio.timeout(0.5):
-                    items = await self.tap.batch()
-            except TimeoutError:
-                items = []
-            for item in items:
+            for item in await self.tap.batch():
                 try:
                     self.process(item)
                 except Exception:  # one odd frame must not stop the comparator
                     log.exception("comparing a tap record failed")
-            now = time.monotonic()
-            if now >= next_expiry:
-                self.expire(time.time())
-                next_expiry = now + 0.5
-            if self.last_at:
-                self.metrics.lag.set(max(0.0, time.time() - self.last_at))
-            self.metrics.pending.set(len(self.pairer))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.expire(time.time())
+
+    def lag(self) -> float:
+        """Seconds since the newest tap record processed was seen (0 before the first)."""
+        return max(0.0, time.time() - self.last_at) if self.last_at else 0.0
 
     # ----------------------------------------------------------------- judging
 

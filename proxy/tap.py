@@ -70,5 +70,7 @@ class Tap:
             self._ready.clear()
             await self._ready.wait()
         items = self._items
-        count = min(limit, len(items))
-        return [items.popleft() for _ in range(count)]
+        if len(items) <= limit:  # the usual case: take them all at once
+            self._items = deque()
+            return list(items)
+        return [items.popleft() for _ in range(limit)]
