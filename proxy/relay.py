@@ -124,6 +124,8 @@ class Session:
     to_client: deque[bytes] | None = None
     #: upstreams whose reading is paused until the client drains
     paused: set[UpstreamSide] = field(default_factory=set)
+    #: the task writing `to_client` while it is not empty
+    drainer: asyncio.Task[Any] | None = None
 
     @property
     def shadow(self) -> str:
@@ -550,7 +552,7 @@ class MirrorProxy:
             session.paused.add(up)
         if session.to_client is None:
             session.to_client = deque()
-            self._spawn(session, self._drain_to_client(session))
+            session.drainer = self._spawn(session, self._drain_to_client(session))
         session.to_client.append(raw)
 
     async def _drain_to_client(self, session: Session) -> None:
@@ -575,7 +577,7 @@ class MirrorProxy:
                     continue
                 client.transport.write(waiting.popleft())
         finally:
-            session.to_client = None
+            session.to_client = session.drainer = None
             for up in session.paused:
                 if not up.transport.is_closing():
                     up.transport.resume_reading()
@@ -608,7 +610,12 @@ class MirrorProxy:
             )
 
     async def _relay_close(self, session: Session, up: UpstreamSide) -> None:
-        """The primary closed: the client gets exactly that close (or a vanished peer)."""
+        """The primary closed: the client gets exactly that close (or a vanished peer),
+        after every frame the primary sent before it."""
+        drainer = session.drainer
+        if drainer is not None:
+            # bounded: a client that takes nothing for client_send_timeout is dropped
+            await asyncio.wait({drainer})
         code = up.close_code
         client = session.client
         if code is None or code in NO_CLOSE_FRAME:
