@@ -16,6 +16,7 @@ from typing import Any
 from websockets.protocol import State
 
 TEXT_FIN = 0x81
+OPEN = State.OPEN
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -31,7 +32,7 @@ def text_frame(payload: bytes) -> bytes:
 def write_now(ws: Any, data: bytes) -> bool:
     """Write already-framed bytes to an open connection; False when it is not open."""
     transport = ws.transport
-    if ws.protocol.state is not State.OPEN or transport is None or transport.is_closing():
+    if ws.protocol.state is not OPEN or transport is None or transport.is_closing():
         return False
     if ws.send_in_progress is not None:
         return False  # never interleave with a fragmented message (we never send one)
@@ -49,7 +50,11 @@ class Outbox:
 
     def add(self, conn: Any, payload: bytes) -> None:
         """Queue one frame (its JSON payload) for `conn` (anything with a `.ws`)."""
-        self._frames.setdefault(conn, []).append(text_frame(payload))
+        queued = self._frames.get(conn)
+        if queued is None:
+            self._frames[conn] = [text_frame(payload)]
+        else:
+            queued.append(text_frame(payload))
 
     def fanout(self, conns: Any, payload: bytes) -> int:
         """Queue the same frame for every connection in `conns`; return how many."""

@@ -231,7 +231,13 @@ class Games:
                 self.metrics.commit_batch.observe(len(batch))
                 outbox = Outbox()
                 for change in batch:
-                    self._committed(change, outbox)
+                    game = change.game
+                    game.committed = change.new
+                    game.pending -= 1
+                    try:
+                        change.on_commit(change, outbox)
+                    except Exception:  # a frame that cannot be built must not stop the writer
+                        log.exception("queueing the frames of a committed change failed")
                 # One write per connection for the whole batch, in commit order, before
                 # any handler resumes and answers its next message.
                 outbox.flush()
@@ -242,15 +248,6 @@ class Games:
                     if future is not None and not future.done():
                         future.set_result(None)
                     self.maybe_evict(change.game)
-
-    def _committed(self, change: Change, outbox: Outbox) -> None:
-        game = change.game
-        game.committed = change.new
-        game.pending -= 1
-        try:
-            change.on_commit(change, outbox)
-        except Exception:  # a frame that cannot be built must not stop the writer
-            log.exception("queueing the frames of a committed change failed")
 
     def _fail(self, batch: list[Change], exc: DatabaseError) -> None:
         """A failed commit fails its batch and everything queued behind it (which was

@@ -320,7 +320,20 @@ def apply_update(state: GameState, update: Update, now: float) -> GameState:
     """The state after `update`, validated whole (note 20), or `INVALID_STATE`."""
     if state.status == "finished":
         raise InvalidState("the game is finished")
-    new = state.copy()
+    # A state's dicts are never changed once it is built: the new state copies only those
+    # this update changes and shares the others (and `history` skips shared ones at once).
+    new = GameState(
+        state.game_id,
+        state.status,
+        state.current_player,
+        dict(state.scores)
+        if update.scores is not None or update.score_deltas is not None
+        else state.scores,
+        dict(state.timer) if update.timer is not None else state.timer,
+        dict(state.settings) if update.settings is not None else state.settings,
+        state.version,
+        state.updated_at,
+    )
     if update.status is not None:
         target = update.status
         if target not in STATUSES:
@@ -446,7 +459,7 @@ def history(old: GameState | None, new: GameState) -> list[HistoryRow]:
         ("timers", old.timer if old else {}, new.timer),
         ("settings", old.settings if old else {}, new.settings),
     ):
-        if before == after:  # most changes leave most tables alone (compared in C)
+        if before is after or before == after:  # most changes leave most tables alone
             continue
         for key, value in after.items():
             if before.get(key) != value:
