@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -139,38 +139,42 @@ class StateComparator:
         self.last_at = 0.0
         self._resyncing: set[str] = set()
         self._children: dict[tuple[str, str], Any] = {}
-        self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------- running
 
     def start(self) -> None:
-        """Start consuming the tap."""
-        self._task = asyncio.create_task(self._run(), name="comparator")
+        """Start consuming the tap: the relay pours it into `take` once per event-loop turn
+        with traffic (a task would add a wake-up per turn)."""
+        self.tap.sink = self.take
+        self.tap.pour()  # what was offered before
         self._ticker = asyncio.create_task(self._tick(), name="comparator-expiry")
 
     async def stop(self) -> None:
         """Stop consuming."""
-        for task in [self._task, self._ticker, *self._tasks]:
+        if self.tap.sink == self.take:
+            self.tap.sink = None
+        for task in [self._ticker, *self._tasks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._ticker = None
+        self._ticker = None
 
-    async def _run(self) -> None:
-        # Nothing but the records here: this runs once per event-loop turn with traffic.
-        while True:
-            for item in await self.tap.batch():
-                try:
-                    self.process(item)
-                except Exception:  # one odd frame must not stop the comparator
-                    log.exception("comparing a tap record failed")
+    def take(self, items: Iterable[TapRecord | TapNotice]) -> None:
+        """Judge what the tap poured (nothing but the records here: this runs once per
+        event-loop turn with traffic)."""
+        for item in items:
+            try:
+                self.process(item)
+            except Exception:  # one odd frame must not stop the comparator
+                log.exception("comparing a tap record failed")
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            self.tap.pour()  # notices offered outside a relay turn
             self.expire(time.time())
 
     def lag(self) -> float:

@@ -766,6 +766,8 @@ class MirrorProxy:
         events = order.take_events()
         if events:
             self._events(events)
+        if self.tap is not None:
+            self.tap.pour()
 
     def _events(self, events: list[Event]) -> None:
         tap = self.tap

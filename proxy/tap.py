@@ -4,12 +4,18 @@ them; the order of the shadow's copies is `proxy.sequencer`'s business).
 
 `offer` is synchronous and O(1): when the consumer falls behind, records are dropped and
 counted (the comparator then reports what it could not see) rather than slowing clients.
+
+Two ways to consume: a task awaiting `batch()`, or a `sink` that the relay hands everything
+offered so far with `pour()` at the end of each event-loop turn in which it relayed frames
+(after every ready socket was relayed): no task wake-up per turn. Either way the consumer
+runs on the event loop's thread, between turns of the relay, as a task would.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +57,8 @@ class Tap:
         self.dropped = 0
         self._items: deque[TapRecord | TapNotice] = deque()
         self._ready = asyncio.Event()
+        #: takes what `pour()` hands over (instead of a task awaiting `batch()`)
+        self.sink: Callable[[Iterable[TapRecord | TapNotice]], None] | None = None
 
     def offer(self, item: TapRecord | TapNotice) -> None:
         """Hand over one record; never blocks, drops (and counts) when full."""
@@ -58,8 +66,14 @@ class Tap:
             self.dropped += 1
             return
         self._items.append(item)
-        if not self._ready.is_set():
+        if self.sink is None and not self._ready.is_set():
             self._ready.set()
+
+    def pour(self) -> None:
+        """Hand everything offered so far to the sink, if there is one."""
+        if self.sink is not None and self._items:
+            items, self._items = self._items, deque()
+            self.sink(items)
 
     def __len__(self) -> int:
         return len(self._items)
