@@ -3,7 +3,8 @@ interleaved, each measured as the proxy's CPU time (user and system) per client 
 
 - `passthrough`: mirroring off (sessions spliced);
 - `relay`: mirroring, no tap (the relay, the shadow's order and answer latency only);
-- `tap`: mirroring with the tap drained by a consumer that discards what it reads;
+- `tap`: mirroring with the tap poured, once per event-loop turn, into a sink that discards
+  what it gets;
 - `compare`: mirroring with the live comparator, as shipped.
 
 The proxy runs in this process (so that `--profile` can run it under cProfile); the reference
@@ -120,18 +121,12 @@ async def measure(
     await proxy.start()
     control = ControlPlane(proxy, ProxyState(settings.state_path), secret, port=0)
     live: LiveComparison | None = None
-    drain: asyncio.Task[None] | None = None
     if mode == "compare":
         store = FindingStore(tmp / f"{mode}-findings.db")
         live = LiveComparison(proxy, control, defaults(), store, sweep_interval=None)
         live.start()
     elif tap is not None:
-
-        async def discard(tap: Tap) -> None:
-            while True:
-                await tap.batch()
-
-        drain = asyncio.create_task(discard(tap))
+        tap.sink = lambda items: None  # poured once per turn, as to the comparator
     script = tmp / "client.py"
     script.write_text(CLIENT)
     profiler = cProfile.Profile() if profile else None
@@ -149,8 +144,6 @@ async def measure(
     messages = int(out.decode().strip())
     if live is not None:
         await live.stop()
-    if drain is not None:
-        drain.cancel()
     await proxy.stop()
     if profiler is not None:
         print(f"--- {mode}: cProfile (wall-clock timer), top 25 by own time")
