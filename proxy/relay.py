@@ -1,10 +1,12 @@
 """The relay: client sockets in, two upstream sockets out per client (primary and shadow).
 
-The client path forwards first and thinks later: a client frame is written to the primary
-before anything else happens to it, and a primary frame is written to the client before it
-is parsed. Everything else (parsing a copy, ordering for the shadow, latency, the tap) runs
-after the forward, and the shadow is never awaited by the client path: frames released to
-it are written without awaiting, and its connection is opened, lost and retried on the side.
+The client path forwards first and thinks later: a client frame is written to the primary,
+as it was received, as soon as its bytes are complete (`proxy.frames`), and a primary frame
+is written to the client the same way, before either is parsed. Everything else (parsing,
+ordering for the shadow, latency, the tap) runs once per event-loop turn, after every socket
+that was ready in that turn has been relayed (`settle`), and the shadow is never awaited by
+the client path: frames released to it are written without awaiting, and its connection is
+opened, lost and retried on the side.
 """
 
 from __future__ import annotations
