@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from websockets.frames import Frame, Opcode
 
-from tests.proxy.conftest import ProxyUnderTest, start_proxy, stop_proxy
+from legacy.service import LegacyServer
+from tests.proxy.conftest import Client, ProxyUnderTest, start_proxy, stop_proxy, token
 from tests.proxy.test_splice import Echo, open_ws
 from tests.reliability.test_slow_client_proxy import masked_text_frame, never_reading_client
 from tests.support import timeout, wait_until
@@ -196,3 +197,25 @@ async def test_the_primarys_close_reaches_a_slow_client_after_every_frame_before
             await stop_proxy(under_test)
             burst.server.close()
             await burst.server.wait_closed()
+
+
+async def invalid_utf8_close(url: str) -> int | None:
+    """Connect, then send a text frame that is not UTF-8 (written as bytes, as a broken
+    client would); the close code the client ends with."""
+    client = await Client.open(f"{url}/v1/games/g1")
+    await client.request(type="CONNECT", id="c", token=token("alice"))
+    wire = Frame(Opcode.TEXT, b'{"type":"HEARTBEAT","id":"\xff\xfe"}').serialize(
+        mask=True, extensions=[]
+    )
+    client.ws.transport.write(wire)
+    return await client.closed()
+
+
+async def test_a_text_frame_that_is_not_utf8_gets_the_primarys_close(
+    mirror: ProxyUnderTest, old_server: LegacyServer
+):
+    """The relay forwards frames without decoding them: the primary judges the text, and
+    the client gets exactly the close it would get directly (never one the proxy made up)."""
+    direct = await invalid_utf8_close(old_server.url)
+    assert direct == 1007
+    assert await invalid_utf8_close(mirror.url) == direct
