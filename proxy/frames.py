@@ -17,7 +17,8 @@ control frames) goes through websockets' own parser as usual; its data messages 
 same callback with `raw` re-encoded for the other side. websockets keeps the handshake,
 pings and pongs, the size limit (1009), the closing handshake and its timeout.
 
-The same technique serves the new server's connections (`server/connection.py`).
+The same technique serves the new server's connections (`server/connection.py`); what the
+two share is in `stateshift.wsframes`.
 """
 
 from __future__ import annotations
@@ -31,20 +32,11 @@ from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame, Opcode
 from websockets.protocol import OPEN, Event
-from websockets.streams import StreamReader
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover  (built without the C extension)
-    from websockets.utils import apply_mask
+from stateshift.wsframes import FIN_BINARY, FIN_TEXT, apply_mask, between_frames
 
 #: `on_frame(is_text, payload, raw)`: one complete data message
 FrameHandler = Callable[[bool, bytes, bytes], None]
-
-#: first header byte of a final, unfragmented text or binary frame without RSV bits
-FIN_TEXT, FIN_BINARY = 0x81, 0x82
-#: where websockets' frame parser waits when it is between two frames with nothing buffered
-BETWEEN_FRAMES = StreamReader.at_eof.__code__
 
 
 class FrameFeed(Connection):
@@ -73,28 +65,11 @@ class FrameFeed(Connection):
         self._on_frame = _ignore
 
     def data_received(self, data: bytes) -> None:
-        if self._on_frame is not None and self._between_frames():
+        if self._on_frame is not None and between_frames(self.protocol):
             data = self._simple_frames(data)
             if not data:
                 return
         super().data_received(data)
-
-    def _between_frames(self) -> bool:
-        """True when websockets' parser is waiting for a new frame with nothing buffered, in
-        the OPEN state, with no fragmented message in progress and no extension."""
-        protocol = self.protocol
-        if (
-            protocol.state is not OPEN
-            or protocol.current_size is not None
-            or protocol.extensions
-            or protocol.debug
-            or protocol.reader.buffer
-        ):
-            return False
-        generator: Any = protocol.parser
-        while generator.gi_yieldfrom is not None:
-            generator = generator.gi_yieldfrom
-        return generator.gi_code is BETWEEN_FRAMES
 
     def _simple_frames(self, data: bytes) -> bytes:
         """Deliver the whole simple frames at the start of `data`; return the rest."""

@@ -21,20 +21,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
 from websockets.protocol import OPEN, Event
-from websockets.streams import StreamReader
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover  (built without the C extension)
-    from websockets.utils import apply_mask
+from stateshift.wsframes import FIN_BINARY, FIN_TEXT, apply_mask, between_frames
 
 #: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
 MessageHandler = Callable[[bool, bytes], None]
-
-#: first header byte of a final, unfragmented text or binary frame without RSV bits
-FIN_TEXT, FIN_BINARY = 0x81, 0x82
-#: where websockets' frame parser waits when it is between two frames with nothing buffered
-BETWEEN_FRAMES = StreamReader.at_eof.__code__
 
 
 class MessageConnection(ServerConnection):
@@ -66,7 +57,7 @@ class MessageConnection(ServerConnection):
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
         if self._on_message is not None and (
-            (self._parser_idle and self.protocol.state is OPEN) or self._between_frames()
+            (self._parser_idle and self.protocol.state is OPEN) or between_frames(self.protocol)
         ):
             self._parser_idle = True
             data = self._parse_simple_frames(data)
@@ -74,23 +65,6 @@ class MessageConnection(ServerConnection):
                 return
         self._parser_idle = False
         super().data_received(data)
-
-    def _between_frames(self) -> bool:
-        """True when websockets' parser is waiting for a new frame with nothing buffered, in
-        the OPEN state, with no fragmented message in progress and no extension."""
-        protocol = self.protocol
-        if (
-            protocol.state is not OPEN
-            or protocol.current_size is not None
-            or protocol.extensions
-            or protocol.debug
-            or protocol.reader.buffer
-        ):
-            return False
-        generator: Any = protocol.parser
-        while generator.gi_yieldfrom is not None:
-            generator = generator.gi_yieldfrom
-        return generator.gi_code is BETWEEN_FRAMES
 
     def _parse_simple_frames(self, data: bytes) -> bytes:
         """Deliver the whole simple frames at the start of `data`; return the rest."""
