@@ -6,7 +6,6 @@ received) or websockets' parser (fragments, 64-bit lengths, split frames) handle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,24 +16,9 @@ from websockets.frames import Frame, Opcode
 
 from legacy.service import LegacyServer
 from tests.proxy.conftest import Client, ProxyUnderTest, start_proxy, stop_proxy, token
-from tests.proxy.test_splice import Echo, open_ws
+from tests.proxy.test_splice import Echo, echo_server, open_ws
 from tests.reliability.test_slow_client_proxy import masked_text_frame, never_reading_client
 from tests.support import timeout, wait_until
-
-
-@contextlib.asynccontextmanager
-async def echo_server() -> AsyncIterator[Echo]:
-    from websockets.asyncio.server import serve
-
-    upstream = Echo()
-    upstream.server = await serve(
-        upstream.handle, "127.0.0.1", 0, max_size=None, compression=None, ping_interval=None
-    )
-    try:
-        yield upstream
-    finally:
-        upstream.server.close()
-        await upstream.server.wait_closed()
 
 
 @pytest.fixture

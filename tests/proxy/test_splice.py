@@ -56,15 +56,24 @@ class Echo:
         self.closes.append(ws.close_code)
 
 
-@pytest.fixture
-async def echo() -> AsyncIterator[Echo]:
+@contextlib.asynccontextmanager
+async def echo_server() -> AsyncIterator[Echo]:
+    """An echo upstream on a free port, closed on the way out."""
     upstream = Echo()
     upstream.server = await serve(
         upstream.handle, "127.0.0.1", 0, max_size=None, compression=None, ping_interval=None
     )
-    yield upstream
-    upstream.server.close()
-    await upstream.server.wait_closed()
+    try:
+        yield upstream
+    finally:
+        upstream.server.close()
+        await upstream.server.wait_closed()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    async with echo_server() as upstream:
+        yield upstream
 
 
 @pytest.fixture
