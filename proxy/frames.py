@@ -60,10 +60,6 @@ class FrameFeed(Connection):
         for is_text, payload, raw in early:
             on_frame(is_text, payload, raw)
 
-    def detach(self) -> None:
-        """Stop delivering (later messages are dropped: the connection is being closed)."""
-        self._on_frame = _ignore
-
     def data_received(self, data: bytes) -> None:
         if self._on_frame is not None and between_frames(self.protocol):
             data = self._simple_frames(data)
@@ -139,10 +135,6 @@ class FrameFeed(Connection):
             self.early.append((is_text, payload, raw))
         else:
             self._on_frame(is_text, payload, raw)
-
-
-def _ignore(is_text: bool, payload: bytes, raw: bytes) -> None:
-    return None
 
 
 class ClientSide(FrameFeed, ServerConnection):
