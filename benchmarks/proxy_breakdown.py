@@ -7,12 +7,11 @@ interleaved, each measured as the proxy's CPU time (user and system) per client 
   what it gets;
 - `compare`: mirroring with the live comparator, as shipped.
 
-The proxy runs in this process (so that `--profile` can run it under cProfile); the reference
-old server and the new server run as subprocesses (`stateshift legacy`, `stateshift serve`,
-rate limits raised), and 10 clients in one subprocess run a closed loop on their own games:
-9 `HEARTBEAT` in 10, 1 `STATE_UPDATE`. Everything on 127.0.0.1. The figures are CPU per
-message (`os.times()` of this process over the client run, divided by the messages the clients
-got answers to), comparable with `proxy_bench.py`'s relay CPU per message for the proxy.
+The proxy runs in this process (so that `--profile` can run it under cProfile); everything
+else is `proxy_bench.py`'s: the reference old server and the new server as subprocesses
+(rate limits raised), and its closed-loop load (10 clients in 2 processes, each on its own
+game, 9 `HEARTBEAT` in 10, 1 `STATE_UPDATE`) measured over its window, so the figures are
+its relay CPU per message for this process. Everything on 127.0.0.1.
 
 Run: .venv/bin/python benchmarks/proxy_breakdown.py [--rounds 3] [--seconds 8]
                                                    [--mode compare --mode relay …] [--profile]
@@ -34,8 +33,10 @@ from typing import Any
 import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:  # run as a script: make `stateshift` and the sibling importable
+    sys.path.insert(0, str(REPO))
 
+from benchmarks.proxy_bench import measure_relay, new_server, old_server  # noqa: E402
 from compare.live import LiveComparison  # noqa: E402
 from compare.rules import defaults  # noqa: E402
 from compare.store import FindingStore  # noqa: E402
@@ -46,68 +47,14 @@ from proxy.state import ProxyState  # noqa: E402
 from proxy.tap import Tap  # noqa: E402
 
 MODES = ("passthrough", "relay", "tap", "compare")
-RATE = ["--rate", "100000", "--burst", "100000"]
-
-CLIENT = r"""
-import asyncio, sys, time
-import orjson, uvloop
-from websockets.asyncio.client import connect
-from stateshift.tokens import mint_token
-
-async def one(url, secret, n, stop):
-    async with connect(f"{url}/v1/games/g{n}", compression=None, proxy=None) as ws:
-        token = mint_token(secret, f"p{n}", "player")
-        await ws.send(orjson.dumps({"type": "CONNECT", "id": "c", "token": token}).decode())
-        await ws.recv()
-        sent = 0
-        while time.monotonic() < stop:
-            sent += 1
-            if sent % 10 == 0:
-                update = {"score_deltas": {f"p{n}": 1}}
-                frame = {"type": "STATE_UPDATE", "id": str(sent), "updates": update}
-                await ws.send(orjson.dumps(frame).decode())
-                while orjson.loads(await ws.recv()).get("re") != str(sent):
-                    pass
-            else:
-                await ws.send(orjson.dumps({"type": "HEARTBEAT", "id": str(sent)}).decode())
-                await ws.recv()
-        return sent
-
-async def main(url, secret, seconds):
-    stop = time.monotonic() + seconds
-    counts = await asyncio.gather(*(one(url, secret, n, stop) for n in range(10)))
-    print(sum(counts))
-
-uvloop.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3])))
-"""
-
-
-async def start_server(args: list[str], secret: str, log: Path) -> tuple[Any, str]:
-    """A `stateshift` subprocess; its URL from its "listening on" line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stateshift",
-        *args,
-        cwd=REPO,
-        env={**os.environ, "STATESHIFT_SECRET": secret},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=log.open("w"),
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError(f"{args[0]} exited: see {log}")
-            if "listening on" in line:
-                return process, line.split("listening on", 1)[1].strip().split()[0]
+#: proxy_bench.py's load: clients, client processes, warm-up seconds
+CLIENTS, CLIENT_PROCESSES, WARMUP = 10, 2, 2.0
 
 
 async def measure(
     mode: str, urls: tuple[str, str], secret: str, tmp: Path, seconds: float, profile: bool
-) -> dict[str, float]:
-    """One run of the clients against a fresh proxy in `mode`."""
+) -> dict[str, Any]:
+    """One window of the load against a fresh proxy in `mode`."""
     settings = ProxySettings(
         old_url=urls[0],
         new_url=urls[1],
@@ -127,65 +74,58 @@ async def measure(
         live.start()
     elif tap is not None:
         tap.sink = lambda items: None  # poured once per turn, as to the comparator
-    script = tmp / "client.py"
-    script.write_text(CLIENT)
     profiler = cProfile.Profile() if profile else None
-    before = os.times()
     if profiler is not None:
         profiler.enable()
-    clients = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), proxy.url, secret, str(seconds),
-        cwd=REPO, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await clients.communicate()
+    # proxy_bench's measurement blocks while it waits for the window: not on this loop
+    result = await asyncio.to_thread(
+        measure_relay,
+        mode,
+        proxy.url,
+        [os.getpid()],
+        secret,
+        CLIENTS,
+        CLIENT_PROCESSES,
+        WARMUP,
+        seconds,
+    )
     if profiler is not None:
         profiler.disable()
-    after = os.times()
-    messages = int(out.decode().strip())
     if live is not None:
         await live.stop()
     await proxy.stop()
     if profiler is not None:
         print(f"--- {mode}: cProfile (wall-clock timer), top 25 by own time")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    messages = result["messages"]
     return {
         "messages": messages,
-        "user_us": 1e6 * (after.user - before.user) / messages,
-        "sys_us": 1e6 * (after.system - before.system) / messages,
+        "user_us": result["relay_cpu_per_message_us"] - result["relay_sys_cpu_per_message_us"],
+        "sys_us": result["relay_sys_cpu_per_message_us"],
     }
 
 
 async def main(args: argparse.Namespace) -> None:
     secret = secrets.token_hex(32)
     modes = args.mode or list(MODES)
-    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="stateshift-breakdown-") as name:
-        tmp = Path(name)
-        old, old_url = await start_server(
-            ["legacy", "--port", "0", "--data", str(tmp / "old.jsonl"), *RATE],
-            secret,
-            tmp / "old.log",
-        )
-        new, new_url = await start_server(
-            ["serve", "--port", "0", "--db", str(tmp / "new.db"), *RATE], secret, tmp / "new.log"
-        )
-        try:
-            for round_no in range(args.rounds):
-                for mode in modes:
-                    run = await measure(
-                        mode, (old_url, new_url), secret, tmp, args.seconds, args.profile
-                    )
-                    results[mode].append(run)
-                    print(
-                        f"round {round_no + 1} {mode:>11}: {run['messages']:>7,} messages, "
-                        f"{run['user_us'] + run['sys_us']:6.1f} µs per message "
-                        f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f})",
-                        flush=True,
-                    )
-        finally:
-            for process in (old, new):
-                process.terminate()
-                await process.wait()
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    with (
+        tempfile.TemporaryDirectory(prefix="stateshift-breakdown-") as name,
+        old_server(Path(name), secret) as old,
+        new_server(Path(name), secret) as new,
+    ):
+        for round_no in range(args.rounds):
+            for mode in modes:
+                run = await measure(
+                    mode, (old.url(), new.url()), secret, Path(name), args.seconds, args.profile
+                )
+                results[mode].append(run)
+                print(
+                    f"round {round_no + 1} {mode:>11}: {run['messages']:>7,} messages, "
+                    f"{run['user_us'] + run['sys_us']:6.1f} µs per message "
+                    f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f})",
+                    flush=True,
+                )
     print("\nmedian over rounds, proxy CPU per client message:")
     for mode, runs in results.items():
         totals = sorted(r["user_us"] + r["sys_us"] for r in runs)
