@@ -28,12 +28,18 @@ from typing import Any, ClassVar
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
-from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import BINARY, CONT, PONG, TEXT, Frame, Opcode
+from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
 from websockets.protocol import OPEN, Event
 
-from stateshift.wsframes import FIN_BINARY, FIN_TEXT, apply_mask, between_frames
+from stateshift.wsframes import (
+    FIN_BINARY,
+    FIN_TEXT,
+    Fragments,
+    TooManyFragments,
+    apply_mask,
+    between_frames,
+)
 
 #: `on_frame(is_text, payload, raw)`: one complete data message
 FrameHandler = Callable[[bool, bytes, bytes], None]
@@ -50,8 +56,7 @@ class FrameFeed(Connection):
         self._on_frame: FrameHandler | None = None
         #: messages received before `attach` (nobody listened yet)
         self.early: list[tuple[bool, bytes, bytes]] = []
-        self._fragments: list[bytes] = []
-        self._fragmented_text = False
+        self._fragments = Fragments()
 
     def attach(self, on_frame: FrameHandler) -> None:
         """Start delivering data messages to `on_frame`, first those already received."""
@@ -105,30 +110,22 @@ class FrameFeed(Connection):
             super().process_event(event)
             return
         opcode = event.opcode
-        if opcode is TEXT or opcode is BINARY:
-            if event.fin:
-                self._deliver_parsed(opcode, bytes(event.data))
-            else:
-                self._fragments = [bytes(event.data)]
-                self._fragmented_text = opcode is TEXT
-        elif opcode is CONT:
-            fragments = self._fragments
-            if len(fragments) >= MAX_FRAGMENTS:  # as websockets' assembler does
-                self._fragments = []
+        if opcode is TEXT or opcode is BINARY or opcode is CONT:
+            try:
+                message = self._fragments.add(event)
+            except TooManyFragments:
                 self.protocol.fail(1009, "too many fragments")
                 self.send_data()
                 return
-            fragments.append(bytes(event.data))
-            if event.fin:
-                self._fragments = []
-                self._deliver_parsed(TEXT if self._fragmented_text else BINARY, b"".join(fragments))
+            if message is not None:
+                self._deliver_parsed(*message)
         elif opcode is PONG:
             self.acknowledge_pings(bytes(event.data))
 
-    def _deliver_parsed(self, opcode: Opcode, payload: bytes) -> None:
+    def _deliver_parsed(self, is_text: bool, payload: bytes) -> None:
         """A message websockets parsed: encoded again, as one frame, for the other side."""
-        raw = Frame(opcode, payload).serialize(mask=self.MASKED, extensions=[])
-        self._deliver(opcode is TEXT, payload, raw)
+        raw = Frame(TEXT if is_text else BINARY, payload).serialize(mask=self.MASKED, extensions=[])
+        self._deliver(is_text, payload, raw)
 
     def _deliver(self, is_text: bool, payload: bytes, raw: bytes) -> None:
         if self._on_frame is None:

@@ -16,13 +16,19 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
 from websockets.protocol import OPEN, Event
 
-from stateshift.wsframes import FIN_BINARY, FIN_TEXT, apply_mask, between_frames
+from stateshift.wsframes import (
+    FIN_BINARY,
+    FIN_TEXT,
+    Fragments,
+    TooManyFragments,
+    apply_mask,
+    between_frames,
+)
 
 #: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
 MessageHandler = Callable[[bool, bytes], None]
@@ -37,8 +43,7 @@ class MessageConnection(ServerConnection):
         self._on_message: MessageHandler | None = None
         #: messages received before `attach` (the handler task had not started yet)
         self._early: list[tuple[bool, bytes]] = []
-        self._fragments: list[bytes] = []
-        self._fragmented_text = False
+        self._fragments = Fragments()
         self._failing: asyncio.Task[None] | None = None
         #: websockets' parser was last seen waiting between frames with nothing buffered,
         #: and has been given no data since (only its `data_received` moves it)
@@ -97,22 +102,14 @@ class MessageConnection(ServerConnection):
             return
         assert isinstance(event, Frame)
         opcode = event.opcode
-        if opcode is TEXT or opcode is BINARY:
-            if event.fin:
-                self._deliver(opcode is TEXT, bytes(event.data))
-            else:
-                self._fragments = [bytes(event.data)]
-                self._fragmented_text = opcode is TEXT
-        elif opcode is CONT:
-            fragments = self._fragments
-            if len(fragments) >= MAX_FRAGMENTS:  # as websockets' assembler does
-                self._fragments = []
+        if opcode is TEXT or opcode is BINARY or opcode is CONT:
+            try:
+                message = self._fragments.add(event)
+            except TooManyFragments:
                 self.fail_soon(1009, "too many fragments")
                 return
-            fragments.append(bytes(event.data))
-            if event.fin:
-                self._fragments = []
-                self._deliver(self._fragmented_text, b"".join(fragments))
+            if message is not None:
+                self._deliver(*message)
         elif opcode is PONG:
             self.acknowledge_pings(bytes(event.data))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from websockets.asyncio.messages import MAX_FRAGMENTS
+from websockets.frames import CONT, TEXT, Frame
 from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
@@ -20,7 +22,14 @@ try:
 except ImportError:  # pragma: no cover  (built without the C extension)
     from websockets.utils import apply_mask
 
-__all__ = ["FIN_BINARY", "FIN_TEXT", "apply_mask", "between_frames"]
+__all__ = [
+    "FIN_BINARY",
+    "FIN_TEXT",
+    "Fragments",
+    "TooManyFragments",
+    "apply_mask",
+    "between_frames",
+]
 
 #: first header byte of a final, unfragmented text or binary frame without RSV bits
 FIN_TEXT, FIN_BINARY = 0x81, 0x82
@@ -43,3 +52,34 @@ def between_frames(protocol: Protocol) -> bool:
     while generator.gi_yieldfrom is not None:
         generator = generator.gi_yieldfrom
     return generator.gi_code is BETWEEN_FRAMES
+
+
+class TooManyFragments(Exception):
+    """A message in more fragments than websockets' assembler accepts (fail it with 1009)."""
+
+
+class Fragments:
+    """Data frames that websockets' parser delivered, joined into messages as its assembler
+    would (for the frames that did not take the fast path)."""
+
+    __slots__ = ("parts", "text")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.text = False
+
+    def add(self, frame: Frame) -> tuple[bool, bytes] | None:
+        """Take a TEXT, BINARY or CONT frame: `(is_text, payload)` when it ends a message,
+        else None. Raises `TooManyFragments` past websockets' limit."""
+        if frame.opcode is CONT:
+            if len(self.parts) >= MAX_FRAGMENTS:
+                self.parts = []
+                raise TooManyFragments
+            self.parts.append(bytes(frame.data))
+        else:
+            self.parts = [bytes(frame.data)]
+            self.text = frame.opcode is TEXT
+        if not frame.fin:
+            return None
+        parts, self.parts = self.parts, []
+        return self.text, parts[0] if len(parts) == 1 else b"".join(parts)
