@@ -4,6 +4,12 @@ and batch commits.
 Two connections: the writer commits batches (WAL, `synchronous=FULL`: a commit is on disk
 when it returns), the reader loads games and pages through them without waiting for the
 writer (WAL readers do not block on writers).
+
+The history tables (`scores`, `timers`, `settings`) are an append-only audit log: rows are
+only inserted, in commit order (rowid order), and nothing here reads them. They have no
+index (migration 0002 dropped the by-game ones: each cost a WAL page per changed player per
+commit); to query them by game, index a copy of the database, e.g.
+`CREATE INDEX scores_by_game ON scores (game_id, player_id, version);`.
 """
 
 from __future__ import annotations
