@@ -154,6 +154,18 @@ def cpu_of(pids: Sequence[int]) -> tuple[float, float]:
     return user, system
 
 
+def syscalls_of(pids: Sequence[int]) -> int:
+    """Read and write system calls (`syscr` + `syscw` of /proc/PID/io) summed over processes:
+    counted exactly, unlike CPU time on a busy machine (epoll waits are not included)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith(("syscr:", "syscw:")):
+                    total += int(line.split()[1])
+    return total
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -471,9 +483,11 @@ def measure_relay(
         _warm, start, end = send_plan(gos, warmup, duration)
         sleep_until(start)
         (u0, s0), (busy0, total0), began = cpu_of(relay_pids), machine_cpu(), now_ns()
+        calls0 = syscalls_of(relay_pids)
         servers0 = {name: sum(cpu_of([pid])) for name, pid in servers.items()}
         sleep_until(end)
         (u1, s1), (busy1, total1), finished = cpu_of(relay_pids), machine_cpu(), now_ns()
+        calls1 = syscalls_of(relay_pids)
         servers1 = {name: sum(cpu_of([pid])) for name, pid in servers.items()}
         outputs = collect(results, len(jobs), 60, "load")
     seconds = (finished - began) / 1e9
@@ -507,6 +521,7 @@ def measure_relay(
                 "relay_cpu_pct_of_one_core": 100 * relay_cpu / seconds,
                 "relay_cpu_per_message_us": 1e6 * relay_cpu / max(1, answered),
                 "relay_sys_cpu_per_message_us": 1e6 * (s1 - s0) / max(1, answered),
+                "relay_syscalls_per_message": (calls1 - calls0) / max(1, answered),
             }
         )
     return result

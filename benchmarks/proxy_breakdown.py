@@ -52,7 +52,13 @@ CLIENTS, CLIENT_PROCESSES, WARMUP = 10, 2, 2.0
 
 
 async def measure(
-    mode: str, urls: tuple[str, str], secret: str, tmp: Path, seconds: float, profile: bool
+    mode: str,
+    urls: tuple[str, str],
+    secret: str,
+    tmp: Path,
+    seconds: float,
+    profile: bool,
+    coalesce_ms: float | None = None,
 ) -> dict[str, Any]:
     """One window of the load against a fresh proxy in `mode`."""
     settings = ProxySettings(
@@ -63,6 +69,8 @@ async def measure(
         port=0,
         admin_port=0,
     )
+    if coalesce_ms is not None:
+        settings.shadow_coalesce = coalesce_ms / 1000
     tap = None if mode in ("passthrough", "relay") else Tap()
     proxy = MirrorProxy(settings, Route(mirroring=mode != "passthrough"), tap=tap)
     await proxy.start()
@@ -95,35 +103,54 @@ async def measure(
         await live.stop()
     await proxy.stop()
     if profiler is not None:
-        print(f"--- {mode}: cProfile (wall-clock timer), top 25 by own time")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        print(f"--- {mode}: cProfile (wall-clock timer)")
+        # BREAKDOWN_SORT=ncalls BREAKDOWN_TOP=60: how many calls per message, and of what
+        stats = pstats.Stats(profiler).sort_stats(os.environ.get("BREAKDOWN_SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("BREAKDOWN_TOP", "25")))
     messages = result["messages"]
     return {
         "messages": messages,
         "user_us": result["relay_cpu_per_message_us"] - result["relay_sys_cpu_per_message_us"],
         "sys_us": result["relay_sys_cpu_per_message_us"],
+        "syscalls": result["relay_syscalls_per_message"],
     }
+
+
+def label(mode: str, coalesce_ms: float | None) -> str:
+    return mode if coalesce_ms is None else f"{mode}@{coalesce_ms:g}ms"
 
 
 async def main(args: argparse.Namespace) -> None:
     secret = secrets.token_hex(32)
-    modes = args.mode or list(MODES)
-    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+    variants: list[tuple[str, float | None]] = [
+        (mode, coalesce)
+        for mode in args.mode or list(MODES)
+        for coalesce in (args.shadow_coalesce_ms or [None] if mode != "passthrough" else [None])
+    ]
+    results: dict[str, list[dict[str, Any]]] = {label(*v): [] for v in variants}
     with (
         tempfile.TemporaryDirectory(prefix="stateshift-breakdown-") as name,
         old_server(Path(name), secret) as old,
         new_server(Path(name), secret) as new,
     ):
         for round_no in range(args.rounds):
-            for mode in modes:
+            for mode, coalesce in variants:
                 run = await measure(
-                    mode, (old.url(), new.url()), secret, Path(name), args.seconds, args.profile
+                    mode,
+                    (old.url(), new.url()),
+                    secret,
+                    Path(name),
+                    args.seconds,
+                    args.profile,
+                    coalesce,
                 )
-                results[mode].append(run)
+                results[label(mode, coalesce)].append(run)
                 print(
-                    f"round {round_no + 1} {mode:>11}: {run['messages']:>7,} messages, "
+                    f"round {round_no + 1} {label(mode, coalesce):>11}: "
+                    f"{run['messages']:>7,} messages, "
                     f"{run['user_us'] + run['sys_us']:6.1f} µs per message "
-                    f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f})",
+                    f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f}), "
+                    f"{run['syscalls']:.2f} read/write calls",
                     flush=True,
                 )
     print("\nmedian over rounds, proxy CPU per client message:")
@@ -139,4 +166,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--mode", action="append", choices=MODES)
     parser.add_argument("--profile", action="store_true", help="run the proxy under cProfile")
+    parser.add_argument(
+        "--shadow-coalesce-ms",
+        type=float,
+        action="append",
+        help="measure the mirroring set-ups at each of these shadow write windows "
+        "(default: the proxy's default)",
+    )
     uvloop.run(main(parser.parse_args()))

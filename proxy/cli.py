@@ -54,6 +54,13 @@ def proxy(
     answer_timeout: Annotated[
         float, typer.Option(help="Seconds before a silent shadow is declared stalled.")
     ] = 5.0,
+    shadow_coalesce_ms: Annotated[
+        float,
+        typer.Option(
+            help="Milliseconds a shadow copy may wait to share a write with the next ones "
+            "(0: none; state-changing frames never wait)."
+        ),
+    ] = 5.0,
     rules: Annotated[
         Path | None, typer.Option(help="Comparator ignore rules (TOML); default: shipped rules.")
     ] = None,
@@ -106,6 +113,7 @@ def proxy(
         shadow_buffer=shadow_buffer,
         gap_timeout=gap_timeout,
         answer_timeout=answer_timeout,
+        shadow_coalesce=shadow_coalesce_ms / 1000,
     )
     try:
         ignore_rules = load_rules(rules)

@@ -74,6 +74,10 @@ class ProxySettings:
     retry_max: float = 5.0
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
+    #: seconds a released shadow copy may wait to share one write with the next ones of its
+    #: connection (0: write each turn). State-changing frames never wait: their game's order
+    #: waits for their answer. Shadow latency is measured from the write.
+    shadow_coalesce: float = 0.005
     #: a client that takes longer than this to take a frame is dropped (it does not read):
     #: the proxy must not keep it, and what it buffers, forever
     client_send_timeout: float = 30.0
@@ -138,6 +142,17 @@ class Session:
         return self.closed
 
 
+@dataclass(eq=False, slots=True)
+class ShadowBatch:
+    """Copies released to one shadow connection, waiting to share one write."""
+
+    session: Session
+    name: str
+    up: UpstreamSide
+    frames: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
 class MirrorProxy:
     """The mirroring proxy's data plane (the control plane is in `proxy.admin`)."""
 
@@ -170,6 +185,9 @@ class MirrorProxy:
         #: bookkeeping of frames already forwarded, done once per event-loop turn: every
         #: socket that is ready in a turn is relayed before any frame is thought about
         self._later: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        #: released shadow copies not written yet, per shadow connection (see `flush`)
+        self._to_shadow: dict[UpstreamSide, ShadowBatch] = {}
+        self._coalescing: asyncio.TimerHandle | None = None
         self._server: Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Future[None]] = set()
@@ -225,6 +243,9 @@ class MirrorProxy:
             end_splice(session.client)
         self._server.close(close_connections=True, code=1012, reason="proxy restarting")
         await self._server.wait_closed()
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +261,7 @@ class MirrorProxy:
         """Stop mirroring for good: close every shadow connection (after a flip, the old
         server stops receiving traffic)."""
         self.set_route(route)
+        self.write_shadows()  # what was released before the end is sent, then they close
         now = time.monotonic()
         for session in list(self.sessions.values()):
             if not session.mirrored:
@@ -742,34 +764,81 @@ class MirrorProxy:
         self.flush()
 
     def flush(self) -> None:
-        """Write what the order released to the shadows (never awaited), report events."""
+        """Hand what the order released to the shadows (never awaited), report events.
+
+        A released copy waits (at most `shadow_coalesce`) for the next ones of its connection,
+        to share one write with them: per-frame writes to the shadow are most of what
+        mirroring costs over a pass-through. A state-changing copy is written at once, with
+        what waits before it (its game's order waits for its answer)."""
         order = self.order
         releases = order.take_releases()
         if releases:
-            now = time.monotonic()
-            limit = self.settings.shadow_write_limit
-            for conn_id, data, msg_id in releases:
+            waiting = self._to_shadow
+            urgent: list[ShadowBatch] | None = None
+            for conn_id, data, msg_id, must_go in releases:
                 session = self.sessions.get(conn_id)
                 if session is None:
                     continue
-                name = session.shadow
-                up = session.up.get(name)
-                if up is None:
+                up = session.up.get(session.shadow)
+                if up is None or up.protocol.state is not OPEN:
                     continue
-                if up.protocol.state is not OPEN:
-                    continue
-                up.transport.write(data)
-                self._counted[("client", name, "shadow")].inc()
+                batch = waiting.get(up)
+                if batch is None:
+                    batch = waiting[up] = ShadowBatch(session, session.shadow, up)
+                batch.frames.append(data)
                 if msg_id is not None:
-                    session.sent[name][msg_id] = now
-                if up.transport is not None and up.transport.get_write_buffer_size() > limit:
-                    order.shadow_lost(conn_id, "stall", now)
-                    up.transport.abort()
+                    batch.ids.append(msg_id)
+                if must_go:
+                    if urgent is None:
+                        urgent = [batch]
+                    else:
+                        urgent.append(batch)
+            if urgent is not None or self.settings.shadow_coalesce <= 0:
+                now = time.monotonic()
+                for batch in urgent or list(waiting.values()):
+                    if waiting.pop(batch.up, None) is not None:
+                        self._write_shadow(batch, now)
+            if waiting and self._coalescing is None:
+                self._coalescing = asyncio.get_running_loop().call_later(
+                    self.settings.shadow_coalesce, self.write_shadows
+                )
         events = order.take_events()
         if events:
             self._events(events)
         if self.tap is not None:
             self.tap.pour()
+
+    def write_shadows(self) -> None:
+        """Write every released shadow copy that is still waiting (the coalescing timer,
+        and before anything that must find them sent: a flip, the end of mirroring)."""
+        if self._coalescing is not None:
+            self._coalescing.cancel()
+            self._coalescing = None
+        waiting, self._to_shadow = self._to_shadow, {}
+        now = time.monotonic()
+        for batch in waiting.values():
+            self._write_shadow(batch, now)
+
+    def _write_shadow(self, batch: ShadowBatch, now: float) -> None:
+        session, name = batch.session, batch.name
+        up = batch.up
+        frames = batch.frames
+        if session.up.get(name) is not up or up.protocol.state is not OPEN:
+            return  # the connection is gone: its loss is reported by its own loop
+        if session.shadow != name:
+            # Roles swapped under them (a flip writes what waits first): never hand a
+            # shadow copy to the primary.
+            log.error("dropped %d shadow copies after a role swap", len(frames))
+            return
+        up.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        self._counted[("client", name, "shadow")].inc(len(frames))
+        if batch.ids:
+            sent = session.sent[name]
+            for msg_id in batch.ids:
+                sent[msg_id] = now
+        if up.transport.get_write_buffer_size() > self.settings.shadow_write_limit:
+            self.order.shadow_lost(session.id, "stall", now)
+            up.transport.abort()
 
     def _events(self, events: list[Event]) -> None:
         tap = self.tap

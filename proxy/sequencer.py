@@ -114,7 +114,7 @@ class ShadowOrder:
         self.keep_states = keep_states
         self.conns: dict[int, ConnOrder] = {}
         self.games: dict[str, GameOrder] = {}
-        self._releases: list[tuple[int, bytes, str | None]] = []
+        self._releases: list[tuple[int, bytes, str | None, bool]] = []
         self._events: list[Event] = []
 
     # ----------------------------------------------------------------- connections
@@ -328,8 +328,9 @@ class ShadowOrder:
 
     # ----------------------------------------------------------------- output
 
-    def take_releases(self) -> list[tuple[int, bytes, str | None]]:
-        """Frames to send to the shadow now, as (conn_id, data, message id), in order."""
+    def take_releases(self) -> list[tuple[int, bytes, str | None, bool]]:
+        """Frames to send to the shadow now, as (conn_id, data, message id, urgent), in
+        order. Urgent frames change state: their game's order waits for their answer."""
         releases, self._releases = self._releases, []
         return releases
 
@@ -487,7 +488,7 @@ class ShadowOrder:
             self._events.append(Event("not_mirrored", entry.msg_id, conn.conn_id, conn.game_id))
 
     def _emit(self, conn: ConnOrder, entry: Entry, now: float) -> None:
-        self._releases.append((conn.conn_id, entry.data, entry.msg_id))
+        self._releases.append((conn.conn_id, entry.data, entry.msg_id, entry.exclusive))
         if entry.msg_id is not None:
             conn.unanswered.append((entry.msg_id, now))
 

@@ -205,6 +205,7 @@ class Switchboard:
         deadline = time.monotonic() + self.quiesce_timeout
         while True:
             proxy.settle()  # the bookkeeping of frames forwarded just before the pause
+            proxy.write_shadows()  # copies waiting to share a write go now, not after a swap
             in_flight = sum(len(s.sent[s.primary]) for s in proxy.sessions.values() if s.mirrored)
             if not in_flight and proxy.order.idle():
                 return

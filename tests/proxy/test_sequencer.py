@@ -28,8 +28,8 @@ def connected(re: str, player: str, version: int, players: list[str]) -> dict[st
     return {"type": "CONNECTED", "re": re, "player_id": player, "state": state}
 
 
-def ids(releases: list[tuple[int, bytes, str | None]]) -> list[tuple[int, str]]:
-    return [(conn, orjson.loads(data)["id"]) for conn, data, _ in releases]
+def ids(releases: list[tuple[int, bytes, str | None, bool]]) -> list[tuple[int, str]]:
+    return [(conn, orjson.loads(data)["id"]) for conn, data, _, _ in releases]
 
 
 def two_players() -> ShadowOrder:
@@ -102,7 +102,7 @@ def test_frames_of_one_connection_keep_their_order():
     order.client_frame(1, b"not json", None, 0.0)  # free, but behind the update
     assert order.take_releases() == []
     order.primary_frame(1, ack("u", 3), 0.0)
-    assert [conn for conn, _, _ in order.take_releases()] == [1, 1]
+    assert [conn for conn, _, _, _ in order.take_releases()] == [1, 1]
 
 
 def test_a_shadow_not_yet_open_holds_its_frames():
@@ -185,3 +185,26 @@ def test_after_a_resync_changes_in_the_copy_are_not_sent_but_connects_are():
     assert ids(order.take_releases()) == [(3, "late")]  # the update is in the copy; not resent
     events = order.take_events()
     assert [(e.kind, e.reason) for e in events] == [("not_mirrored", "old-change")]
+
+
+def test_releases_say_which_copies_hold_their_games_order():
+    order = ShadowOrder()
+    order.add_conn(1, "g1")
+    order.shadow_opened(1, 0.0)
+    data, body = msg("CONNECT", "c1", token="t")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, connected("c1", "alice", 1, ["alice"]), 0.0)
+    data, body = msg("HEARTBEAT", "h1")
+    order.client_frame(1, data, body, 0.0)
+    urgent = {orjson.loads(data)["id"]: flag for _, data, _, flag in order.take_releases()}
+    assert urgent == {"c1": True, "h1": False}
+    order.shadow_frame(1, {"type": "CONNECTED", "re": "c1"}, 0.0)
+    data, body = update("u1")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, ack("u1", 2), 0.0)
+    data, body = msg("GET_STATE", "s1")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, {"type": "STATE", "re": "s1", "version": 2}, 0.0)
+    assert [flag for _, _, _, flag in order.take_releases()] == [True]  # s1 waits for u1
+    order.shadow_frame(1, {"type": "ACK", "re": "u1", "version": 2}, 0.0)
+    assert [(orjson.loads(d)["id"], f) for _, d, _, f in order.take_releases()] == [("s1", False)]
