@@ -232,20 +232,19 @@ class StateComparator:
         if pair.missing is not None:
             self._different(pair, "unpaired", None)
             return
-        primary_version, shadow_version = pair.version(PRIMARY), pair.version(SHADOW)
         assert pair.primary is not None
         assert pair.shadow is not None
         frame_type = pair.primary.get("type")
-        if (
-            frame_type in ("STATE", "CONNECTED")
-            and primary_version is not None
-            and shadow_version is not None
-            and primary_version != shadow_version
-            and pair.shadow.get("type") == frame_type
-        ):
-            # An answer read at another moment: only states at equal versions compare.
-            self.skip(kind, "version_skew")
-            return
+        if frame_type in ("STATE", "CONNECTED") and pair.shadow.get("type") == frame_type:
+            primary_version, shadow_version = pair.version(PRIMARY), pair.version(SHADOW)
+            if (
+                primary_version is not None
+                and shadow_version is not None
+                and primary_version != shadow_version
+            ):
+                # An answer read at another moment: only states at equal versions compare.
+                self.skip(kind, "version_skew")
+                return
         type_rules = self.rules.for_type(str(frame_type))
         if game_id is not None and game_id in self.diverged:
             # Drift: the game's finding is recorded; its later pairs only count, without

@@ -132,25 +132,13 @@ def equal(a: Any, b: Any, ignore: frozenset[str]) -> bool:
     return bool(a == b)
 
 
-_VOLATILE: dict[TypeRules, tuple[re.Pattern[str], re.Pattern[bytes]] | None] = {}
-
-
-def _volatile(rules: TypeRules) -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
-    if rules not in _VOLATILE:
-        pattern = rules.volatile()
-        _VOLATILE[rules] = (
-            None if pattern is None else (pattern, re.compile(pattern.pattern.encode()))
-        )
-    return _VOLATILE[rules]
-
-
 def same_text(primary: str | bytes, shadow: str | bytes, rules: TypeRules) -> bool:
     """True when the two frames' JSON texts (str, or UTF-8 bytes as the proxy relays them)
     are identical once the ignored keys' string values are cut out: then they are equal (a
     False proves nothing: key order may differ)."""
     if not primary or type(primary) is not type(shadow):
         return False
-    patterns = _volatile(rules)
+    patterns = rules.texts
     if patterns is None:
         return False
     if isinstance(primary, str):

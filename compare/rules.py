@@ -45,6 +45,15 @@ class TypeRules:
     ignore_keys: frozenset[str] = frozenset()
     exclude_paths: tuple[str, ...] = ()
     exclude_regex_paths: tuple[str, ...] = ()
+    #: `volatile()` compiled for texts and for UTF-8 bytes, once (every comparison uses it)
+    texts: tuple[re.Pattern[str], re.Pattern[bytes]] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        pattern = self.volatile()
+        texts = None if pattern is None else (pattern, re.compile(pattern.pattern.encode()))
+        object.__setattr__(self, "texts", texts)
 
     def volatile(self) -> re.Pattern[str] | None:
         """A regex removing the ignored keys' string values from a frame's JSON text, for a

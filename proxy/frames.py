@@ -57,6 +57,9 @@ class FrameFeed(Connection):
         #: messages received before `attach` (nobody listened yet)
         self.early: list[tuple[bool, bytes, bytes]] = []
         self._fragments = Fragments()
+        #: websockets' parser was last seen waiting between frames with nothing buffered,
+        #: and has been given no data since (only its `data_received` moves it)
+        self._parser_idle = False
 
     def attach(self, on_frame: FrameHandler) -> None:
         """Start delivering data messages to `on_frame`, first those already received."""
@@ -66,10 +69,14 @@ class FrameFeed(Connection):
             on_frame(is_text, payload, raw)
 
     def data_received(self, data: bytes) -> None:
-        if self._on_frame is not None and between_frames(self.protocol):
+        if self._on_frame is not None and (
+            (self._parser_idle and self.protocol.state is OPEN) or between_frames(self.protocol)
+        ):
+            self._parser_idle = True
             data = self._simple_frames(data)
             if not data:
                 return
+        self._parser_idle = False
         super().data_received(data)
 
     def _simple_frames(self, data: bytes) -> bytes:

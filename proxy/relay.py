@@ -771,8 +771,8 @@ class MirrorProxy:
         mirroring costs over a pass-through. A state-changing copy is written at once, with
         what waits before it (its game's order waits for its answer)."""
         order = self.order
-        releases = order.take_releases()
-        if releases:
+        if order.releases:
+            releases = order.take_releases()
             waiting = self._to_shadow
             urgent: list[ShadowBatch] | None = None
             for conn_id, data, msg_id, must_go in releases:
@@ -802,9 +802,8 @@ class MirrorProxy:
                 self._coalescing = asyncio.get_running_loop().call_later(
                     self.settings.shadow_coalesce, self.write_shadows
                 )
-        events = order.take_events()
-        if events:
-            self._events(events)
+        if order.events:
+            self._events(order.take_events())
         if self.tap is not None:
             self.tap.pour()
 

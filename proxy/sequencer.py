@@ -114,8 +114,9 @@ class ShadowOrder:
         self.keep_states = keep_states
         self.conns: dict[int, ConnOrder] = {}
         self.games: dict[str, GameOrder] = {}
-        self._releases: list[tuple[int, bytes, str | None, bool]] = []
-        self._events: list[Event] = []
+        #: what `take_releases` and `take_events` return (read them to know if there is any)
+        self.releases: list[tuple[int, bytes, str | None, bool]] = []
+        self.events: list[Event] = []
 
     # ----------------------------------------------------------------- connections
 
@@ -143,7 +144,7 @@ class ShadowOrder:
         conn.shadow_open = False
         conn.unanswered.clear()
         dropped = len(conn.entries)
-        self._events.append(Event("drop", reason, conn_id, conn.game_id, dropped))
+        self.events.append(Event("drop", reason, conn_id, conn.game_id, dropped))
         game = self.games.get(conn.game_id) if conn.game_id is not None else None
         if game is not None:
             self._not_comparable(game, reason)
@@ -331,12 +332,12 @@ class ShadowOrder:
     def take_releases(self) -> list[tuple[int, bytes, str | None, bool]]:
         """Frames to send to the shadow now, as (conn_id, data, message id, urgent), in
         order. Urgent frames change state: their game's order waits for their answer."""
-        releases, self._releases = self._releases, []
+        releases, self.releases = self.releases, []
         return releases
 
     def take_events(self) -> list[Event]:
         """Drops and games that stopped being comparable since the last call."""
-        events, self._events = self._events, []
+        events, self.events = self.events, []
         return events
 
     def idle(self) -> bool:
@@ -384,7 +385,7 @@ class ShadowOrder:
             self._pump(conn, now)
 
     def _not_comparable(self, game: GameOrder, reason: str) -> None:
-        self._events.append(Event("not_comparable", reason, None, game.game_id))
+        self.events.append(Event("not_comparable", reason, None, game.game_id))
 
     def _answered(self, game: GameOrder, now: float) -> None:
         entry = game.busy
@@ -425,10 +426,12 @@ class ShadowOrder:
         while progress:
             progress = False
             # Placements that are due go before the next version (they are "at their place").
-            for other in [conn, *game.conns]:
+            alone = len(game.conns) == 1 and conn in game.conns
+            candidates = (conn,) if alone else (conn, *game.conns)
+            for other in candidates:
                 if self._release_heads(other, game, now, claims=False):
                     progress = True
-            for other in [conn, *game.conns]:
+            for other in candidates:
                 if self._release_heads(other, game, now, claims=True):
                     progress = True
                     break
@@ -485,10 +488,10 @@ class ShadowOrder:
 
     def _not_mirrored(self, conn: ConnOrder, entry: Entry) -> None:
         if entry.msg_id is not None:
-            self._events.append(Event("not_mirrored", entry.msg_id, conn.conn_id, conn.game_id))
+            self.events.append(Event("not_mirrored", entry.msg_id, conn.conn_id, conn.game_id))
 
     def _emit(self, conn: ConnOrder, entry: Entry, now: float) -> None:
-        self._releases.append((conn.conn_id, entry.data, entry.msg_id, entry.exclusive))
+        self.releases.append((conn.conn_id, entry.data, entry.msg_id, entry.exclusive))
         if entry.msg_id is not None:
             conn.unanswered.append((entry.msg_id, now))
 
