@@ -57,10 +57,10 @@ def proxy(
     shadow_coalesce_ms: Annotated[
         float,
         typer.Option(
-            help="Milliseconds a shadow copy may wait to share a write with the next ones "
-            "(0: none; state-changing frames never wait)."
+            help="Milliseconds a shadow copy without a place in its game's order (a "
+            "heartbeat) may wait to share a write with the next ones (0: none)."
         ),
-    ] = 5.0,
+    ] = 20.0,
     rules: Annotated[
         Path | None, typer.Option(help="Comparator ignore rules (TOML); default: shipped rules.")
     ] = None,

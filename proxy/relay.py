@@ -75,9 +75,10 @@ class ProxySettings:
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
     #: seconds a released shadow copy may wait to share one write with the next ones of its
-    #: connection (0: write each turn). State-changing frames never wait: their game's order
-    #: waits for their answer. Shadow latency is measured from the write.
-    shadow_coalesce: float = 0.005
+    #: connection (0: write each turn). Only copies without a place in their game's order
+    #: wait (heartbeats, ...): a change, or a read at a version, goes at once (with what
+    #: waited before it). Shadow answer latency is measured from the write.
+    shadow_coalesce: float = 0.02
     #: a client that takes longer than this to take a frame is dropped (it does not read):
     #: the proxy must not keep it, and what it buffers, forever
     client_send_timeout: float = 30.0
@@ -766,10 +767,11 @@ class MirrorProxy:
     def flush(self) -> None:
         """Hand what the order released to the shadows (never awaited), report events.
 
-        A released copy waits (at most `shadow_coalesce`) for the next ones of its connection,
-        to share one write with them: per-frame writes to the shadow are most of what
-        mirroring costs over a pass-through. A state-changing copy is written at once, with
-        what waits before it (its game's order waits for its answer)."""
+        A released copy without a place in its game's order (a heartbeat) waits, at most
+        `shadow_coalesce`, for the next ones of its connection, to share one write with them
+        (and the shadow's answers one read): fewer wake-ups and system calls on the proxy and
+        on the shadow. A copy with a place (a change, or a read at a version) is written at
+        once, with what waits before it."""
         order = self.order
         if order.releases:
             releases = order.take_releases()

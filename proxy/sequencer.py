@@ -331,7 +331,9 @@ class ShadowOrder:
 
     def take_releases(self) -> list[tuple[int, bytes, str | None, bool]]:
         """Frames to send to the shadow now, as (conn_id, data, message id, urgent), in
-        order. Urgent frames change state: their game's order waits for their answer."""
+        order. An urgent frame has a place in its game's order: it changes the state (the
+        order waits for its answer) or reads it at a version (a later change of the game,
+        from another connection, must not overtake it)."""
         releases, self.releases = self.releases, []
         return releases
 
@@ -491,7 +493,8 @@ class ShadowOrder:
             self.events.append(Event("not_mirrored", entry.msg_id, conn.conn_id, conn.game_id))
 
     def _emit(self, conn: ConnOrder, entry: Entry, now: float) -> None:
-        self.releases.append((conn.conn_id, entry.data, entry.msg_id, entry.exclusive))
+        urgent = entry.exclusive or entry.kind == CLAIM or entry.kind == AFTER
+        self.releases.append((conn.conn_id, entry.data, entry.msg_id, urgent))
         if entry.msg_id is not None:
             conn.unanswered.append((entry.msg_id, now))
 

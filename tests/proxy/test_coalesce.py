@@ -1,6 +1,7 @@
-"""Shadow copies that wait to share a write (`shadow_coalesce`): a state-changing copy goes at
-once with what waited before it, the rest go when the window ends, and a flip sends what
-waits before it swaps the roles (a copy never reaches the new primary)."""
+"""Shadow copies that wait to share a write (`shadow_coalesce`): a copy with a place in its
+game's order (a change, a read at a version) goes at once with what waited before it, the rest
+go when the window ends, and a flip sends what waits before it swaps the roles (a copy never
+reaches the new primary)."""
 
 from __future__ import annotations
 
@@ -30,30 +31,35 @@ async def connected(stack: Stack, game: str, player: str) -> Client:
     return client
 
 
-async def test_a_state_change_takes_the_copies_waiting_before_it_along_at_once(tmp_path: Path):
+async def test_a_change_or_a_read_takes_the_copies_waiting_before_it_along_at_once(
+    tmp_path: Path,
+):
     async with start_stack(tmp_path, shadow_coalesce=FOREVER) as stack:
         client = await connected(stack, "g1", "alice")  # CONNECT joins: it changes state
         await wait_until(lambda: "c" in shadow_answers(stack), what="the shadow's CONNECTED")
         for n in range(3):
             assert (await client.request(type="HEARTBEAT", id=f"h{n}"))["type"] == "HEARTBEAT_ACK"
         assert shadow_answers(stack) == ["c"]  # the heartbeats' copies wait for the window
+        assert (await client.request(type="GET_STATE", id="s1"))["type"] == "STATE"
+        await wait_until(lambda: "s1" in shadow_answers(stack), what="the shadow's STATE")
+        # in the connection's order: what waited went first, in the same write
+        assert shadow_answers(stack) == ["c", "h0", "h1", "h2", "s1"]
+        await client.request(type="HEARTBEAT", id="h3")
         answer = await client.request(
             type="STATE_UPDATE", id="u1", updates={"score_deltas": {"alice": 1}}
         )
         assert answer["type"] == "ACK", answer
         await wait_until(lambda: "u1" in shadow_answers(stack), what="the shadow's ACK")
-        # in the connection's order: what waited went first, in the same write
-        assert shadow_answers(stack) == ["c", "h0", "h1", "h2", "u1"]
+        assert shadow_answers(stack)[5:] == ["h3", "u1"]
         await client.ws.close()
 
 
 async def test_copies_that_wait_are_written_when_the_window_ends(tmp_path: Path):
     async with start_stack(tmp_path, shadow_coalesce=0.05) as stack:
         client = await connected(stack, "g1", "alice")
-        for n in range(5):
+        for n in range(10):
             await client.request(type="HEARTBEAT", id=f"h{n}")
-            await client.request(type="GET_STATE", id=f"s{n}")
-        wanted = ["c"] + [i for n in range(5) for i in (f"h{n}", f"s{n}")]
+        wanted = ["c"] + [f"h{n}" for n in range(10)]
         await wait_until(lambda: shadow_answers(stack) == wanted, what="every shadow answer")
         sent = stack.proxy.metrics.frames.labels("client", "new", "shadow").value
         assert sent == len(wanted)

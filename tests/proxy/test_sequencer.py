@@ -207,4 +207,5 @@ def test_releases_say_which_copies_hold_their_games_order():
     order.primary_frame(1, {"type": "STATE", "re": "s1", "version": 2}, 0.0)
     assert [flag for _, _, _, flag in order.take_releases()] == [True]  # s1 waits for u1
     order.shadow_frame(1, {"type": "ACK", "re": "u1", "version": 2}, 0.0)
-    assert [(orjson.loads(d)["id"], f) for _, d, _, f in order.take_releases()] == [("s1", False)]
+    # a read placed at version 2: a change from another connection must not overtake it
+    assert [(orjson.loads(d)["id"], f) for _, d, _, f in order.take_releases()] == [("s1", True)]
