@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -94,6 +95,24 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return msg if isinstance(msg, dict) else None
+
+
+async def close_within(
+    conn: Connection, seconds: float, code: int = 1000, reason: str = ""
+) -> None:
+    """Close a connection; one whose peer does not read is aborted after `seconds`.
+
+    websockets' `close()` first waits for the write buffer to drain, with no time limit: a
+    peer that stopped reading (a stuck shadow) would hold the session's end, and the proxy's
+    shutdown, forever."""
+    try:
+        async with asyncio.timeout(seconds):
+            await conn.close(code, reason)
+    except TimeoutError:
+        if conn.transport is not None:
+            conn.transport.abort()
+    except ConnectionClosed:
+        pass
 
 
 def game_of(path: str) -> str | None:
@@ -272,7 +291,8 @@ class MirrorProxy:
             self.order.remove_conn(session.id, now)
             up = session.up.get(session.shadow)
             if up is not None:
-                self._spawn(session, up.close(1000, "mirroring finalized"))
+                closing = close_within(up, self.settings.open_timeout, 1000, "mirroring finalized")
+                self._spawn(session, closing)
         self.flush()
 
     def _publish_route(self) -> None:
@@ -364,7 +384,7 @@ class MirrorProxy:
     def _forget_handshake(self, ws: ServerConnection) -> None:
         pending = self._handshakes.pop(ws, None)
         if pending is not None:
-            task = asyncio.ensure_future(pending[0].close())
+            task = asyncio.ensure_future(close_within(pending[0], self.settings.open_timeout))
             self._orphans.add(task)
             task.add_done_callback(self._orphans.discard)
 
@@ -647,8 +667,7 @@ class MirrorProxy:
             if client.transport is not None:
                 client.transport.abort()
             return
-        with contextlib.suppress(ConnectionClosed):
-            await client.close(code, up.close_reason or "")
+        await close_within(client, self.settings.open_timeout, code, up.close_reason or "")
 
     async def _end(self, session: Session) -> None:
         """The client is gone: close the primary (its in-flight answers still feed the
@@ -661,8 +680,8 @@ class MirrorProxy:
         primary_up = session.up.get(primary)
         if primary_up is not None:
             session.deliberate.add(primary)
-            with contextlib.suppress(ConnectionClosed):
-                await primary_up.close(close_code, session.client.close_reason or "")
+            reason = session.client.close_reason or ""
+            await close_within(primary_up, self.settings.open_timeout, close_code, reason)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.open_timeout):
                     await primary_up.wait_closed()  # its answers arrive before its close
@@ -679,8 +698,7 @@ class MirrorProxy:
         session.deliberate.add(shadow)
         shadow_up = session.up.get(shadow)
         if shadow_up is not None:
-            with contextlib.suppress(ConnectionClosed):
-                await shadow_up.close(close_code)
+            await close_within(shadow_up, self.settings.open_timeout, close_code)
         for task in list(session.tasks):
             task.cancel()
         # Only now: until here its shadow still receives what the order releases for it.
@@ -721,7 +739,7 @@ class MirrorProxy:
                     backoff = min(backoff * 2, self.settings.retry_max)
                     continue
                 if session.ended():
-                    await up.close()
+                    await close_within(up, self.settings.open_timeout)
                     return
                 session.up[name] = up
                 now = time.monotonic()
@@ -819,6 +837,8 @@ class MirrorProxy:
         now = time.monotonic()
         for batch in waiting.values():
             self._write_shadow(batch, now)
+        if self.order.releases or self.order.events:
+            self.flush()  # a shadow given up for not reading: what the order did next
 
     def _write_shadow(self, batch: ShadowBatch, now: float) -> None:
         session, name = batch.session, batch.name
