@@ -27,10 +27,9 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
@@ -41,6 +40,7 @@ from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder
 from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
+from stateshift.wsclose import close_within
 
 log = logging.getLogger("stateshift.proxy")
 
@@ -95,24 +95,6 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return msg if isinstance(msg, dict) else None
-
-
-async def close_within(
-    conn: Connection, seconds: float, code: int = 1000, reason: str = ""
-) -> None:
-    """Close a connection; one whose peer does not read is aborted after `seconds`.
-
-    websockets' `close()` first waits for the write buffer to drain, with no time limit: a
-    peer that stopped reading (a stuck shadow) would hold the session's end, and the proxy's
-    shutdown, forever."""
-    try:
-        async with asyncio.timeout(seconds):
-            await conn.close(code, reason)
-    except TimeoutError:
-        if conn.transport is not None:
-            conn.transport.abort()
-    except ConnectionClosed:
-        pass
 
 
 def game_of(path: str) -> str | None:

@@ -55,12 +55,16 @@ from server.rules import (
     timestamp,
 )
 from server.storage import Storage
+from stateshift.wsclose import close_within
 
 log = logging.getLogger("stateshift.server")
 
 GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
 ADMIN_PATH = "/v1/admin"
 MAX_FRAME = 65_536
+#: seconds a close may take (the closing handshake, and a peer that does not read: then the
+#: connection is aborted)
+CLOSE_TIMEOUT = 5.0
 #: answers or messages waiting on one connection beyond which it is no longer read (the
 #: backpressure websockets' receive queue gave, with pipelined requests)
 MAX_WAITING = 64
@@ -230,7 +234,7 @@ class StateServer:
             compression=None,
             ping_interval=None,  # pings and the idle rule are ours (4408, not 1011)
             ping_timeout=None,
-            close_timeout=5,
+            close_timeout=CLOSE_TIMEOUT,
         )
         self.serving = True
         self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
@@ -494,7 +498,7 @@ class StateServer:
             return
         conn.closing = conn.close_sent = True
         self.metrics.closes.labels(str(code)).inc()
-        self._spawn(conn.ws.close(code, reason))
+        self._spawn(close_within(conn.ws, CLOSE_TIMEOUT, code, reason))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
