@@ -133,13 +133,19 @@ async def deaf_upstream() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-async def test_a_shadow_that_does_not_read_is_given_up_and_the_client_sees_nothing(
-    tmp_path: Path,
-):
-    # a primary that lets a flood through: the copies must pile up in front of the shadow
+async def flood_primary(tmp_path: Path) -> LegacyServer:
+    """An old server that lets a flood through (its rate limit would refuse it, and refused
+    frames are not mirrored): the copies must pile up in front of the shadow."""
     config = Config(data=tmp_path / "old.jsonl", secret=TEST_SECRET, port=0, rate=1e6, burst=1e6)
     primary = LegacyServer(config)
     await primary.start()
+    return primary
+
+
+async def test_a_shadow_that_does_not_read_is_given_up_and_the_client_sees_nothing(
+    tmp_path: Path,
+):
+    primary = await flood_primary(tmp_path)
     async with deaf_upstream() as deaf:
         under_test = await start_proxy(
             tmp_path, primary.url, deaf, shadow_write_limit=64 * 1024, answer_timeout=3600
@@ -180,9 +186,7 @@ async def test_a_client_leaving_a_shadow_that_does_not_read_ends_and_the_proxy_s
 ):
     """Below the write limit, a shadow that stopped reading still holds frames in the
     proxy's buffer when the client leaves: closing it must not wait for them forever."""
-    config = Config(data=tmp_path / "old.jsonl", secret=TEST_SECRET, port=0, rate=1e6, burst=1e6)
-    primary = LegacyServer(config)
-    await primary.start()
+    primary = await flood_primary(tmp_path)
     async with deaf_upstream() as deaf:
         under_test = await start_proxy(
             tmp_path,
