@@ -1,7 +1,8 @@
 """Shadow copies that wait to share a write (`shadow_coalesce`): a copy with a place in its
 game's order (a change, a read at a version) goes at once with what waited before it, the rest
 go when the window ends, and a flip sends what waits before it swaps the roles (a copy never
-reaches the new primary)."""
+reaches the new primary). And a shadow that never reads: given up at the write limit, and
+closed without waiting for it to drain."""
 
 from __future__ import annotations
 
