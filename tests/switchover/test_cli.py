@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.proxy.conftest import Client, start_new, token
 from tests.support import timeout, wait_until
-from tests.switchover.conftest import Stack, cli, game_state, start_players
+from tests.switchover.conftest import Outcome, Stack, cli, game_state, start_players
 
 #: thresholds a small test load can meet: the latency bound is loose because the two
 #: in-process servers differ in speed and the test does not judge speed
@@ -78,6 +78,15 @@ async def test_check_is_inconclusive_with_no_traffic_and_is_recorded(stack: Stac
 
 
 @pytest.mark.slow
+def refusal(outcome: Outcome) -> object:
+    """Why a switch was refused, in full: the gates that did not pass (else the whole output)."""
+    try:
+        gates = outcome.doc["readiness"]["gates"]
+    except (KeyError, TypeError, ValueError):
+        return outcome
+    return [gate for gate in gates if gate.get("result") != "pass"] or outcome
+
+
 async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing(stack: Stack):
     """20 clients in 4 games; every ACKed update is on both servers exactly once."""
     proxy = await stack.add_proxy()
@@ -100,7 +109,7 @@ async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing
             outcome = await cli(
                 command, "--proxy", proxy.admin, "--json", *(EASY if command == "flip" else ())
             )
-            assert outcome.code == 0, (cycle, command, outcome)
+            assert outcome.code == 0, (cycle, command, refusal(outcome))
             (result,) = outcome.doc["switch"]["proxies"]
             assert result["state"] == "committed"
             paused.append(result["paused_ms"])
