@@ -60,7 +60,7 @@ def proxy(
             help="Milliseconds a shadow copy without a place in its game's order (a "
             "heartbeat) may wait to share a write with the next ones (0: none)."
         ),
-    ] = 20.0,
+    ] = 0.0,
     rules: Annotated[
         Path | None, typer.Option(help="Comparator ignore rules (TOML); default: shipped rules.")
     ] = None,

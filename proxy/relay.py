@@ -76,10 +76,12 @@ class ProxySettings:
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
     #: seconds a released shadow copy may wait to share one write with the next ones of its
-    #: connection (0: write each turn). Only copies without a place in their game's order
-    #: wait (heartbeats, ...): a change, or a read at a version, goes at once (with what
-    #: waited before it). Shadow answer latency is measured from the write.
-    shadow_coalesce: float = 0.02
+    #: connection (0, the default: write each turn). Only copies without a place in their
+    #: game's order wait (heartbeats, ...): a change, or a read at a version, goes at once
+    #: (with what waited before it). Shadow answer latency is measured from the write. Off by
+    #: default: the CPU it saves was within noise, and a flip writes the waiting copies just
+    #: before it swaps roles, so their answers are likelier to arrive after the swap.
+    shadow_coalesce: float = 0.0
     #: a client that takes longer than this to take a frame is dropped (it does not read):
     #: the proxy must not keep it, and what it buffers, forever
     client_send_timeout: float = 30.0

@@ -170,6 +170,14 @@ class ShadowOrder:
             conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
         self.shadow_opened(conn_id, now)
 
+    def roles_swapped(self, conn_id: int) -> None:
+        """A flip made this connection's shadow its primary: what the old shadow still owed
+        will come back as the primary's frames, never as the shadow's answers, so it is not
+        waited for (else it would be declared a stall `answer_timeout` later)."""
+        conn = self.conns.get(conn_id)
+        if conn is not None:
+            conn.unanswered.clear()
+
     def hold(self, game_id: str) -> None:
         """Stop releasing this game's ordered frames (a resync is about to read the primary)."""
         self._game(game_id).held = True

@@ -173,6 +173,7 @@ class Switchboard:
         for session in swapped:
             for sent in session.sent.values():
                 sent.clear()
+            proxy.order.roles_swapped(session.id)
         paused = (time.monotonic() - prepared.paused_at) * 1000
         self._resume(prepared.target)
         return prepared.target, paused

@@ -209,3 +209,16 @@ def test_releases_say_which_copies_hold_their_games_order():
     order.shadow_frame(1, {"type": "ACK", "re": "u1", "version": 2}, 0.0)
     # a read placed at version 2: a change from another connection must not overtake it
     assert [(orjson.loads(d)["id"], f) for _, d, _, f in order.take_releases()] == [("s1", True)]
+
+
+def test_what_the_old_shadow_owed_at_a_flip_is_not_waited_for():
+    order = ShadowOrder(answer_timeout=5.0)
+    order.add_conn(1, "g1")
+    order.shadow_opened(1, 0.0)
+    data, body = msg("HEARTBEAT", "h1")
+    order.client_frame(1, data, body, 0.0)
+    assert ids(order.take_releases()) == [(1, "h1")]
+    order.roles_swapped(1)  # its answer will come from the new primary
+    order.tick(60.0)
+    assert order.take_events() == []  # not declared a stall
+    assert order.pending(1) == 0
