@@ -32,18 +32,28 @@ def ids(releases: list[tuple[int, bytes, str | None, bool]]) -> list[tuple[int, 
     return [(conn, orjson.loads(data)["id"]) for conn, data, _, _ in releases]
 
 
+def opened(order: ShadowOrder, conn: int) -> None:
+    """Connection `conn` on g1, its shadow open."""
+    order.add_conn(conn, "g1")
+    order.shadow_opened(conn, 0.0)
+
+
+def joined(
+    order: ShadowOrder, conn: int, msg_id: str, player: str, version: int, players: list[str]
+) -> None:
+    """`player` sends CONNECT `msg_id` on `conn`; the primary answers it at `version`."""
+    data, body = msg("CONNECT", msg_id, token="t")
+    order.client_frame(conn, data, body, 0.0)
+    order.primary_frame(conn, connected(msg_id, player, version, players), 0.0)
+
+
 def two_players() -> ShadowOrder:
     """Connections 1 (alice) and 2 (bob) on g1 at version 2, shadows open, CONNECTs done."""
     order = ShadowOrder()
     for conn in (1, 2):
-        order.add_conn(conn, "g1")
-        order.shadow_opened(conn, 0.0)
-    data, body = msg("CONNECT", "c1", token="t")
-    order.client_frame(1, data, body, 0.0)
-    order.primary_frame(1, connected("c1", "alice", 1, ["alice"]), 0.0)
-    data, body = msg("CONNECT", "c2", token="t")
-    order.client_frame(2, data, body, 0.0)
-    order.primary_frame(2, connected("c2", "bob", 2, ["alice", "bob"]), 0.0)
+        opened(order, conn)
+    joined(order, 1, "c1", "alice", 1, ["alice"])
+    joined(order, 2, "c2", "bob", 2, ["alice", "bob"])
     releases = order.take_releases()
     assert ids(releases) == [(1, "c1")]  # bob's join waits for the shadow's answer to v1
     order.shadow_frame(1, {"type": "CONNECTED", "re": "c1"}, 0.0)
@@ -159,11 +169,8 @@ def test_overflow_drops_the_connections_shadow_and_frees_the_game():
 
 def test_a_reconnect_is_not_a_join_and_waits_for_the_version_it_saw():
     order = two_players()
-    order.add_conn(3, "g1")
-    order.shadow_opened(3, 0.0)
-    data, body = msg("CONNECT", "again", token="t")
-    order.client_frame(3, data, body, 0.0)
-    order.primary_frame(3, connected("again", "alice", 2, ["alice", "bob"]), 0.0)
+    opened(order, 3)
+    joined(order, 3, "again", "alice", 2, ["alice", "bob"])
     assert ids(order.take_releases()) == [(3, "again")]
     order.shadow_frame(3, {"type": "CONNECTED", "re": "again"}, 0.0)
     assert order.idle()
@@ -176,11 +183,8 @@ def test_after_a_resync_changes_in_the_copy_are_not_sent_but_connects_are():
     order.hold("g1")
     order.primary_frame(1, ack("old-change", 3), 0.0)
     assert order.take_releases() == []  # held while the resync reads the primary
-    order.add_conn(3, "g1")
-    order.shadow_opened(3, 0.0)
-    data, body = msg("CONNECT", "late", token="t")
-    order.client_frame(3, data, body, 0.0)
-    order.primary_frame(3, connected("late", "carol", 3, ["alice", "bob", "carol"]), 0.0)
+    opened(order, 3)
+    joined(order, 3, "late", "carol", 3, ["alice", "bob", "carol"])
     order.resume("g1", 3, 0.0)  # the shadow now holds the primary's version 3
     assert ids(order.take_releases()) == [(3, "late")]  # the update is in the copy; not resent
     events = order.take_events()
@@ -189,11 +193,8 @@ def test_after_a_resync_changes_in_the_copy_are_not_sent_but_connects_are():
 
 def test_releases_say_which_copies_hold_their_games_order():
     order = ShadowOrder()
-    order.add_conn(1, "g1")
-    order.shadow_opened(1, 0.0)
-    data, body = msg("CONNECT", "c1", token="t")
-    order.client_frame(1, data, body, 0.0)
-    order.primary_frame(1, connected("c1", "alice", 1, ["alice"]), 0.0)
+    opened(order, 1)
+    joined(order, 1, "c1", "alice", 1, ["alice"])
     data, body = msg("HEARTBEAT", "h1")
     order.client_frame(1, data, body, 0.0)
     urgent = {orjson.loads(data)["id"]: flag for _, data, _, flag in order.take_releases()}
@@ -213,8 +214,7 @@ def test_releases_say_which_copies_hold_their_games_order():
 
 def test_what_the_old_shadow_owed_at_a_flip_is_not_waited_for():
     order = ShadowOrder(answer_timeout=5.0)
-    order.add_conn(1, "g1")
-    order.shadow_opened(1, 0.0)
+    opened(order, 1)
     data, body = msg("HEARTBEAT", "h1")
     order.client_frame(1, data, body, 0.0)
     assert ids(order.take_releases()) == [(1, "h1")]
