@@ -36,9 +36,9 @@ from stateshift.wsframes import (
     FIN_BINARY,
     FIN_TEXT,
     Fragments,
+    ParserWatch,
     TooManyFragments,
     apply_mask,
-    between_frames,
 )
 
 #: `on_frame(is_text, payload, raw)`: one complete data message
@@ -57,9 +57,7 @@ class FrameFeed(Connection):
         #: messages received before `attach` (nobody listened yet)
         self.early: list[tuple[bool, bytes, bytes]] = []
         self._fragments = Fragments()
-        #: websockets' parser was last seen waiting between frames with nothing buffered,
-        #: and has been given no data since (only its `data_received` moves it)
-        self._parser_idle = False
+        self._parser = ParserWatch()
 
     def attach(self, on_frame: FrameHandler) -> None:
         """Start delivering data messages to `on_frame`, first those already received."""
@@ -69,14 +67,11 @@ class FrameFeed(Connection):
             on_frame(is_text, payload, raw)
 
     def data_received(self, data: bytes) -> None:
-        if self._on_frame is not None and (
-            (self._parser_idle and self.protocol.state is OPEN) or between_frames(self.protocol)
-        ):
-            self._parser_idle = True
+        if self._on_frame is not None and self._parser.between_frames(self.protocol):
             data = self._simple_frames(data)
             if not data:
                 return
-        self._parser_idle = False
+        self._parser.fed()
         super().data_received(data)
 
     def _simple_frames(self, data: bytes) -> bytes:

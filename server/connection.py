@@ -25,9 +25,9 @@ from stateshift.wsframes import (
     FIN_BINARY,
     FIN_TEXT,
     Fragments,
+    ParserWatch,
     TooManyFragments,
     apply_mask,
-    between_frames,
 )
 
 #: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
@@ -45,9 +45,7 @@ class MessageConnection(ServerConnection):
         self._early: list[tuple[bool, bytes]] = []
         self._fragments = Fragments()
         self._failing: asyncio.Task[None] | None = None
-        #: websockets' parser was last seen waiting between frames with nothing buffered,
-        #: and has been given no data since (only its `data_received` moves it)
-        self._parser_idle = False
+        self._parser = ParserWatch()
 
     def attach(self, on_message: MessageHandler) -> None:
         """Start delivering messages to `on_message`, first those already received."""
@@ -61,14 +59,11 @@ class MessageConnection(ServerConnection):
         # directly; websockets' generator-based parser (the same checks, one generator step
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
-        if self._on_message is not None and (
-            (self._parser_idle and self.protocol.state is OPEN) or between_frames(self.protocol)
-        ):
-            self._parser_idle = True
+        if self._on_message is not None and self._parser.between_frames(self.protocol):
             data = self._parse_simple_frames(data)
             if not data:
                 return
-        self._parser_idle = False
+        self._parser.fed()
         super().data_received(data)
 
     def _parse_simple_frames(self, data: bytes) -> bytes:

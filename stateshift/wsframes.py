@@ -26,6 +26,7 @@ __all__ = [
     "FIN_BINARY",
     "FIN_TEXT",
     "Fragments",
+    "ParserWatch",
     "TooManyFragments",
     "apply_mask",
     "between_frames",
@@ -52,6 +53,29 @@ def between_frames(protocol: Protocol) -> bool:
     while generator.gi_yieldfrom is not None:
         generator = generator.gi_yieldfrom
     return generator.gi_code is BETWEEN_FRAMES
+
+
+class ParserWatch:
+    """`between_frames`, remembered: once the fast path has taken a whole segment, the parser
+    has been given no data since (only its `data_received` moves it), so it still waits
+    between frames as long as the connection is OPEN; the walk down its generators is skipped.
+    Whoever hands data to websockets' parser calls `fed()`."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle = False
+
+    def between_frames(self, protocol: Protocol) -> bool:
+        """True when a segment may be read by the fast path (see `between_frames`)."""
+        if (self.idle and protocol.state is OPEN) or between_frames(protocol):
+            self.idle = True
+            return True
+        return False
+
+    def fed(self) -> None:
+        """websockets' parser is given data: it may be anywhere afterwards."""
+        self.idle = False
 
 
 class TooManyFragments(Exception):
