@@ -33,11 +33,15 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from websockets.client import ClientProtocol
 from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from compare.comparator import StateComparator
 from compare.rules import defaults
 from compare.store import FindingStore
+from proxy.frames import ClientSide, UpstreamSide
 from proxy.relay import MirrorProxy, ProxySettings, Session
 from proxy.route import Route
 from proxy.tap import Tap
@@ -48,12 +52,12 @@ UPDATE_EVERY = 10
 Script = tuple[Session, tuple[bytes, bytes], list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
 
 
-class Transport:
+class Transport(asyncio.Transport):
     """Takes writes and forgets them."""
 
     writes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         Transport.writes += 1
 
     def is_closing(self) -> bool:
@@ -63,16 +67,27 @@ class Transport:
         return 0
 
 
-class Protocol:
-    state = OPEN
+def opened(protocol: Any) -> Any:
+    protocol.state = OPEN
+    return protocol
 
 
-class Conn:
-    """What the relay reads of a connection on its frame path."""
+class Client(ClientSide):
+    """What the relay reads of a client connection on its frame path (real classes, not
+    duck types: compiled modules check the types they are given)."""
+
+    def __init__(self) -> None:  # no super().__init__: nothing but these is read
+        self.transport = Transport()
+        self.protocol = opened(ServerProtocol())
+        self.paused = False
+
+
+class Upstream(UpstreamSide):
+    """The same for an upstream connection."""
 
     def __init__(self) -> None:
         self.transport = Transport()
-        self.protocol = Protocol()
+        self.protocol = opened(ClientProtocol(parse_uri("ws://127.0.0.1:9/")))
         self.paused = False
 
 
@@ -100,14 +115,14 @@ class Replay:
             game = f"g{n}"
             session = Session(
                 id=n + 1,
-                client=Conn(),  # type: ignore[arg-type]
+                client=Client(),
                 path=f"/v1/games/{game}",
                 game_id=game,
                 headers=[],
                 subprotocols=[],
                 primary="old",
             )
-            session.up = {"old": Conn(), "new": Conn()}  # type: ignore[dict-item]
+            session.up = {"old": Upstream(), "new": Upstream()}
             session.sent = {"old": {}, "new": {}}
             proxy.sessions[session.id] = session
             proxy.order.add_conn(session.id, game)

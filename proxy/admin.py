@@ -25,6 +25,7 @@ from websockets.http11 import Request, Response
 from proxy.auth import ControlAuthError, verify_admin
 from proxy.relay import MirrorProxy
 from proxy.state import ProxyState
+from stateshift.runtime import bound_port
 
 log = logging.getLogger("stateshift.proxy.admin")
 
@@ -73,7 +74,7 @@ class ControlPlane:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return int(next(iter(self._server.sockets)).getsockname()[1])
+        return bound_port(self._server)
 
     @property
     def url(self) -> str:

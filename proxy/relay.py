@@ -40,6 +40,7 @@ from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder
 from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
+from stateshift.runtime import bound_port
 from stateshift.wsclose import close_within
 
 log = logging.getLogger("stateshift.proxy")
@@ -215,7 +216,7 @@ class MirrorProxy:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return int(next(iter(self._server.sockets)).getsockname()[1])
+        return bound_port(self._server)
 
     @property
     def url(self) -> str:

@@ -55,6 +55,7 @@ from server.rules import (
     timestamp,
 )
 from server.storage import Storage
+from stateshift.runtime import bound_port
 from stateshift.wsclose import close_within
 
 log = logging.getLogger("stateshift.server")
@@ -65,9 +66,6 @@ MAX_FRAME = 65_536
 #: seconds a close may take (the closing handshake, and a peer that does not read: then the
 #: connection is aborted)
 CLOSE_TIMEOUT = 5.0
-#: answers or messages waiting on one connection beyond which it is no longer read (the
-#: backpressure websockets' receive queue gave, with pipelined requests)
-MAX_WAITING = 64
 
 
 @dataclass(slots=True)
@@ -88,6 +86,9 @@ class ServerSettings:
     max_batch: int = 256
     #: a connection whose unsent output exceeds this is dropped (a reader that never reads)
     max_write_buffer: int = 8 * 1024 * 1024
+    #: answers or messages waiting on one connection beyond which it is no longer read (the
+    #: backpressure websockets' receive queue gave, with pipelined requests)
+    max_waiting: int = 64
 
 
 def split_path(path: str) -> tuple[str, str | None] | None:
@@ -141,6 +142,7 @@ class Conn:
         "limiter",
         "opened",
         "paused",
+        "pauses",
         "session_id",
         "task",
         "ws",
@@ -163,8 +165,9 @@ class Conn:
         #: the message being handled asynchronously; later messages wait in `backlog`
         self.task: asyncio.Task[None] | None = None
         self.backlog: deque[tuple[bool, bytes]] = deque()
-        #: reading is paused (too many answers or messages waiting)
+        #: reading is paused (too many answers or messages waiting); how many times it was
         self.paused = False
+        self.pauses = 0
 
     def touch(self, *_: object) -> None:
         """Record activity (a message or a pong): the idle clock restarts."""
@@ -213,7 +216,7 @@ class StateServer:
     def port(self) -> int:
         """The bound TCP port (useful with port 0)."""
         assert self._server is not None
-        return int(next(iter(self._server.sockets)).getsockname()[1])
+        return bound_port(self._server)
 
     @property
     def url(self) -> str:
@@ -307,11 +310,11 @@ class StateServer:
             # time, note 6); this one waits, and so does reading past a bound.
             conn.last_activity = time.monotonic()
             conn.backlog.append((is_text, payload))
-            if len(conn.backlog) > MAX_WAITING and not conn.paused:
+            if len(conn.backlog) > self.settings.max_waiting and not conn.paused:
                 self._pause(conn)
             return
         self._receive(conn, is_text, payload)
-        if len(conn.answers) > MAX_WAITING and not conn.paused:
+        if len(conn.answers) > self.settings.max_waiting and not conn.paused:
             self._pause(conn)
 
     def _receive(self, conn: Conn, is_text: bool, payload: bytes) -> None:
@@ -430,10 +433,12 @@ class StateServer:
         transport = conn.ws.transport
         if transport is not None and not transport.is_closing():
             conn.paused = True
+            conn.pauses += 1
             transport.pause_reading()
 
     def _maybe_resume(self, conn: Conn) -> None:
-        if len(conn.answers) <= MAX_WAITING // 4 and len(conn.backlog) <= MAX_WAITING // 4:
+        low = self.settings.max_waiting // 4
+        if len(conn.answers) <= low and len(conn.backlog) <= low:
             conn.paused = False
             transport = conn.ws.transport
             if transport is not None and not transport.is_closing():

@@ -29,12 +29,13 @@ class StateServerError(Exception):
     code: ClassVar[str] = "INTERNAL"
     #: close code when this error happens while handling CONNECT (None: stays open)
     connect_close_code: ClassVar[int | None] = None
-    #: the offending message's `id` when it was readable (the answer's `re`)
-    re: str | None = None
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.code.lower().replace("_", " "))
         self.message = message or self.code.lower().replace("_", " ")
+        #: the offending message's `id` when it was readable (the answer's `re`); set in
+        #: `__init__`, not as a class-level default, which compiled exceptions do not see
+        self.re: str | None = None
 
     def extra(self) -> dict[str, Any]:
         """Fields this error adds to its `ERROR` frame besides `re`, `code` and `message`."""

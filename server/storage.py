@@ -96,8 +96,11 @@ async def _configure(db: aiosqlite.Connection) -> None:
 class Storage:
     """The game database: open (and migrate), load, list, commit batches, close."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, upto: int | None = None) -> None:
         self.path = str(path)
+        #: apply the migrations up to this number only (None: all; tests make the database
+        #: an older release left)
+        self.upto = upto
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -122,7 +125,7 @@ class Storage:
         async with db.execute("SELECT version FROM schema_migrations") as cursor:
             applied = {row[0] for row in await cursor.fetchall()}
         for number, name, sql in migrations():
-            if number in applied:
+            if number in applied or (self.upto is not None and number > self.upto):
                 continue
             # One script, one transaction: a migration is applied whole or not at all.
             await db.executescript(

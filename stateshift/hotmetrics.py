@@ -29,7 +29,7 @@ class CounterChild:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value: float = 0
+        self.value: float = 0.0
 
     def inc(self, amount: float = 1) -> None:
         if amount < 0:

@@ -34,3 +34,12 @@ async def serve_until_signalled(
     finally:
         await stop()
     return 0
+
+
+def bound_port(server: Any) -> int:
+    """The TCP port an asyncio (or websockets) server listens on, useful with port 0.
+
+    `server` is `Any` on purpose: typeshed says `sockets` is a tuple, uvloop returns a list,
+    and compiled modules (`stateshift.native`) check the declared types at run time.
+    """
+    return int(server.sockets[0].getsockname()[1])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from server import storage as storage_module
 from server.rules import GameState
 from server.storage import Storage
@@ -63,30 +61,26 @@ async def test_a_new_database_gets_every_migration_and_no_history_index(tmp_path
     assert applied(path) == list(enumerate(names, start=1))
 
 
-async def test_a_database_at_migration_1_migrates_keeping_its_data(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_database_at_migration_1_migrates_keeping_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     every = storage_module.migrations()
     # the version that shipped only migration 1 made this database
-    with monkeypatch.context() as patch:
-        patch.setattr(storage_module, "migrations", lambda: every[:1])
-        old = Storage(path)
-        await old.open()
-        await old.commit(
-            [state("g1", 1, {"a": 0, "b": 0})],
-            [
-                ("scores", "g1", "a", 0, 1, "t1"),
-                ("scores", "g1", "b", 0, 1, "t1"),
-                ("timers", "g1", "a", 60000, 1, "t1"),
-                ("settings", "g1", "k", "v", 1, "t1"),
-            ],
-        )
-        await old.commit(
-            [state("g1", 2, {"a": 3, "b": 0}), state("g2", 1, {"c": 0})],
-            [("scores", "g1", "a", 3, 2, "t2"), ("scores", "g2", "c", 0, 1, "t2")],
-        )
-        await old.close()
+    old = Storage(path, upto=1)
+    await old.open()
+    await old.commit(
+        [state("g1", 1, {"a": 0, "b": 0})],
+        [
+            ("scores", "g1", "a", 0, 1, "t1"),
+            ("scores", "g1", "b", 0, 1, "t1"),
+            ("timers", "g1", "a", 60000, 1, "t1"),
+            ("settings", "g1", "k", "v", 1, "t1"),
+        ],
+    )
+    await old.commit(
+        [state("g1", 2, {"a": 3, "b": 0}), state("g2", 1, {"c": 0})],
+        [("scores", "g1", "a", 3, 2, "t2"), ("scores", "g2", "c", 0, 1, "t2")],
+    )
+    await old.close()
     assert applied(path) == [(1, every[0][1])]
     assert indexes(path) >= HISTORY_INDEXES
     tables = ("scores", "timers", "settings")
