@@ -6,3 +6,7 @@ answer the same thing). I/O: `comparator` (the live consumer of the tap, drift, 
 metrics), `store` (bounded SQLite samples), `admin` (admin-path client), `sweep` and
 `backfill`, `cli`.
 """
+
+from stateshift.native import install
+
+install()

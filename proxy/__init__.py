@@ -5,3 +5,7 @@ shadow (whose frames are only recorded).
 Pure core: `sequencer` (shadow ordering), `frames` (cheap inspection), `route` (who is
 primary). I/O: `relay` (client and upstream sockets), `admin` (control plane), `cli`.
 """
+
+from stateshift.native import install
+
+install()

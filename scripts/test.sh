@@ -23,4 +23,6 @@ fi
 echo "== ruff"; .venv/bin/ruff check .
 echo "== ruff format"; .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
+# the suite tests what setup.sh built: the hot modules compiled (tests/test_native.py)
+if [ "${STATESHIFT_MYPYC:-1}" = "1" ]; then export STATESHIFT_EXPECT_NATIVE=compiled; fi
 echo "== pytest"; .venv/bin/pytest "$@"

@@ -9,3 +9,7 @@ Layout, pure core first:
 - `connection`: a websockets connection that hands each message over as it is parsed;
 - `app`: the thin asyncio/websockets layer (answers in request order); `cli`: `stateshift serve`.
 """
+
+from stateshift.native import install
+
+install()

@@ -6,3 +6,7 @@ shared between components (token minting for scripts and tests). Each component 
 """
 
 __version__ = "0.1.0"
+
+from stateshift.native import install
+
+install()

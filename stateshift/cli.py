@@ -14,6 +14,7 @@ from legacy.cli import app as legacy_app
 from loadgen.cli import app as loadgen_app
 from proxy.cli import app as proxy_app
 from server.cli import app as server_app
+from stateshift import native
 from stateshift.tokens import ROLES, SECRET_ENV, mint_token
 from switchover.cli import app as switchover_app
 
@@ -52,6 +53,19 @@ def token(
         typer.echo(f"error: --role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(code=2)
     typer.echo(mint_token(secret, sub, role, game or ["*"], ttl))
+
+
+@app.command(name="native")
+def native_status(
+    fresh: Annotated[
+        bool, typer.Option(help="Exit 1 unless every hot module is compiled and up to date.")
+    ] = False,
+) -> None:
+    """Say whether the hot modules run compiled (mypyc) or from source, and why."""
+    typer.echo(native.status())
+    missing, stale = native.inspect()
+    if fresh and (missing or stale):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
