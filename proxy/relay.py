@@ -107,6 +107,19 @@ def game_of(path: str) -> str | None:
 
 
 @dataclass(eq=False, slots=True)
+class Late:
+    """After a flip, what the new primary still owed as the shadow: its answers to `ids`,
+    and its broadcasts up to version `floor`. The client had those from the previous
+    primary; they go to the bookkeeping as the shadow's frames, not to the client. The
+    window closes when nothing is owed any more (a broadcast past `floor` arrived: the
+    connection's later ones are newer), or at `until` (a shadow that never answers)."""
+
+    ids: set[str]
+    floor: int | None
+    until: float
+
+
+@dataclass(eq=False, slots=True)
 class Session:
     """One client connection and its two upstream connections."""
 
@@ -137,6 +150,8 @@ class Session:
     paused: set[UpstreamSide] = field(default_factory=set)
     #: the task writing `to_client` while it is not empty
     drainer: asyncio.Task[Any] | None = None
+    #: what the primary still owes from before the last flip (None: nothing)
+    late: Late | None = None
 
     @property
     def shadow(self) -> str:
@@ -557,9 +572,12 @@ class MirrorProxy:
     ) -> None:
         """An upstream frame, as it is parsed: the primary's to the client first (the
         shadow's to nobody), then to the bookkeeping."""
+        late = False
         if session.primary == name:
             role = "primary"
-            if session.to_client is not None or not writable(session.client):
+            if session.late is not None and self._owed(session, is_text, payload):
+                role, late = "shadow", True
+            elif session.to_client is not None or not writable(session.client):
                 self._hold_for_client(session, name, raw)
             else:
                 session.client.transport.write(raw)
@@ -568,7 +586,45 @@ class MirrorProxy:
         self._counted[("upstream", name, role)].inc()
         if session.mirrored:
             now = time.monotonic()
-            self._defer(self._observe_upstream_frame, session, name, role, is_text, payload, now)
+            self._defer(
+                self._observe_upstream_frame, session, name, role, is_text, payload, now, late
+            )
+
+    def flipped(self, session: Session) -> None:
+        """A switch made the session's shadow its primary (`Switchboard.commit`): what the
+        new primary still owed as the shadow must not reach the client (`Late`)."""
+        for sent in session.sent.values():
+            sent.clear()
+        owed, floor = self.order.roles_swapped(session.id)
+        session.late = Late(
+            set(owed), floor or None, time.monotonic() + self.settings.answer_timeout
+        )
+
+    def _owed(self, session: Session, is_text: bool, payload: bytes) -> bool:
+        """Whether a frame of the primary is something it owed from before the flip (then
+        it is the shadow's, and the client does not get it). Frames are parsed here only
+        while something may still be owed."""
+        late = session.late
+        assert late is not None
+        msg = parse(is_text, payload) if time.monotonic() < late.until else None
+        if msg is None:
+            session.late = None if time.monotonic() >= late.until else late
+            return False
+        re_id = msg.get("re")
+        owed = False
+        if re_id is not None:
+            if re_id in late.ids:
+                late.ids.discard(re_id)
+                owed = True
+        elif late.floor is not None and msg.get("type") == "STATE":
+            version = msg.get("version")
+            if type(version) is int and version <= late.floor:
+                owed = True
+            else:
+                late.floor = None
+        if not late.ids and late.floor is None:
+            session.late = None
+        return owed
 
     def _hold_for_client(self, session: Session, name: str, raw: bytes) -> None:
         """Keep a frame for a client that does not keep up; stop reading the upstream that
@@ -614,12 +670,24 @@ class MirrorProxy:
             session.paused.clear()
 
     def _observe_upstream_frame(
-        self, session: Session, name: str, role: str, is_text: bool, payload: bytes, now: float
+        self,
+        session: Session,
+        name: str,
+        role: str,
+        is_text: bool,
+        payload: bytes,
+        now: float,
+        late: bool = False,
     ) -> None:
         """What the proxy learns from an upstream frame: answer latency, versions and
-        answers for the order; the frame goes to the tap."""
+        answers for the order; the frame goes to the tap. A `late` frame (owed from before
+        a flip) goes to the tap only: the order has moved on."""
         msg = parse(is_text, payload)
-        if msg is not None:
+        if msg is None:
+            if role == "shadow" and session.game_id is not None:
+                # A shadow that answers garbage: what it says can no longer be trusted.
+                self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
+        elif not late:
             re_id = msg.get("re")
             if isinstance(re_id, str):
                 started = session.sent[name].pop(re_id, None)
@@ -629,9 +697,6 @@ class MirrorProxy:
                 self.order.primary_frame(session.id, msg, now)
             else:
                 self.order.shadow_frame(session.id, msg, now)
-        elif role == "shadow" and session.game_id is not None:
-            # A shadow that answers garbage: what it says can no longer be trusted.
-            self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
         if self.tap is not None:
             self.tap.offer(
                 TapRecord(

@@ -171,9 +171,7 @@ class Switchboard:
             self._resume(prepared.previous)
             raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
         for session in swapped:
-            for sent in session.sent.values():
-                sent.clear()
-            proxy.order.roles_swapped(session.id)
+            proxy.flipped(session)
         paused = (time.monotonic() - prepared.paused_at) * 1000
         self._resume(prepared.target)
         return prepared.target, paused

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from compare.admin import AdminClient
+from proxy.frames import ClientSide
+from proxy.relay import Late, MirrorProxy, Session
 from proxy.route import Route
 from proxy.switch import SwitchError
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Client, Stack, start_stack, token
+from tests.proxy.conftest import Client, Stack, proxy_settings, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
 
 
@@ -119,3 +124,67 @@ async def test_a_rollback_first_resyncs_a_diverged_game_from_the_current_primary
         answer = await client.request(type="GET_STATE", id="g")
         assert answer["state"]["scores"] == {"p0": 5}  # the new server's acknowledged value
         assert (await scores(old.url))["version"] == (await scores(new.url))["version"]
+
+
+async def test_answers_the_old_shadow_still_owed_never_reach_the_client_after_a_flip(
+    tmp_path: Path,
+):
+    """The old server, shadow here, answers each message 100 ms late, one after the other. A
+    flip waits for the shadow's answers to changes (the joining CONNECT), not to heartbeats:
+    twenty heartbeats sent at once are answered by the old server over two seconds, most of
+    them after the swap, when it is the primary. The client had every answer from the
+    previous primary already; it must not get a second one."""
+    beats = [f"h{n}" for n in range(20)]
+    async with start_stack(tmp_path, "slow:100", primary="new", switchboard=True) as stack:
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        assert (await client.request(type="CONNECT", id="c", token=token("p0")))["re"] == "c"
+        for beat in beats:
+            await client.send(type="HEARTBEAT", id=beat)
+        for beat in beats:
+            assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+        prepared = await stack.board.prepare(Route(primary="old"))
+        owed = [msg_id for c in stack.proxy.order.conns.values() for msg_id, _ in c.unanswered]
+        await stack.board.commit(prepared.token)
+        assert stack.proxy.route.primary == "old"
+        await client.send(type="HEARTBEAT", id="last")
+        await client.until(lambda frame: frame.get("re") == "last")  # after every late answer
+        answered = [frame["re"] for frame in client.frames if "re" in frame]
+        assert answered == ["c", *beats, "last"]
+        assert owed  # the flip did straddle answers of the old server (unless it took 2 s)
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.close()
+
+
+async def test_owed_answers_and_broadcasts_are_recognised_once_then_frames_are_not_parsed(
+    tmp_path: Path,
+):
+    proxy = MirrorProxy(proxy_settings(tmp_path / "p.db", "ws://x", "ws://y"), Route())
+    session = Session(
+        id=1,
+        client=ClientSide.__new__(ClientSide),  # not read by what is tested here
+        path="/v1/games/g",
+        game_id="g",
+        headers=[],
+        subprotocols=[],
+        primary="new",
+    )
+
+    def owed(**frame: Any) -> bool:
+        return proxy._owed(session, True, orjson.dumps(frame))
+
+    def window() -> Late | None:
+        return session.late
+
+    session.late = Late({"h1", "u1"}, 5, time.monotonic() + timeout(60))
+    assert owed(type="HEARTBEAT_ACK", re="h1")
+    assert not owed(type="HEARTBEAT_ACK", re="h1")  # owed once
+    assert not owed(type="ACK", re="u7", version=7)  # a new request's answer
+    assert owed(type="STATE", game_id="g", version=5)  # broadcast before the flip
+    assert owed(type="ACK", re="u1", version=4)
+    assert window() is not None  # a broadcast up to version 5 may still come
+    assert not owed(type="STATE", game_id="g", version=6)
+    assert window() is None  # nothing owed any more: frames are relayed unparsed
+
+    session.late = Late({"h2"}, None, time.monotonic() - 1)  # its shadow never answered
+    assert not owed(type="HEARTBEAT_ACK", re="h2")
+    assert window() is None
