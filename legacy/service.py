@@ -39,12 +39,15 @@ from legacy.metrics import Metrics
 from legacy.rules import is_identifier
 from legacy.session import Context, Outcome, Session
 from legacy.store import Games
+from stateshift.wsclose import close_within
 
 log = logging.getLogger("stateshift.legacy")
 
 GAME_PREFIX: Final = "/v1/games/"
 ADMIN_PATH: Final = "/v1/admin"
 MAX_FRAME: Final = 65_536
+#: seconds a close may take before the connection is aborted (a peer that does not read)
+CLOSE_TIMEOUT: Final = 5.0
 GARBAGE: Final = b"<garbage: this frame is not JSON>"
 
 
@@ -343,7 +346,7 @@ class LegacyServer:
                 if outcome.close == 4429:
                     self.metrics.closed("rate_abuse")
                 conn.closing = True
-                await ws.close(outcome.close, outcome.reason)
+                await close_within(ws, CLOSE_TIMEOUT, outcome.close, outcome.reason)
                 return
             if faults.close_early is not None:
                 conn.messages += 1
@@ -351,7 +354,7 @@ class LegacyServer:
                     self.metrics.fault("close-early")
                     self.metrics.closed("fault")
                     conn.closing = True
-                    await ws.close(1011, "fault: close-early")
+                    await close_within(ws, CLOSE_TIMEOUT, 1011, "fault: close-early")
                     return
 
     def _count_message(self) -> bool:
@@ -450,7 +453,7 @@ class LegacyServer:
     def _close_later(self, conn: Conn, code: int, reason: str, metric: str) -> None:
         conn.closing = True
         self.metrics.closed(metric)
-        self._spawn(conn.ws.close(code, reason))
+        self._spawn(close_within(conn.ws, CLOSE_TIMEOUT, code, reason))
 
     async def _ping(self, conn: Conn) -> None:
         try:
