@@ -596,9 +596,9 @@ class MirrorProxy:
         for sent in session.sent.values():
             sent.clear()
         owed, floor = self.order.roles_swapped(session.id)
-        session.late = Late(
-            set(owed), floor or None, time.monotonic() + self.settings.answer_timeout
-        )
+        if owed or floor:
+            until = time.monotonic() + self.settings.answer_timeout
+            session.late = Late(set(owed), floor or None, until)
 
     def _owed(self, session: Session, is_text: bool, payload: bytes) -> bool:
         """Whether a frame of the primary is something it owed from before the flip (then
@@ -606,9 +606,11 @@ class MirrorProxy:
         while something may still be owed."""
         late = session.late
         assert late is not None
-        msg = parse(is_text, payload) if time.monotonic() < late.until else None
+        if time.monotonic() >= late.until:
+            session.late = None  # what was not answered by now is not coming
+            return False
+        msg = parse(is_text, payload)
         if msg is None:
-            session.late = None if time.monotonic() >= late.until else late
             return False
         re_id = msg.get("re")
         owed = False
