@@ -192,7 +192,7 @@ class StateComparator:
         if item.direction != "upstream" or item.msg is None:
             return
         pair = self.pairer.add(
-            item.role, item.msg, item.at, item.game_id, item.conn_id, item.data, item.upstream
+            item.role, item.msg, item.at, item.game_id, item.conn_id, item.upstream
         )
         if pair is not None:
             self.judge(pair)
@@ -249,18 +249,10 @@ class StateComparator:
         if game_id is not None and game_id in self.diverged:
             # Drift: the game's finding is recorded; its later pairs only count, without
             # paying DeepDiff (a storm of diverged games must not swamp the comparator).
-            same = quick_equal(
-                pair.primary, pair.shadow, type_rules, pair.primary_text, pair.shadow_text
-            )
+            same = quick_equal(pair.primary, pair.shadow, type_rules)
             self.count(kind, "match" if same else "diverged")
             return
-        verdict = compare(
-            pair.primary,
-            pair.shadow,
-            type_rules,
-            pair.primary_text,
-            pair.shadow_text,
-        )
+        verdict = compare(pair.primary, pair.shadow, type_rules)
         self.metrics.seconds.observe(verdict.seconds)
         if verdict.equal:
             self.count(kind, "match")

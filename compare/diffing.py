@@ -132,50 +132,18 @@ def equal(a: Any, b: Any, ignore: frozenset[str]) -> bool:
     return bool(a == b)
 
 
-def same_text(primary: str | bytes, shadow: str | bytes, rules: TypeRules) -> bool:
-    """True when the two frames' JSON texts (str, or UTF-8 bytes as the proxy relays them)
-    are identical once the ignored keys' string values are cut out: then they are equal (a
-    False proves nothing: key order may differ)."""
-    if not primary or type(primary) is not type(shadow):
-        return False
-    patterns = rules.texts
-    if patterns is None:
-        return False
-    if isinstance(primary, str):
-        assert isinstance(shadow, str)
-        return patterns[0].sub("", primary) == patterns[0].sub("", shadow)
-    assert isinstance(shadow, bytes)
-    return patterns[1].sub(b"", primary) == patterns[1].sub(b"", shadow)
-
-
-def quick_equal(
-    primary: Any,
-    shadow: Any,
-    rules: TypeRules,
-    primary_text: str | bytes = "",
-    shadow_text: str | bytes = "",
-) -> bool:
+def quick_equal(primary: Any, shadow: Any, rules: TypeRules) -> bool:
     """The cheap checks only (no DeepDiff): True means equal; False means "maybe not"
     (regex exclusions are not applied)."""
-    if same_text(primary_text, shadow_text, rules):
-        return True
     if rules.exclude_paths:
         return equal(strip(primary, rules), strip(shadow, rules), rules.ignore_keys)
     return equal(primary, shadow, rules.ignore_keys)
 
 
-def compare(
-    primary: Any,
-    shadow: Any,
-    rules: TypeRules,
-    primary_text: str | bytes = "",
-    shadow_text: str | bytes = "",
-) -> Verdict:
-    """Compare two frames (or states) under `rules`; their raw texts, when given, allow a
-    cheaper first check."""
+def compare(primary: Any, shadow: Any, rules: TypeRules) -> Verdict:
+    """Compare two frames (or states) under `rules`: structurally first (compiled, no
+    DeepDiff), DeepDiff only when that finds a difference."""
     started = time.perf_counter()
-    if same_text(primary_text, shadow_text, rules):
-        return Verdict(True, seconds=time.perf_counter() - started)
     if rules.exclude_paths:
         same = equal(strip(primary, rules), strip(shadow, rules), rules.ignore_keys)
     else:

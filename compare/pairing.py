@@ -29,9 +29,6 @@ class Pair:
     shadow: dict[str, Any] | None
     #: for unpaired: the side that never answered
     missing: str | None = None
-    #: the frames' raw text when known (a cheap first comparison)
-    primary_text: str | bytes = ""
-    shadow_text: str | bytes = ""
 
     def version(self, side: str) -> int | None:
         """The version a side's frame shows (top level or in its state), if any."""
@@ -51,7 +48,6 @@ class _Waiting:
     game_id: str | None
     conn_id: int | None
     kind: str
-    text: str | bytes = ""
     upstream: str = ""
 
 
@@ -78,7 +74,6 @@ class Pairer:
         at: float,
         game_id: str | None,
         conn_id: int,
-        text: str | bytes = "",
         upstream: str = "",
     ) -> Pair | None:
         """Take one upstream frame; return a complete pair when it completes one.
@@ -111,18 +106,15 @@ class Pairer:
             return None  # an ERROR without a readable id: nothing to pair it with
         other = self._waiting.get(key)
         if other is None or (other.upstream or other.side) == source:
-            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, text, upstream)
+            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, upstream)
             if len(self._waiting) > self.remember:
                 self._waiting.popitem(last=False)
             return None
         del self._waiting[key]
         # Roles as the newer frame sees them (the two frames may straddle a flip).
-        if side == PRIMARY:
-            primary, shadow, p_text, s_text = frame, other.frame, text, other.text
-        else:
-            primary, shadow, p_text, s_text = other.frame, frame, other.text, text
+        primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
         answer_conn = conn_id if kind == "answer" else None
-        return Pair(kind, game_id, answer_conn, str(key[2]), primary, shadow, None, p_text, s_text)
+        return Pair(kind, game_id, answer_conn, str(key[2]), primary, shadow)
 
     def expire(self, now: float) -> list[Pair]:
         """Frames alone for longer than the timeout, as unpaired findings (oldest first)."""

@@ -45,24 +45,6 @@ class TypeRules:
     ignore_keys: frozenset[str] = frozenset()
     exclude_paths: tuple[str, ...] = ()
     exclude_regex_paths: tuple[str, ...] = ()
-    #: `volatile()` compiled for texts and for UTF-8 bytes, once (every comparison uses it)
-    texts: tuple[re.Pattern[str], re.Pattern[bytes]] | None = field(
-        default=None, init=False, compare=False, repr=False
-    )
-
-    def __post_init__(self) -> None:
-        pattern = self.volatile()
-        texts = None if pattern is None else (pattern, re.compile(pattern.pattern.encode()))
-        object.__setattr__(self, "texts", texts)
-
-    def volatile(self) -> re.Pattern[str] | None:
-        """A regex removing the ignored keys' string values from a frame's JSON text, for a
-        cheap first comparison; None when other rules apply (then only the structural
-        comparison is exact)."""
-        if self.exclude_paths or self.exclude_regex_paths or not self.ignore_keys:
-            return None
-        names = "|".join(re.escape(key) for key in sorted(self.ignore_keys))
-        return re.compile(rf'"(?:{names})"\s*:\s*"(?:[^"\\]|\\.)*"\s*,?')
 
     def deepdiff_kwargs(self) -> dict[str, Any]:
         """Exclusions for DeepDiff: ignored keys become regexes anchored with `$`."""
