@@ -32,14 +32,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
 from websockets.protocol import OPEN, Event
 
-from stateshift.wsframes import (
-    FIN_BINARY,
-    FIN_TEXT,
-    Fragments,
-    ParserWatch,
-    TooManyFragments,
-    apply_mask,
-)
+from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
 #: `on_frame(is_text, payload, raw)`: one complete data message
 FrameHandler = Callable[[bool, bytes, bytes], None]
@@ -68,44 +61,13 @@ class FrameFeed(Connection):
 
     def data_received(self, data: bytes) -> None:
         if self._on_frame is not None and self._parser.between_frames(self.protocol):
-            data = self._simple_frames(data)
-            if not data:
-                return
+            taken = take_simple_frames(data, self.MASKED, self.protocol, self._deliver)
+            if taken:
+                if taken == len(data):
+                    return
+                data = data[taken:]
         self._parser.fed()
         super().data_received(data)
-
-    def _simple_frames(self, data: bytes) -> bytes:
-        """Deliver the whole simple frames at the start of `data`; return the rest."""
-        max_size = self.protocol.max_message_size
-        masked = self.MASKED
-        size = len(data)
-        pos = 0
-        while size - pos >= 2:
-            head1, head2 = data[pos], data[pos + 1]
-            if (head1 != FIN_TEXT and head1 != FIN_BINARY) or (head2 >= 0x80) is not masked:
-                break
-            length = head2 & 0x7F
-            start = pos + 6 if masked else pos + 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4])
-                start += 2
-            elif length == 127:
-                break
-            end = start + length
-            if (max_size is not None and length > max_size) or end > size:
-                break
-            if masked:
-                payload = apply_mask(data[start:end], data[start - 4 : start])
-            else:
-                payload = data[start:end]
-            raw = data[pos:end] if pos or end != size else data
-            pos = end
-            self._deliver(head1 == FIN_TEXT, payload, raw)
-            if self.protocol.state is not OPEN:
-                break
-        return data[pos:] if pos else data
 
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame):  # the opening handshake

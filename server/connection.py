@@ -19,16 +19,9 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
-from websockets.protocol import OPEN, Event
+from websockets.protocol import Event
 
-from stateshift.wsframes import (
-    FIN_BINARY,
-    FIN_TEXT,
-    Fragments,
-    ParserWatch,
-    TooManyFragments,
-    apply_mask,
-)
+from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
 #: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
 MessageHandler = Callable[[bool, bytes], None]
@@ -60,36 +53,13 @@ class MessageConnection(ServerConnection):
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
         if self._on_message is not None and self._parser.between_frames(self.protocol):
-            data = self._parse_simple_frames(data)
-            if not data:
-                return
+            taken = take_simple_frames(data, True, self.protocol, self._deliver)
+            if taken:
+                if taken == len(data):
+                    return
+                data = data[taken:]
         self._parser.fed()
         super().data_received(data)
-
-    def _parse_simple_frames(self, data: bytes) -> bytes:
-        """Deliver the whole simple frames at the start of `data`; return the rest."""
-        max_size = self.protocol.max_message_size
-        size = len(data)
-        pos = 0
-        while size - pos >= 6:
-            head1, head2 = data[pos], data[pos + 1]
-            if (head1 != FIN_TEXT and head1 != FIN_BINARY) or head2 < 0x80:  # not masked
-                break
-            length = head2 & 0x7F
-            start = pos + 6
-            if length == 126:
-                length = int.from_bytes(data[pos + 2 : pos + 4])
-                start += 2
-            elif length == 127:
-                break
-            if (max_size is not None and length > max_size) or size - start < length:
-                break
-            payload = apply_mask(data[start : start + length], data[start - 4 : start])
-            pos = start + length
-            self._deliver(head1 == FIN_TEXT, payload)
-            if self.protocol.state is not OPEN:
-                break
-        return data[pos:] if pos else data
 
     def process_event(self, event: Event) -> None:
         if self.request is None:  # the opening handshake
@@ -104,11 +74,12 @@ class MessageConnection(ServerConnection):
                 self.fail_soon(1009, "too many fragments")
                 return
             if message is not None:
-                self._deliver(*message)
+                self._deliver(message[0], message[1], b"")
         elif opcode is PONG:
             self.acknowledge_pings(bytes(event.data))
 
-    def _deliver(self, is_text: bool, payload: bytes) -> None:
+    def _deliver(self, is_text: bool, payload: bytes, raw: bytes) -> None:
+        """A whole message (`raw`, its frame's bytes, is not needed here)."""
         if self._on_message is None:
             self._early.append((is_text, payload))
         else:

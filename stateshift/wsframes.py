@@ -10,6 +10,7 @@ websockets as usual.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.messages import MAX_FRAGMENTS
@@ -30,6 +31,7 @@ __all__ = [
     "TooManyFragments",
     "apply_mask",
     "between_frames",
+    "take_simple_frames",
 ]
 
 #: first header byte of a final, unfragmented text or binary frame without RSV bits
@@ -53,6 +55,48 @@ def between_frames(protocol: Protocol) -> bool:
     while generator.gi_yieldfrom is not None:
         generator = generator.gi_yieldfrom
     return generator.gi_code is BETWEEN_FRAMES
+
+
+#: `deliver(is_text, payload, raw)`: one whole data frame (`raw`: its bytes as received)
+Deliver = Callable[[bool, bytes, bytes], None]
+
+
+def take_simple_frames(data: bytes, masked: bool, protocol: Protocol, deliver: Deliver) -> int:
+    """Deliver the whole, final, unfragmented text and binary frames at the start of `data`
+    (masked ones on a server's connection, unmasked ones on a client's), unmasked, within
+    the protocol's size limit; stop at anything else, or when the protocol leaves OPEN (a
+    handler closed the connection). Returns how many bytes were taken: the rest goes to
+    websockets' parser. Call it only while `between_frames` holds."""
+    max_size = protocol.max_message_size
+    size = len(data)
+    header = 6 if masked else 2
+    pos = 0
+    while size - pos >= header:
+        head1 = data[pos]
+        head2 = data[pos + 1]
+        if (head1 != FIN_TEXT and head1 != FIN_BINARY) or (head2 >= 0x80) != masked:
+            break
+        length = head2 & 0x7F
+        start = pos + header
+        if length == 126:
+            if size - pos < header + 2:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            start += 2
+        elif length == 127:
+            break
+        end = start + length
+        if (max_size is not None and length > max_size) or end > size:
+            break
+        payload = data[start:end]
+        if masked:
+            payload = apply_mask(payload, data[start - 4 : start])
+        raw = data[pos:end] if pos or end != size else data
+        pos = end
+        deliver(head1 == FIN_TEXT, payload, raw)
+        if protocol.state is not OPEN:
+            break
+    return pos
 
 
 class ParserWatch:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 from websockets.asyncio.messages import MAX_FRAGMENTS
-from websockets.frames import BINARY, CONT, TEXT, Frame
+from websockets.frames import BINARY, CONT, PING, TEXT, Frame
 from websockets.protocol import CLOSING, Protocol, Side
 
-from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments
+from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
 
 def test_whole_and_fragmented_messages_come_out_joined():
@@ -42,3 +42,40 @@ def test_the_parser_watch_remembers_an_idle_parser_until_it_is_fed():
     assert watch.between_frames(protocol)
     protocol.state = CLOSING
     assert not watch.between_frames(protocol)  # remembered, but only while OPEN
+
+
+def frames(*items: Frame, mask: bool) -> bytes:
+    return b"".join(f.serialize(mask=mask, extensions=[]) for f in items)
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["from a client", "from a server"])
+def test_whole_simple_frames_are_taken_and_the_rest_left_to_websockets(masked: bool):
+    protocol = Protocol(Side.SERVER if masked else Side.CLIENT, max_size=300)
+    got: list[tuple[bool, bytes, bytes]] = []
+    one, two = Frame(TEXT, b'{"a":1}'), Frame(BINARY, b"\x00" * 200)  # 16-bit length
+    data = frames(one, two, mask=masked)
+    rest = frames(Frame(PING, b""), Frame(TEXT, b"after"), mask=masked)
+    taken = take_simple_frames(data + rest, masked, protocol, lambda *f: got.append(f))
+    assert taken == len(data)  # stops at the ping, a control frame: websockets' parser's
+    assert [(t, p) for t, p, _ in got] == [(True, b'{"a":1}'), (False, b"\x00" * 200)]
+    assert b"".join(raw for _, _, raw in got) == data  # each frame's bytes as received
+    # what is not a whole simple frame it may take is left alone
+    big = frames(Frame(TEXT, b"x" * 301), mask=masked)  # over max_size: websockets fails it
+    fragment = frames(Frame(TEXT, b"x", fin=False), mask=masked)
+    other_side = frames(one, mask=not masked)
+    for data in (big, fragment, other_side, frames(one, mask=masked)[:-1]):
+        assert take_simple_frames(data, masked, protocol, lambda *f: got.append(f)) == 0
+    assert len(got) == 2
+
+
+def test_taking_frames_stops_when_a_frame_closes_the_connection():
+    protocol = Protocol(Side.SERVER)
+    got: list[bytes] = []
+
+    def deliver(is_text: bool, payload: bytes, raw: bytes) -> None:
+        got.append(payload)
+        protocol.state = CLOSING  # the handler closed the connection
+
+    data = frames(Frame(TEXT, b"one"), Frame(TEXT, b"two"), mask=True)
+    assert take_simple_frames(data, True, protocol, deliver) == len(data) // 2
+    assert got == [b"one"]
