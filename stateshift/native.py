@@ -12,9 +12,13 @@ directly, so a mix is not safe), and a warning says which sources changed.
 debug with pdb).
 
 Modules that subclass websockets' connection classes (`proxy.frames`,
-`server.connection`) stay interpreted: compiled, their multiple inheritance from a
-non-compiled class crashed the interpreter's garbage collector (mypyc 2.4, see
-`docs/performance.md`).
+`server.connection`) stay interpreted: compiled, `proxy.frames` (a compiled mixin combined
+with websockets' classes by multiple inheritance) crashed the interpreter's garbage collector
+(mypyc 2.4.1, `docs/native.md`); `server.connection` is left out for the same kind of base.
+Their per-frame loop is `stateshift.wsframes.take_simple_frames`, which is compiled.
+
+The check compares modification times, which is right for the in-place build `setup.sh`
+does (an edit, a checkout or a pull makes a source newer than its extension).
 """
 
 from __future__ import annotations
