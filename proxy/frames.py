@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
-from websockets.protocol import OPEN, Event
+from websockets.protocol import Event
 
 from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
@@ -60,8 +60,9 @@ class FrameFeed(Connection):
             on_frame(is_text, payload, raw)
 
     def data_received(self, data: bytes) -> None:
-        if self._on_frame is not None and self._parser.between_frames(self.protocol):
-            taken = take_simple_frames(data, self.MASKED, self.protocol, self._deliver)
+        on_frame = self._on_frame
+        if on_frame is not None and self._parser.between_frames(self.protocol):
+            taken = take_simple_frames(data, self.MASKED, self.protocol, on_frame)
             if taken:
                 if taken == len(data):
                     return
@@ -108,14 +109,3 @@ class UpstreamSide(FrameFeed, ClientConnection):
     """The proxy's connection to an upstream server (frames come unmasked)."""
 
     MASKED = False
-
-
-def writable(conn: Connection) -> bool:
-    """Whether a frame can be written to `conn` now without awaiting: it is open and its
-    peer keeps up (its write buffer is below websockets' high-water mark). When it is open
-    but not writable, the caller awaits `conn.drain()` first (backpressure).
-
-    Frames written this way go straight to the transport, between websockets' own writes
-    (each a whole frame: pongs, close frames). The relay never sends a fragmented message
-    with websockets' `send()`, so no frame can land between two fragments."""
-    return conn.protocol.state is OPEN and not conn.paused

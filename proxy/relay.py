@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -34,7 +35,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
 
-from proxy.frames import ClientSide, UpstreamSide, writable
+from proxy.frames import ClientSide, UpstreamSide
 from proxy.metrics import ProxyMetrics
 from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder
@@ -98,6 +99,17 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return msg if isinstance(msg, dict) else None
+
+
+def writable(conn: Connection) -> bool:
+    """Whether a frame can be written to `conn` now without awaiting: it is open and its
+    peer keeps up (its write buffer is below websockets' high-water mark). When it is open
+    but not writable, the caller awaits `conn.drain()` first (backpressure).
+
+    Frames written this way go straight to the transport, between websockets' own writes
+    (each a whole frame: pongs, close frames). The relay never sends a fragmented message
+    with websockets' `send()`, so no frame can land between two fragments."""
+    return conn.protocol.state is OPEN and not conn.paused
 
 
 def game_of(path: str) -> str | None:

@@ -303,8 +303,9 @@ class StateServer:
                 game.conns.discard(conn)
                 self.games.maybe_evict(game)
 
-    def _on_message(self, conn: Conn, is_text: bool, payload: bytes) -> None:
-        """A complete message, called from the connection's `data_received`."""
+    def _on_message(self, conn: Conn, is_text: bool, payload: bytes, raw: bytes) -> None:
+        """A complete message, called from the connection's `data_received` (`raw`, the
+        frame as received, is not needed)."""
         if conn.task is not None or conn.backlog:
             # A message handled asynchronously goes first (messages are processed one at a
             # time, note 6); this one waits, and so does reading past a bound.

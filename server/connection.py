@@ -23,8 +23,9 @@ from websockets.protocol import Event
 
 from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
-#: `on_message(is_text, payload)`: one complete message (fragments joined, not decoded)
-MessageHandler = Callable[[bool, bytes], None]
+#: `on_message(is_text, payload, raw)`: one complete message (fragments joined, not decoded;
+#: `raw`, the frame's bytes as received, is not needed by the server)
+MessageHandler = Callable[[bool, bytes, bytes], None]
 
 
 class MessageConnection(ServerConnection):
@@ -45,15 +46,16 @@ class MessageConnection(ServerConnection):
         self._on_message = on_message
         early, self._early = self._early, []
         for is_text, payload in early:
-            on_message(is_text, payload)
+            on_message(is_text, payload, b"")
 
     def data_received(self, data: bytes) -> None:
         # The common case, a segment of whole, final, masked text frames, is unmasked here
         # directly; websockets' generator-based parser (the same checks, one generator step
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
-        if self._on_message is not None and self._parser.between_frames(self.protocol):
-            taken = take_simple_frames(data, True, self.protocol, self._deliver)
+        on_message = self._on_message
+        if on_message is not None and self._parser.between_frames(self.protocol):
+            taken = take_simple_frames(data, True, self.protocol, on_message)
             if taken:
                 if taken == len(data):
                     return
@@ -74,16 +76,15 @@ class MessageConnection(ServerConnection):
                 self.fail_soon(1009, "too many fragments")
                 return
             if message is not None:
-                self._deliver(message[0], message[1], b"")
+                self._deliver(*message)
         elif opcode is PONG:
             self.acknowledge_pings(bytes(event.data))
 
-    def _deliver(self, is_text: bool, payload: bytes, raw: bytes) -> None:
-        """A whole message (`raw`, its frame's bytes, is not needed here)."""
+    def _deliver(self, is_text: bool, payload: bytes) -> None:
         if self._on_message is None:
             self._early.append((is_text, payload))
         else:
-            self._on_message(is_text, payload)
+            self._on_message(is_text, payload, b"")
 
     def fail_soon(self, code: int, reason: str) -> None:
         """Fail the connection (close frame, then TCP close) as `recv()` would on a message it
