@@ -190,6 +190,14 @@ def git_commit() -> str | None:
     return None
 
 
+def hot_modules() -> str:
+    """Whether the servers and the proxy this benchmark starts (same files, same environment)
+    run the compiled hot modules: `stateshift native`'s answer."""
+    from stateshift import native
+
+    return native.status()
+
+
 # --------------------------------------------------------------------------- metrics
 
 

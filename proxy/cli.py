@@ -18,6 +18,7 @@ from proxy.route import UPSTREAMS, Route
 from proxy.state import ProxyState
 from proxy.switch import Switchboard
 from proxy.tap import Tap
+from stateshift import native
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
 
@@ -157,5 +158,6 @@ def proxy(
     def ready() -> None:
         typer.echo(f"listening on {relay.url}")
         typer.echo(f"admin on http://{admin_host}:{control.port}")
+        typer.echo(f"hot modules: {native.status()}")
 
     raise typer.Exit(code=run(serve_until_signalled(start, stop, ready)))

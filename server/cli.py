@@ -11,6 +11,7 @@ import typer
 
 from server.app import ServerSettings, StateServer
 from server.errors import DatabaseError
+from stateshift import native
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
 
@@ -70,6 +71,7 @@ def serve(
 
     def ready() -> None:
         typer.echo(f"listening on {server.url}")
+        typer.echo(f"hot modules: {native.status()}")
 
     # What is loaded now lives as long as the process: the collector need not scan it again.
     # Each message allocates a few dozen short-lived objects (almost never in cycles), so the

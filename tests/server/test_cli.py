@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jwt
 
+from stateshift import native
 from tests.support import TEST_SECRET, ServerProcess, cli_env, timeout
 
 
@@ -49,3 +50,5 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path):
     server.start()
     assert server.terminate() == 0
     assert (tmp_path / "s.db").exists()
+    # what runs, for the operator: the same answer as `stateshift native` in this environment
+    assert f"hot modules: {native.status()}" in server.output()
