@@ -627,7 +627,7 @@ class MirrorProxy:
         re_id = msg.get("re")
         owed = False
         if re_id is not None:
-            if re_id in late.ids:
+            if isinstance(re_id, str) and re_id in late.ids:
                 late.ids.discard(re_id)
                 owed = True
         elif late.floor is not None and msg.get("type") == "STATE":

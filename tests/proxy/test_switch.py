@@ -179,6 +179,7 @@ async def test_owed_answers_and_broadcasts_are_recognised_once_then_frames_are_n
     assert owed(type="HEARTBEAT_ACK", re="h1")
     assert not owed(type="HEARTBEAT_ACK", re="h1")  # owed once
     assert not owed(type="ACK", re="u7", version=7)  # a new request's answer
+    assert not owed(type="ERROR", re=["u1"], code="BAD_MESSAGE")  # not an id: relayed as is
     assert owed(type="STATE", game_id="g", version=5)  # broadcast before the flip
     assert owed(type="ACK", re="u1", version=4)
     assert window() is not None  # a broadcast up to version 5 may still come
