@@ -62,11 +62,9 @@ class FrameFeed(Connection):
     def data_received(self, data: bytes) -> None:
         on_frame = self._on_frame
         if on_frame is not None and self._parser.between_frames(self.protocol):
-            taken = take_simple_frames(data, self.MASKED, self.protocol, on_frame)
-            if taken:
-                if taken == len(data):
-                    return
-                data = data[taken:]
+            data = take_simple_frames(data, self.MASKED, self.protocol, on_frame)
+            if not data:
+                return
         self._parser.fed()
         super().data_received(data)
 

@@ -55,11 +55,9 @@ class MessageConnection(ServerConnection):
         # middle of a frame.
         on_message = self._on_message
         if on_message is not None and self._parser.between_frames(self.protocol):
-            taken = take_simple_frames(data, True, self.protocol, on_message)
-            if taken:
-                if taken == len(data):
-                    return
-                data = data[taken:]
+            data = take_simple_frames(data, True, self.protocol, on_message)
+            if not data:
+                return
         self._parser.fed()
         super().data_received(data)
 

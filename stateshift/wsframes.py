@@ -61,12 +61,12 @@ def between_frames(protocol: Protocol) -> bool:
 Deliver = Callable[[bool, bytes, bytes], None]
 
 
-def take_simple_frames(data: bytes, masked: bool, protocol: Protocol, deliver: Deliver) -> int:
+def take_simple_frames(data: bytes, masked: bool, protocol: Protocol, deliver: Deliver) -> bytes:
     """Deliver the whole, final, unfragmented text and binary frames at the start of `data`
     (masked ones on a server's connection, unmasked ones on a client's), unmasked, within
     the protocol's size limit; stop at anything else, or when the protocol leaves OPEN (a
-    handler closed the connection). Returns how many bytes were taken: the rest goes to
-    websockets' parser. Call it only while `between_frames` holds."""
+    handler closed the connection). Returns what was not taken (`data` itself when nothing
+    was), for websockets' parser. Call it only while `between_frames` holds."""
     max_size = protocol.max_message_size
     size = len(data)
     header = 6 if masked else 2
@@ -96,7 +96,7 @@ def take_simple_frames(data: bytes, masked: bool, protocol: Protocol, deliver: D
         deliver(head1 == FIN_TEXT, payload, raw)
         if protocol.state is not OPEN:
             break
-    return pos
+    return data[pos:] if pos else data
 
 
 class ParserWatch:
