@@ -6,17 +6,24 @@ same types as `mypy` does.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
 from pathlib import Path
 
 from setuptools import setup
 
 
 def compiled_modules() -> list[str]:
-    text = (Path(__file__).parent / "stateshift" / "native.py").read_text()
-    block = text.split("MODULES: Final = (", 1)[1].split(")", 1)[0]
-    return re.findall(r'"([\w.]+)"', block)
+    """`stateshift.native.MODULES`, read from that file alone (the package itself is not
+    importable before it is built)."""
+    spec = importlib.util.spec_from_file_location(
+        "_stateshift_native", Path(__file__).parent / "stateshift" / "native.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    return list(native.MODULES)
 
 
 def ext_modules() -> list[object]:
