@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -392,19 +392,16 @@ async def _receiver_worker(
 STATE_PREFIX = b'{"type":"STATE",'
 
 
-class RawReceiver(asyncio.Protocol):
-    """A lean observer for the fan-out: the WebSocket handshake and `CONNECT` written by
-    hand (conformance/wire.py), then every segment read from the socket is timestamped as it
-    arrives (`data_received`, before any parsing) and its complete frames are decoded; a
-    `STATE` frame records that receipt time under its version (read from the frame's text,
-    which starts `{"type":"STATE",`: the top-level `version` comes before `state`). Pings are
-    answered. It finds each frame and its version without websockets' per-frame parser,
-    message queue and task wake-up, nor a full JSON parse, so that 50 of them in one process
-    measure the server's fan-out more than the client library's cost."""
+class RawClient(asyncio.Protocol):
+    """A lean client for the benchmarks' load: the WebSocket handshake and `CONNECT` written
+    by hand (conformance/wire.py), then every segment read from the socket is timestamped as
+    it arrives (`data_received`, before any parsing) and its complete frames go to
+    `_message`. Pings are answered. No websockets per-frame parser, message queue or task
+    wake-up: so that the clients sharing the 2 cores with the server cost little, and the
+    figures measure the server more than the client library."""
 
-    def __init__(self, token: str, seen: dict[int, int]) -> None:
+    def __init__(self, token: str) -> None:
         self.token = token
-        self.seen = seen
         self.buffer = b""
         self.upgraded = False
         self.transport: asyncio.Transport | None = None
@@ -455,11 +452,7 @@ class RawReceiver(asyncio.Protocol):
         self.buffer = buf[pos:] if pos < size else b""
 
     def _message(self, buf: bytes, start: int, end: int, got: int) -> None:
-        if buf.startswith(STATE_PREFIX, start):
-            # The server writes the top-level `version` before `state` (which has its own).
-            at = buf.index(b'"version":', start, end) + 10
-            self.seen[int(buf[at : buf.index(b",", at, end)])] = got
-            return
+        """A text frame, `buf[start:end]`, read at `got` (ns); the base handles CONNECTED."""
         body = orjson.loads(buf[start:end])
         if body.get("re") == "c":
             if body.get("type") == "CONNECTED":
@@ -481,24 +474,95 @@ class RawReceiver(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+async def open_raw(url: str, game: str, make: Callable[[], RawClient]) -> RawClient:
+    """Connect a `RawClient` to a game and wait until its `CONNECT` is accepted."""
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    transport, proto = await asyncio.get_running_loop().create_connection(make, host, int(port))
+    transport.write(wire.upgrade_request(host, int(port), f"/v1/games/{game}"))
+    await asyncio.wait_for(proto.connected, 30)
+    return proto
+
+
+class RawReceiver(RawClient):
+    """An observer for the fan-out: a `STATE` frame records its receipt time under its
+    version, read from the frame's text (which starts `{"type":"STATE",`: the top-level
+    `version` comes before `state`) without a full JSON parse."""
+
+    def __init__(self, token: str, seen: dict[int, int]) -> None:
+        super().__init__(token)
+        self.seen = seen
+
+    def _message(self, buf: bytes, start: int, end: int, got: int) -> None:
+        if buf.startswith(STATE_PREFIX, start):
+            # The server writes the top-level `version` before `state` (which has its own).
+            at = buf.index(b'"version":', start, end) + 10
+            self.seen[int(buf[at : buf.index(b",", at, end)])] = got
+            return
+        super()._message(buf, start, end, got)
+
+
+class RawPlayer(RawClient):
+    """A player of the durable scenario's closed loop, driven from its own `data_received`:
+    the ACK of one `STATE_UPDATE` sends the next (no task, no future per message). The same
+    messages as the websockets client's loop (`_closed_loop_multi`), masked with a fixed
+    per-connection key; broadcasts are skipped unparsed."""
+
+    def __init__(self, token: str, player: str, tally: dict[str, Any]) -> None:
+        super().__init__(token)
+        self.prefix = b'{"type":"STATE_UPDATE","id":"'
+        self.suffix = b'","updates":{"score_deltas":{"' + player.encode() + b'":1}}}'
+        self.key = os.urandom(4)
+        self.tally = tally
+        self.seq = 0
+        self.mid = b""
+        self.sent = 0
+        self.start = self.end = 0
+
+    def begin(self, start: int, end: int) -> None:
+        """Send the first update; count acks received in [start, end); stop sending at end."""
+        self.start, self.end = start, end
+        self._send()
+
+    def _send(self) -> None:
+        self.sent = now_ns()
+        if self.sent >= self.end or self.transport is None or self.transport.is_closing():
+            return
+        self.seq += 1
+        self.mid = str(self.seq).encode()
+        payload = self.prefix + self.mid + self.suffix
+        self.transport.write(wire.encode_frame(wire.OP_TEXT, payload, self.key))
+
+    def _message(self, buf: bytes, start: int, end: int, got: int) -> None:
+        if buf.startswith(STATE_PREFIX, start) or not self.connected.done():
+            if not self.connected.done():
+                super()._message(buf, start, end, got)
+            return
+        body = orjson.loads(buf[start:end])
+        if body.get("re") != self.mid.decode():
+            return
+        if body.get("type") != "ACK":
+            errors = self.tally["errors"]
+            code = body.get("code", body.get("type"))
+            errors[code] = errors.get(code, 0) + 1
+        else:
+            if self.start <= got < self.end:
+                self.tally["acks"] += 1
+            if self.sent >= self.start and got < self.end:
+                self.tally["latencies_ns"].append(got - self.sent)
+        self._send()
+
+
 async def _raw_receiver_worker(
     url: str, secret: str, game: str, names: list[str], *, ready: Any, go: Any
 ) -> dict[str, Any]:
-    host, port = url.removeprefix("ws://").rsplit(":", 1)
-    loop = asyncio.get_running_loop()
     receipts: list[dict[int, int]] = [{} for _ in names]
 
-    async def open_one(name: str, seen: dict[int, int]) -> RawReceiver:
+    def receiver(name: str, seen: dict[int, int]) -> Callable[[], RawClient]:
         token = mint_token(secret, name, "observer", [game])
-        transport, proto = await loop.create_connection(
-            lambda: RawReceiver(token, seen), host, int(port)
-        )
-        transport.write(wire.upgrade_request(host, int(port), f"/v1/games/{game}"))
-        await asyncio.wait_for(proto.connected, 30)
-        return proto
+        return lambda: RawReceiver(token, seen)
 
     opened = await asyncio.gather(
-        *(open_one(name, seen) for name, seen in zip(names, receipts, strict=True))
+        *(open_raw(url, game, receiver(n, seen)) for n, seen in zip(names, receipts, strict=True))
     )
     ready.put(("ready", len(opened)))
     _warm, start, end = await wait_plan(go)
@@ -511,10 +575,37 @@ async def _raw_receiver_worker(
     return {"receipts": receipts, "cpu_s": cpu_marks[1] - cpu_marks[0]}
 
 
+async def _raw_closed_loop_worker(
+    url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    """`_closed_loop_worker`'s load with `RawPlayer`s."""
+    tally: dict[str, Any] = {"acks": 0, "latencies_ns": [], "errors": {}}
+
+    def player(game: str, name: str) -> Callable[[], RawClient]:
+        token = mint_token(secret, name, "player", [game])
+        return lambda: RawPlayer(token, name, tally)
+
+    opened = await asyncio.gather(*(open_raw(url, game, player(game, n)) for game, n in clients))
+    ready.put(("ready", len(opened)))
+    warm, start, end = await wait_plan(go)
+    cpu_marks: list[float] = []
+    marker = asyncio.create_task(mark_cpu((start, end), cpu_marks))
+    await asyncio.sleep(max(0.0, (warm - now_ns()) / 1e9))
+    for proto in opened:
+        cast(RawPlayer, proto).begin(start, end)
+    await marker
+    await asyncio.sleep(1.0)  # the last answers
+    for proto in opened:
+        if proto.transport is not None:
+            proto.transport.close()
+    return {**tally, "cpu_s": cpu_marks[1] - cpu_marks[0]}
+
+
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
     """Entry point of a client process: run one worker coroutine, put its result."""
     workers: dict[str, Worker] = {
         "closed_loop": _closed_loop_worker,
+        "raw_closed_loop": _raw_closed_loop_worker,
         "closed_loop_multi": _closed_loop_multi,
         "sender": _sender_worker,
         "receiver": _receiver_worker,
@@ -593,12 +684,15 @@ def scenario_durable(
     procs: int,
     warmup: float,
     duration: float,
+    client_kind: str = "raw",
 ) -> dict[str, Any]:
-    """Closed-loop durable updates: acks/s, ACK latency, server CPU per ack."""
+    """Closed-loop durable updates: acks/s, ACK latency, server CPU per ack (`client_kind`:
+    `raw` for `RawPlayer`s, `websockets` for websockets' asyncio client)."""
     per_game = clients // games
     pairs = [(f"g{i // per_game:03d}", f"p{i:03d}") for i in range(clients)]
+    worker = "raw_closed_loop" if client_kind == "raw" else "closed_loop"
     with server(workdir, name, secret, [*RATE_ARGS, *extra]) as srv:
-        jobs = [("closed_loop", (srv.url, secret, pairs[k::procs])) for k in range(procs)]
+        jobs = [(worker, (srv.url, secret, pairs[k::procs])) for k in range(procs)]
         window, outputs = run_clients(srv, jobs, warmup, duration)
         problems = srv.log_problems()
         command = srv.command
@@ -614,6 +708,7 @@ def scenario_durable(
         "server_args": [*RATE_ARGS, *extra],
         "server_command": " ".join(shlex.quote(c) for c in command),
         "clients": clients,
+        "client_kind": client_kind,
         "games": games,
         "client_processes": procs,
         "warmup_s": warmup,
@@ -892,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         default="raw",
         help="fan-out observers: raw sockets timestamped on read (default) or websockets' client",
     )
+    parser.add_argument(
+        "--durable-clients",
+        choices=("raw", "websockets"),
+        default="raw",
+        help="durable players: raw sockets driven from data_received (default) or websockets' "
+        "client (one task per player: the client processes then use about a core)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
     args = parser.parse_args(argv)
@@ -918,7 +1020,16 @@ def main(argv: list[str] | None = None) -> int:
             if name in ("durable", "batch1"):
                 extra = ["--max-batch", "1"] if name == "batch1" else []
                 results["scenarios"][name] = scenario_durable(
-                    workdir, name, secret, extra, 100, 50, procs, warmup, duration
+                    workdir,
+                    name,
+                    secret,
+                    extra,
+                    100,
+                    50,
+                    procs,
+                    warmup,
+                    duration,
+                    client_kind=args.durable_clients,
                 )
             else:
                 results["scenarios"][name] = scenario_fanout(

@@ -12,6 +12,11 @@ import os
 import struct
 from dataclasses import dataclass
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover  (websockets built without its C extension)
+    from websockets.utils import apply_mask
+
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
@@ -50,8 +55,7 @@ def encode_frame(opcode: int, payload: bytes, mask: bytes | None = None, fin: bo
         head += bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
+    return head + mask + apply_mask(payload, mask)
 
 
 @dataclass(frozen=True)
