@@ -13,7 +13,9 @@ raised), started once for the whole run:
    `passthrough` (`stateshift proxy --no-mirror`, old primary) and
    `mirror` (`stateshift proxy`, old primary, new shadow),
    10 clients in separate client processes run a closed loop of small frames (9 in 10 a
-   HEARTBEAT, 1 in 10 a STATE_UPDATE: wait for the answer with the same id, send the next).
+   HEARTBEAT, 1 in 10 a STATE_UPDATE: wait for the answer with the same id, send the next);
+   the clients are `benchmarks/rawclient.py`'s `RawPlayer`s (`--load-clients websockets`:
+   websockets' asyncio client, which costs the shared cores about twice as much).
    Reports client messages/s, round-trip p50/p99, and the relay's CPU time per client
    message: user + system time of the relay process(es) (nginx master + worker, or the proxy)
    over the measured window, divided by the client messages answered in the window. Ratios
@@ -85,6 +87,7 @@ from benchmarks.common import (  # noqa: E402
     wait_plan,
     write_json,
 )
+from benchmarks.rawclient import raw_closed_loop  # noqa: E402
 from stateshift.tokens import mint_token  # noqa: E402
 
 PYTHON = sys.executable
@@ -451,10 +454,19 @@ async def _idle_worker(
     return {"opened": len(opened), "failures": failures, "lost_while_idle": lost}
 
 
+async def _raw_closed_loop_worker(
+    url: str, secret: str, players: list[str], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    """`_closed_loop_worker`'s load with `RawPlayer`s (benchmarks/rawclient.py)."""
+    clients = [(f"g-{p}", p) for p in players]
+    return await raw_closed_loop(url, secret, clients, UPDATE_EVERY, ready=ready, go=go)
+
+
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
     """Entry point of a client process: run one worker coroutine, put its result."""
     workers: dict[str, Worker] = {
         "closed_loop": _closed_loop_worker,
+        "raw_closed_loop": _raw_closed_loop_worker,
         "idle": _idle_worker,
     }
     run_worker(lambda: workers[kind](*args, ready=ready, go=go), ready, results)
@@ -473,12 +485,15 @@ def measure_relay(
     warmup: float,
     duration: float,
     servers: dict[str, int] | None = None,
+    client_kind: str = "raw",
 ) -> dict[str, Any]:
     """Closed-loop load through `url`; the relay's CPU over the window per client message
-    (and each upstream server's, `servers`: name -> pid)."""
+    (and each upstream server's, `servers`: name -> pid). `client_kind`: `raw` for
+    `RawPlayer`s (benchmarks/rawclient.py), `websockets` for websockets' asyncio client."""
     servers = servers or {}
     players = [f"{name}-p{i:02d}" for i in range(clients)]
-    jobs = [("closed_loop", (url, secret, players[k::procs])) for k in range(procs)]
+    worker = "raw_closed_loop" if client_kind == "raw" else "closed_loop"
+    jobs = [(worker, (url, secret, players[k::procs])) for k in range(procs)]
     with client_processes(worker_main, jobs) as (ready, gos, results):
         collect(ready, len(jobs), 90, "connect")
         _warm, start, end = send_plan(gos, warmup, duration)
@@ -499,6 +514,7 @@ def measure_relay(
     result: dict[str, Any] = {
         "scenario": name,
         "clients": clients,
+        "client_kind": client_kind,
         "client_processes": procs,
         "warmup_s": warmup,
         "window_s": seconds,
@@ -784,6 +800,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--load-clients",
+        choices=("raw", "websockets"),
+        default="raw",
+        help="closed-loop clients: raw sockets driven from data_received (default) or "
+        "websockets' client (a task per client: the client processes then take more of the "
+        "2 cores than the relays under test)",
+    )
     parser.add_argument("--idle-clients", type=int, default=10_000)
     parser.add_argument("--idle-processes", type=int, default=4)
     parser.add_argument("--no-memory", action="store_true", help="skip the idle-client part")
@@ -821,20 +845,25 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 load = (secret, args.clients, args.client_processes, warmup, duration)
+                kind = args.load_clients
                 pids = {"old": old.pid, "new": new.pid}
                 if name == "direct":
-                    r = measure_relay(name, old_url, [], *load, servers=pids)
+                    r = measure_relay(name, old_url, [], *load, servers=pids, client_kind=kind)
                     r["log_problems"] = []
                 elif name == "nginx":
                     with nginx(workdir, upstream) as (ngx, url):
                         workers = children_of(ngx.pid)
-                        r = measure_relay(name, url, [ngx.pid, *workers], *load, servers=pids)
+                        r = measure_relay(
+                            name, url, [ngx.pid, *workers], *load, servers=pids, client_kind=kind
+                        )
                         r["nginx_workers"] = len(workers)
                         r["log_problems"] = ngx.log_problems()[:20]
                 else:
                     mirror = name == "mirror"
                     with proxy(workdir, secret, f"proxy-{name}", old_url, new_url, mirror) as prx:
-                        r = measure_relay(name, prx.url(), [prx.pid], *load, servers=pids)
+                        r = measure_relay(
+                            name, prx.url(), [prx.pid], *load, servers=pids, client_kind=kind
+                        )
                         metrics = fetch_metrics(prx.url("admin on") + "/metrics")
                         r["proxy_metrics"] = {
                             k: v
