@@ -172,7 +172,7 @@ class RawPlayer(RawClient):
 
 
 async def raw_closed_loop(
-    url: str,
+    urls: list[str],
     secret: str,
     clients: list[tuple[str, str]],
     update_every: int,
@@ -180,15 +180,25 @@ async def raw_closed_loop(
     ready: Any,
     go: Any,
 ) -> dict[str, Any]:
-    """A client process's share of a closed-loop load: `RawPlayer`s for `(game, player)`,
-    started at the plan's warm-up instant, measured over its window."""
-    tally: dict[str, Any] = {"answered": 0, "latencies_ns": [], "errors": {}}
+    """A client process's share of a closed-loop load: `RawPlayer`s for `(game, player)`
+    against each server of `urls` (the same players against each: the concurrent A/B),
+    started at the plan's warm-up instant, measured over its window. Returns one tally per
+    server (`per_server`) and the process's CPU time over the window (`cpu_s`)."""
+    tallies: list[dict[str, Any]] = [
+        {"answered": 0, "latencies_ns": [], "errors": {}} for _ in urls
+    ]
 
-    def player(game: str, name: str) -> Callable[[], RawClient]:
+    def player(game: str, name: str, tally: dict[str, Any]) -> Callable[[], RawClient]:
         token = mint_token(secret, name, "player", [game])
         return lambda: RawPlayer(token, name, update_every, tally)
 
-    opened = await asyncio.gather(*(open_raw(url, game, player(game, n)) for game, n in clients))
+    opened = [
+        proto
+        for url, tally in zip(urls, tallies, strict=True)
+        for proto in await asyncio.gather(
+            *(open_raw(url, game, player(game, n, tally)) for game, n in clients)
+        )
+    ]
     ready.put(("ready", len(opened)))
     warm, start, end = await wait_plan(go)
     cpu_marks: list[float] = []
@@ -201,4 +211,4 @@ async def raw_closed_loop(
     for proto in opened:
         if proto.transport is not None:
             proto.transport.close()
-    return {**tally, "cpu_s": cpu_marks[1] - cpu_marks[0]}
+    return {"per_server": tallies, "cpu_s": cpu_marks[1] - cpu_marks[0]}

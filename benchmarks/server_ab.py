@@ -10,7 +10,8 @@ versions are compared under the same conditions:
 - `durable` (default): both servers run **at the same time**, each on a fresh SQLite file,
   each with the durable scenario's load of `server_bench.py` (100 clients over 50 games,
   closed loop of `STATE_UPDATE`s), driven by the **same** client processes (each process runs
-  its share of the clients against both servers in one event loop). Each server's CPU time
+  its share of the clients against both servers in one event loop; `RawPlayer`s unless
+  `--durable-clients websockets`). Each server's CPU time
   (user + system, all threads, from /proc) over the same window is divided by its own
   acknowledged updates (its `/metrics`). Rounds alternate which server starts first. The
   host's drift hits both alike: the after ÷ before ratio is the comparable figure.
@@ -74,8 +75,10 @@ def durable_round(
     procs: int,
     warmup: float,
     duration: float,
+    client_kind: str = "raw",
 ) -> dict[str, dict[str, float]]:
-    """Both servers under the same closed-loop load at the same time; figures per version."""
+    """Both servers under the same closed-loop load at the same time; figures per version
+    (`client_kind`: `raw` players or websockets' client, as in `server_bench`)."""
     clients, games = 100, 50
     per_game = clients // games
     pairs = [(f"g{i // per_game:03d}", f"p{i:03d}") for i in range(clients)]
@@ -87,7 +90,8 @@ def durable_round(
             for label, code, extra in versions
         ]
         urls = [srv.url for srv in servers]
-        jobs = [("closed_loop_multi", (urls, secret, pairs[k::procs])) for k in range(procs)]
+        worker = "raw_closed_loop_multi" if client_kind == "raw" else "closed_loop_multi"
+        jobs = [(worker, (urls, secret, pairs[k::procs])) for k in range(procs)]
         with client_processes(worker_main, jobs, join_timeout=10) as (ready, gos, results):
             collect(ready, len(jobs), 90, "connect")
             _warm, start, end = send_plan(gos, warmup, duration)
@@ -139,7 +143,13 @@ def run_durable(args: argparse.Namespace, secret: str, workdir: Path) -> None:
     for r in range(args.rounds):
         order = versions if r % 2 == 0 else versions[::-1]
         figs = durable_round(
-            order, secret, workdir, args.client_processes, args.warmup, args.duration
+            order,
+            secret,
+            workdir,
+            args.client_processes,
+            args.warmup,
+            args.duration,
+            client_kind=args.durable_clients,
         )
         b, a = figs["before"], figs["after"]
         ratio = a["cpu_per_ack_us"] / b["cpu_per_ack_us"]
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--durable-clients", choices=("raw", "websockets"), default="raw")
     parser.add_argument("--fanout-receivers", choices=("raw", "websockets"), default="raw")
     args = parser.parse_args(argv)
     for path in (args.before, args.after):

@@ -434,8 +434,16 @@ async def _raw_closed_loop_worker(
     url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
 ) -> dict[str, Any]:
     """`_closed_loop_worker`'s load with `RawPlayer`s (every message a `STATE_UPDATE`)."""
-    result = await raw_closed_loop(url, secret, clients, 1, ready=ready, go=go)
-    return {**result, "acks": result["answered"]}
+    result = await raw_closed_loop([url], secret, clients, 1, ready=ready, go=go)
+    tally: dict[str, Any] = result["per_server"][0]
+    return {**tally, "acks": tally["answered"], "cpu_s": result["cpu_s"]}
+
+
+async def _raw_closed_loop_multi(
+    urls: list[str], secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
+) -> dict[str, Any]:
+    """`_closed_loop_multi`'s load with `RawPlayer`s."""
+    return await raw_closed_loop(urls, secret, clients, 1, ready=ready, go=go)
 
 
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
@@ -443,6 +451,7 @@ def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: 
     workers: dict[str, Worker] = {
         "closed_loop": _closed_loop_worker,
         "raw_closed_loop": _raw_closed_loop_worker,
+        "raw_closed_loop_multi": _raw_closed_loop_multi,
         "closed_loop_multi": _closed_loop_multi,
         "sender": _sender_worker,
         "receiver": _receiver_worker,
