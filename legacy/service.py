@@ -39,15 +39,13 @@ from legacy.metrics import Metrics
 from legacy.rules import is_identifier
 from legacy.session import Context, Outcome, Session
 from legacy.store import Games
-from stateshift.wsclose import close_within
+from stateshift.wsclose import CLOSE_TIMEOUT, close_within
 
 log = logging.getLogger("stateshift.legacy")
 
 GAME_PREFIX: Final = "/v1/games/"
 ADMIN_PATH: Final = "/v1/admin"
 MAX_FRAME: Final = 65_536
-#: seconds a close may take before the connection is aborted (a peer that does not read)
-CLOSE_TIMEOUT: Final = 5.0
 GARBAGE: Final = b"<garbage: this frame is not JSON>"
 
 

@@ -56,16 +56,13 @@ from server.rules import (
 )
 from server.storage import Storage
 from stateshift.runtime import bound_port
-from stateshift.wsclose import close_within
+from stateshift.wsclose import CLOSE_TIMEOUT, close_within
 
 log = logging.getLogger("stateshift.server")
 
 GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
 ADMIN_PATH = "/v1/admin"
 MAX_FRAME = 65_536
-#: seconds a close may take (the closing handshake, and a peer that does not read: then the
-#: connection is aborted)
-CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)

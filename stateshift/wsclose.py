@@ -10,9 +10,14 @@ the proxy.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
+
+#: seconds the servers (the new one and the reference old one) give a close: the closing
+#: handshake, or a peer that does not read (then the connection is aborted)
+CLOSE_TIMEOUT: Final = 5.0
 
 
 async def close_within(

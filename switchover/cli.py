@@ -54,11 +54,42 @@ TimeoutOpt = Annotated[
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
 HoldOpt = Annotated[float, typer.Option(help="Seconds a prepared proxy waits for the commit.")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="TOML file with a [readiness] table.")]
-#: the readiness thresholds of flip and ramp (`check` documents each with its default)
-WindowOpt = Annotated[float | None, typer.Option(help="Readiness window (seconds).")]
-IntBoundOpt = Annotated[int | None, typer.Option()]
-FloatBoundOpt = Annotated[float | None, typer.Option()]
+ConfigOpt = Annotated[
+    Path | None, typer.Option(help="TOML file with a \\[readiness] table (the flags win).")
+]
+#: the readiness thresholds of check, flip and shift (each overrides the config file's);
+#: their help says the default (typer would show None, the "not given" marker)
+_BARS = Thresholds()
+WindowOpt = Annotated[
+    float | None, typer.Option(help=f"Seconds of history judged (default {_BARS.window:g}).")
+]
+MinComparisonsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Fewest comparisons in the window for a verdict; fewer is inconclusive "
+        f"(default {_BARS.min_comparisons})."
+    ),
+]
+MaxMismatchRatioOpt = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Highest share of comparisons that mismatch (default {_BARS.max_mismatch_ratio:g})."
+    ),
+]
+MaxDivergedOpt = Annotated[
+    int | None, typer.Option(help=f"Most games diverged (default {_BARS.max_diverged}).")
+]
+MaxShadowDropsOpt = Annotated[
+    int | None,
+    typer.Option(help=f"Most shadow drops in the window (default {_BARS.max_shadow_drops})."),
+]
+MaxLatencyRatioOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Highest shadow p99 answer latency over the primary's "
+        f"(default {_BARS.max_latency_ratio:g})."
+    ),
+]
 
 
 class Usage(Exception):
@@ -247,17 +278,13 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         proxy: ProxyOpt = [],  # noqa: B006
         token: TokenOpt = "",
         as_json: JsonOpt = False,
-        window: Annotated[
-            float | None, typer.Option(help="Seconds of history judged [default: 300].")
-        ] = None,
+        window: WindowOpt = None,
         config: ConfigOpt = None,
-        min_comparisons: Annotated[int | None, typer.Option(help="[default: 200]")] = None,
-        max_mismatch_ratio: Annotated[float | None, typer.Option(help="[default: 0.001]")] = None,
-        max_diverged: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
-        max_shadow_drops: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
-        max_latency_ratio: Annotated[
-            float | None, typer.Option(help="Shadow p99 / primary p99 bound [default: 2].")
-        ] = None,
+        min_comparisons: MinComparisonsOpt = None,
+        max_mismatch_ratio: MaxMismatchRatioOpt = None,
+        max_diverged: MaxDivergedOpt = None,
+        max_shadow_drops: MaxShadowDropsOpt = None,
+        max_latency_ratio: MaxLatencyRatioOpt = None,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
         """Each readiness gate with its figure, threshold and result; recorded in the history.
@@ -308,11 +335,11 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         ] = 5.0,
         window: WindowOpt = None,
         config: ConfigOpt = None,
-        min_comparisons: IntBoundOpt = None,
-        max_mismatch_ratio: FloatBoundOpt = None,
-        max_diverged: IntBoundOpt = None,
-        max_shadow_drops: IntBoundOpt = None,
-        max_latency_ratio: FloatBoundOpt = None,
+        min_comparisons: MinComparisonsOpt = None,
+        max_mismatch_ratio: MaxMismatchRatioOpt = None,
+        max_diverged: MaxDivergedOpt = None,
+        max_shadow_drops: MaxShadowDropsOpt = None,
+        max_latency_ratio: MaxLatencyRatioOpt = None,
         hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
@@ -422,11 +449,11 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         reason: ReasonOpt = "",
         window: WindowOpt = None,
         config: ConfigOpt = None,
-        min_comparisons: IntBoundOpt = None,
-        max_mismatch_ratio: FloatBoundOpt = None,
-        max_diverged: IntBoundOpt = None,
-        max_shadow_drops: IntBoundOpt = None,
-        max_latency_ratio: FloatBoundOpt = None,
+        min_comparisons: MinComparisonsOpt = None,
+        max_mismatch_ratio: MaxMismatchRatioOpt = None,
+        max_diverged: MaxDivergedOpt = None,
+        max_shadow_drops: MaxShadowDropsOpt = None,
+        max_latency_ratio: MaxLatencyRatioOpt = None,
         hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:

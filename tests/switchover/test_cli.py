@@ -29,6 +29,27 @@ async def test_help_documents_the_exit_codes():
         assert "Exit" in outcome.stdout, command
 
 
+async def test_help_documents_every_readiness_flag_with_its_default():
+    for command in ("check", "flip", "ramp"):
+        outcome = await cli(command, "--help", width=200)
+        text = " ".join(outcome.stdout.replace("│", " ").split())  # cells joined
+        assert outcome.code == 0
+        # rich reads "[...]" as markup: these vanished from the help before
+        assert "TOML file with a [readiness] table" in text, command
+        for flag, default in (
+            ("--window", "(default 300)"),
+            ("--min-comparisons", "(default 200)"),
+            ("--max-mismatch-ratio", "(default 0.001)"),
+            ("--max-diverged", "(default 0)"),
+            ("--max-shadow-drops", "(default 0)"),
+            ("--max-latency-ratio", "(default 2)"),
+        ):
+            assert flag in text, (command, flag)
+            start = text.index(flag)
+            entry = text[start : text.find(" --", start + len(flag))]
+            assert default in entry, (command, flag, entry)
+
+
 async def test_without_a_proxy_or_a_token_it_is_a_usage_error(stack: Stack):
     outcome = await cli("check")
     assert outcome.code == 2
