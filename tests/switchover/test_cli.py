@@ -12,7 +12,14 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.proxy.conftest import Client, start_new, token
 from tests.support import timeout, wait_until
-from tests.switchover.conftest import Outcome, Stack, cli, game_state, start_players
+from tests.switchover.conftest import (
+    Outcome,
+    ProxyStack,
+    Stack,
+    cli,
+    game_state,
+    start_players,
+)
 
 #: thresholds a small test load can meet: the latency bound is loose because the two
 #: in-process servers differ in speed and the test does not judge speed
@@ -108,6 +115,11 @@ def refusal(outcome: Outcome) -> object:
     return [gate for gate in gates if gate.get("result") != "pass"] or outcome
 
 
+def findings(proxy: ProxyStack) -> list[dict[str, object]]:
+    """The comparator's newest findings, in full (what a failed readiness check rests on)."""
+    return [proxy.live.store.get(f["id"]) or f for f in proxy.live.store.latest(5)]
+
+
 async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing(stack: Stack):
     """20 clients in 4 games; every ACKed update is on both servers exactly once."""
     proxy = await stack.add_proxy()
@@ -130,7 +142,7 @@ async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing
             outcome = await cli(
                 command, "--proxy", proxy.admin, "--json", *(EASY if command == "flip" else ())
             )
-            assert outcome.code == 0, (cycle, command, refusal(outcome))
+            assert outcome.code == 0, (cycle, command, refusal(outcome), findings(proxy))
             (result,) = outcome.doc["switch"]["proxies"]
             assert result["state"] == "committed"
             paused.append(result["paused_ms"])
