@@ -15,10 +15,12 @@ directory, on 127.0.0.1 only:
    latency from the sender's send to each receiver's receipt of the STATE broadcast of that
    version, and the server's CPU per broadcast frame.
 
-The clients run in separate processes (multiprocessing, websockets' asyncio client on uvloop
-when importable) because they compete with the server for the machine's cores; the server's
-CPU time per operation (read from /proc/PID/stat) is the fair figure, the throughput depends
-on how much CPU the clients leave to the server.
+The clients run in separate processes (multiprocessing, on uvloop when importable) because
+they compete with the server for the machine's cores; they are the lean clients of
+`benchmarks/rawclient.py` (the fan-out's sender excepted: websockets' client), so that they
+leave the server as much of the machine as they can. The server's CPU time per operation
+(read from /proc/PID/stat) is the fair figure; the throughput depends on how much CPU the
+clients leave to the server.
 
 Environment: `STATESHIFT_BENCH_PROFILE=DIR` runs each server under cProfile and writes
 `DIR/<scenario>.prof` (then prints its top entries); the figures of a profiled run are not
