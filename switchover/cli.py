@@ -57,7 +57,7 @@ HoldOpt = Annotated[float, typer.Option(help="Seconds a prepared proxy waits for
 ConfigOpt = Annotated[
     Path | None, typer.Option(help="TOML file with a \\[readiness] table (the flags win).")
 ]
-#: the readiness thresholds of check, flip and shift (each overrides the config file's);
+#: the readiness thresholds of check, flip and ramp (each overrides the config file's);
 #: their help says the default (typer would show None, the "not given" marker)
 _BARS = Thresholds()
 WindowOpt = Annotated[
@@ -86,7 +86,7 @@ MaxShadowDropsOpt = Annotated[
 MaxLatencyRatioOpt = Annotated[
     float | None,
     typer.Option(
-        help="Highest shadow p99 answer latency over the primary's "
+        help="Highest ratio of the shadow's p99 answer latency to the primary's "
         f"(default {_BARS.max_latency_ratio:g})."
     ),
 ]
