@@ -87,7 +87,7 @@ from benchmarks.common import (  # noqa: E402
     wait_plan,
     write_json,
 )
-from benchmarks.rawclient import raw_closed_loop  # noqa: E402
+from benchmarks.rawclient import raw_closed_loop_one  # noqa: E402
 from stateshift.tokens import mint_token  # noqa: E402
 
 PYTHON = sys.executable
@@ -459,9 +459,7 @@ async def _raw_closed_loop_worker(
 ) -> dict[str, Any]:
     """`_closed_loop_worker`'s load with `RawPlayer`s (benchmarks/rawclient.py)."""
     clients = [(f"g-{p}", p) for p in players]
-    result = await raw_closed_loop([url], secret, clients, UPDATE_EVERY, ready=ready, go=go)
-    tally: dict[str, Any] = result["per_server"][0]
-    return {**tally, "cpu_s": result["cpu_s"]}
+    return await raw_closed_loop_one(url, secret, clients, UPDATE_EVERY, ready=ready, go=go)
 
 
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:

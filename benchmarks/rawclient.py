@@ -212,3 +212,17 @@ async def raw_closed_loop(
         if proto.transport is not None:
             proto.transport.close()
     return {"per_server": tallies, "cpu_s": cpu_marks[1] - cpu_marks[0]}
+
+
+async def raw_closed_loop_one(
+    url: str,
+    secret: str,
+    clients: list[tuple[str, str]],
+    update_every: int,
+    *,
+    ready: Any,
+    go: Any,
+) -> dict[str, Any]:
+    """`raw_closed_loop` against one server: its tally, with the process's `cpu_s`."""
+    result = await raw_closed_loop([url], secret, clients, update_every, ready=ready, go=go)
+    return {**result["per_server"][0], "cpu_s": result["cpu_s"]}

@@ -88,7 +88,13 @@ from benchmarks.common import (  # noqa: E402
     wait_plan,
     write_json,
 )
-from benchmarks.rawclient import STATE_PREFIX, RawClient, open_raw, raw_closed_loop  # noqa: E402
+from benchmarks.rawclient import (  # noqa: E402
+    STATE_PREFIX,
+    RawClient,
+    open_raw,
+    raw_closed_loop,
+    raw_closed_loop_one,
+)
 from stateshift.tokens import mint_token  # noqa: E402
 
 PYTHON = sys.executable
@@ -436,9 +442,8 @@ async def _raw_closed_loop_worker(
     url: str, secret: str, clients: list[tuple[str, str]], *, ready: Any, go: Any
 ) -> dict[str, Any]:
     """`_closed_loop_worker`'s load with `RawPlayer`s (every message a `STATE_UPDATE`)."""
-    result = await raw_closed_loop([url], secret, clients, 1, ready=ready, go=go)
-    tally: dict[str, Any] = result["per_server"][0]
-    return {**tally, "acks": tally["answered"], "cpu_s": result["cpu_s"]}
+    result = await raw_closed_loop_one(url, secret, clients, 1, ready=ready, go=go)
+    return {**result, "acks": result["answered"]}
 
 
 async def _raw_closed_loop_multi(
