@@ -7,23 +7,30 @@ same types as `mypy` does.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+#: module -> digest of the source mypyc compiled (filled by `ext_modules`)
+COMPILED: dict[str, str] = {}
 
 
-def compiled_modules() -> list[str]:
-    """`stateshift.native.MODULES`, read from that file alone (the package itself is not
+def native() -> ModuleType:
+    """`stateshift/native.py`, loaded from that file alone (the package itself is not
     importable before it is built)."""
     spec = importlib.util.spec_from_file_location(
-        "_stateshift_native", Path(__file__).parent / "stateshift" / "native.py"
+        "_stateshift_native", HERE / "stateshift" / "native.py"
     )
     assert spec is not None
     assert spec.loader is not None
-    native = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(native)
-    return list(native.MODULES)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ext_modules() -> list[object]:
@@ -31,8 +38,39 @@ def ext_modules() -> list[object]:
         return []
     from mypyc.build import mypycify
 
-    paths = [name.replace(".", "/") + ".py" for name in compiled_modules()]
-    return list(mypycify(paths, opt_level="3", debug_level="1"))
+    guard = native()
+    sources = {name: guard.source(name, HERE) for name in guard.MODULES}
+    before = {name: guard.digest(path) for name, path in sources.items()}
+    # mypycify reads, checks and translates the sources now; build_ext compiles the C later
+    extensions = list(
+        mypycify(
+            [str(p.relative_to(HERE)) for p in sources.values()], opt_level="3", debug_level="1"
+        )
+    )
+    after = {name: guard.digest(path) for name, path in sources.items()}
+    if before != after:
+        changed = ", ".join(sorted(n for n in before if before[n] != after[n]))
+        raise SystemExit(f"{changed} changed while mypyc compiled it: build again")
+    COMPILED.update(before)
+    return extensions
 
 
-setup(ext_modules=ext_modules())
+class RecordingBuildExt(build_ext):
+    """build_ext that records, once every extension is built, which sources they were
+    compiled from (`stateshift.native.built_from` reads it). The previous record goes first,
+    so that a build that fails half-way leaves none (everything then runs from source)."""
+
+    def run(self) -> None:
+        if not COMPILED:
+            super().run()
+            return
+        guard = native()
+        name = next(iter(COMPILED))  # root/a/b.so for a.b: root is its parents[1]
+        root = Path(self.get_ext_fullpath(name)).parents[name.count(".")]
+        record = guard.record_path(root / "stateshift")
+        record.unlink(missing_ok=True)
+        super().run()
+        record.write_text(json.dumps({"modules": COMPILED}, indent=1) + "\n", encoding="utf-8")
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": RecordingBuildExt})

@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=70.1'
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 # mypyc compiles in place, with this venv's mypy and dependencies (so it sees the types that
-# `mypy` checks); skipped when every compiled file is newer than its source.
+# `mypy` checks); skipped while every extension was compiled from the source that is there.
 if [ "${STATESHIFT_MYPYC:-1}" = "1" ] && ! NO_COLOR=1 .venv/bin/stateshift native --fresh; then
     echo "== compiling the hot modules with mypyc (about 90 s)"
     STATESHIFT_MYPYC=1 .venv/bin/python -m pip install --quiet --no-build-isolation --no-deps -e .

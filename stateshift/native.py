@@ -2,10 +2,10 @@
 
 `scripts/setup.sh` compiles `MODULES` (the per-message paths of the new server, the proxy and
 the comparator) into C extensions next to their sources (`setup.py`, `STATESHIFT_MYPYC=1`).
-Python imports an extension in preference to its `.py`, so a compiled file older than its
-source would run code that is no longer there. `install()` (called by each package's
+Python imports an extension in preference to its `.py`, so an extension compiled from an
+earlier source would run code that is no longer there. `install()` (called by each package's
 `__init__`, before any of these modules is imported) checks that once per process: when
-every module is compiled and no source is newer than its extension, the extensions run;
+every module is compiled from the source that is there now, the extensions run;
 otherwise **all** of them are imported from source (compiled modules call each other
 directly, so a mix is not safe), and a warning says which sources changed.
 `STATESHIFT_NATIVE=0` runs the source even where fresh extensions exist (to compare, or to
@@ -17,14 +17,19 @@ with websockets' classes by multiple inheritance) crashed the interpreter's garb
 (mypyc 2.4.1, `docs/native.md`); `server.connection` is left out for the same kind of base.
 Their per-frame loop is `stateshift.wsframes.take_simple_frames`, which is compiled.
 
-The check compares modification times, which is right for the in-place build `setup.sh`
-does (an edit, a checkout or a pull makes a source newer than its extension).
+The check compares contents, not times: a successful build writes `native-build.json` next
+to the extensions (`setup.py`), the SHA-256 of every source as mypyc compiled it, and an
+extension counts only while its source still has that digest. So an edit, a checkout or a
+pull that changes a source sends everything back to source, and one that only touches files
+(a `cp -r`, a wheel installed with pip, which writes the `.py` after the `.so`) does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -38,6 +43,8 @@ log = logging.getLogger("stateshift.native")
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 ENV: Final = "STATESHIFT_NATIVE"
+#: what a successful build compiled (`setup.py` writes it; see `built_from`)
+BUILD_RECORD: Final = "native-build.json"
 
 #: compiled by `setup.py` when `STATESHIFT_MYPYC=1` (the order does not matter)
 MODULES: Final = (
@@ -78,15 +85,36 @@ def extension(name: str, root: Path = ROOT) -> Path | None:
     return None
 
 
+def digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_path(extensions_dir: Path) -> Path:
+    """Where a build's record goes: beside the extensions of the `stateshift` package."""
+    return extensions_dir / BUILD_RECORD
+
+
+def built_from(root: Path = ROOT) -> dict[str, str]:
+    """Module name -> digest of the source its extension was compiled from, as the last
+    successful build recorded it ({} when there is no readable record)."""
+    try:
+        record = json.loads(record_path(root / "stateshift").read_text(encoding="utf-8"))
+        return {str(name): str(sha) for name, sha in record["modules"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def inspect(modules: Sequence[str] = MODULES, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """(modules without an extension, modules whose source is newer than their extension)."""
+    """(modules without an extension, modules whose source is not the one their extension
+    was compiled from: changed since, or no build record says)."""
+    built = built_from(root)
     missing: list[str] = []
     stale: list[str] = []
     for name in modules:
-        ext = extension(name, root)
-        if ext is None:
+        if extension(name, root) is None:
             missing.append(name)
-        elif source(name, root).stat().st_mtime > ext.stat().st_mtime:
+        elif built.get(name) != digest(source(name, root)):
             stale.append(name)
     return missing, stale
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,36 +17,64 @@ from stateshift import native
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
-def package(root: Path, source_mtime: float, ext_mtime: float | None) -> None:
-    """`pkg.mod` (source) and, unless `ext_mtime` is None, a file where Python looks for its
-    extension: garbage, so that importing it fails."""
+def package(root: Path, ext: bool, record: str | None) -> Path:
+    """`pkg.mod` (source) and, when `ext`, a file where Python looks for its extension
+    (garbage, so that importing it fails); `record`: what the build record says it was
+    compiled from (`"source"`: the digest of the source as written, None: no record)."""
     (root / "pkg").mkdir()
     (root / "pkg" / "__init__.py").write_text("")
     mod = root / "pkg" / "mod.py"
     mod.write_text("WHERE = 'source'\n")
-    os.utime(mod, (source_mtime, source_mtime))
-    if ext_mtime is not None:
-        ext = root / "pkg" / f"mod{SUFFIX}"
-        ext.write_bytes(b"not a shared object")
-        os.utime(ext, (ext_mtime, ext_mtime))
+    if ext:
+        (root / "pkg" / f"mod{SUFFIX}").write_bytes(b"not a shared object")
+    if record is not None:
+        sha = native.digest(mod) if record == "source" else record
+        (root / "stateshift").mkdir()
+        native.record_path(root / "stateshift").write_text(
+            json.dumps({"modules": {"pkg.mod": sha}})
+        )
+    return mod
 
 
 @pytest.mark.parametrize(
-    ("ext_mtime", "missing", "stale"),
-    [(None, ["pkg.mod"], []), (1_000.0, [], ["pkg.mod"]), (3_000.0, [], [])],
-    ids=["not compiled", "source changed since", "fresh"],
+    ("ext", "record", "missing", "stale"),
+    [
+        (False, None, ["pkg.mod"], []),
+        (True, "0" * 64, [], ["pkg.mod"]),
+        (True, None, [], ["pkg.mod"]),
+        (True, "source", [], []),
+    ],
+    ids=["not compiled", "source changed since", "no build record", "fresh"],
 )
-def test_inspect_sorts_modules_by_what_their_compiled_file_says(
-    tmp_path: Path, ext_mtime: float | None, missing: list[str], stale: list[str]
+def test_inspect_sorts_modules_by_what_their_build_record_says(
+    tmp_path: Path, ext: bool, record: str | None, missing: list[str], stale: list[str]
 ) -> None:
-    package(tmp_path, 2_000.0, ext_mtime)
+    package(tmp_path, ext, record)
     assert native.inspect(["pkg.mod"], tmp_path) == (missing, stale)
+
+
+def test_times_do_not_matter_contents_do(tmp_path: Path) -> None:
+    """A wheel installed by pip writes `mod.py` after `mod.<abi>.so`; a copy sets new times."""
+    mod = package(tmp_path, True, "source")
+    ext = tmp_path / "pkg" / f"mod{SUFFIX}"
+    os.utime(ext, (1_000.0, 1_000.0))
+    os.utime(mod, (2_000.0, 2_000.0))
+    assert native.inspect(["pkg.mod"], tmp_path) == ([], [])
+    mod.write_text("WHERE = 'edited'\n")
+    os.utime(mod, (500.0, 500.0))  # older than the extension, but not what was compiled
+    assert native.inspect(["pkg.mod"], tmp_path) == ([], ["pkg.mod"])
+
+
+def test_an_unreadable_build_record_counts_as_none(tmp_path: Path) -> None:
+    package(tmp_path, True, "source")
+    native.record_path(tmp_path / "stateshift").write_text("{not json")
+    assert native.inspect(["pkg.mod"], tmp_path) == ([], ["pkg.mod"])
 
 
 def test_source_first_imports_the_py_file_where_an_extension_is_present(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    package(tmp_path, 2_000.0, 1_000.0)
+    package(tmp_path, True, None)
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("pkg", "pkg.mod"):
         monkeypatch.delitem(sys.modules, name, raising=False)
