@@ -38,7 +38,7 @@ from websockets.typing import Subprotocol
 from proxy.frames import ClientSide, UpstreamSide
 from proxy.metrics import ProxyMetrics
 from proxy.route import Route, other
-from proxy.sequencer import Event, ShadowOrder
+from proxy.sequencer import Event, ShadowOrder, readable_id
 from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
 from stateshift.runtime import bound_port
@@ -564,8 +564,8 @@ class MirrorProxy:
         and its shadow copy, placed by the order."""
         msg = parse(is_text, payload)
         if msg is not None:
-            msg_id = msg.get("id")
-            if isinstance(msg_id, str):
+            msg_id = readable_id(msg.get("id"))  # an unreadable one is answered `re: null`
+            if msg_id is not None:
                 sent = session.sent[session.primary]
                 if len(sent) >= MAX_TRACKED:
                     sent.clear()  # ids never answered: forget them rather than grow

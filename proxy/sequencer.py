@@ -39,6 +39,17 @@ AFTER: Final = 4
 STATE_CHANGING: Final = frozenset({"STATE_UPDATE", "CONNECT", "IMPORT_STATE"})
 #: types that never need the primary's answer to be placed
 UNORDERED: Final = frozenset({"HEARTBEAT", "DISCONNECT"})
+#: the longest readable message id (PROTOCOL.md; shorter or longer ones are answered `re: null`)
+MAX_ID: Final = 64
+
+
+def readable_id(value: object) -> str | None:
+    """A message's `id` when the servers can read it (a string of 1 to 64 characters, note 2
+    of docs/protocol-notes.md), else None: such a frame is answered with `re: null`, so no
+    answer will ever carry it."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID:
+        return value
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -52,6 +63,9 @@ class Entry:
     kind: int = WAITING
     at: int = 0
     released_at: float = 0.0
+    #: never going to the shadow (lost with it, or sent while it was gone); a version it
+    #: makes is skipped in the game's order when the primary's answer tells which
+    dropped: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -63,8 +77,12 @@ class ConnOrder:
     entries: deque[Entry] = field(default_factory=deque)
     shadow_open: bool = False
     dead: bool = False
-    #: released frames whose answer the shadow still owes: (message id, release time)
-    unanswered: deque[tuple[str, float]] = field(default_factory=deque)
+    #: released frames whose answer the shadow still owes, with their release time
+    unanswered: deque[tuple[Entry, float]] = field(default_factory=deque)
+    #: frames with an id the primary has not answered yet, in the order sent: an answer is
+    #: for the oldest of them with its `re` (answers come in the order of the requests, and
+    #: a client may use one id twice)
+    awaiting: deque[Entry] = field(default_factory=deque)
 
 
 @dataclass(eq=False, slots=True)
@@ -150,11 +168,9 @@ class ShadowOrder:
             self._not_comparable(game, reason)
             if game.busy_conn is conn:
                 self._answered(game, now)
-            for entry in conn.entries:
-                if entry.kind == CLAIM:
-                    game.skipped.add(entry.at)
-        conn.entries = deque(e for e in conn.entries if e.kind == WAITING)
+        self._drop_entries(conn, game)
         if game is not None:
+            self._advance(game)
             self._pump_game(game, now)
 
     def revive(self, conn_id: int, replay: bytes | None, now: float) -> None:
@@ -164,7 +180,8 @@ class ShadowOrder:
         if conn is None:
             return
         conn.dead = False
-        conn.entries.clear()
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        self._drop_entries(conn, game)
         conn.unanswered.clear()
         if replay is not None:
             conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
@@ -179,7 +196,7 @@ class ShadowOrder:
         conn = self.conns.get(conn_id)
         if conn is None:
             return [], 0
-        owed = [msg_id for msg_id, _ in conn.unanswered]
+        owed = [entry.msg_id for entry, _ in conn.unanswered if entry.msg_id is not None]
         conn.unanswered.clear()
         game = self.games.get(conn.game_id) if conn.game_id is not None else None
         return owed, game.known if game is not None else 0
@@ -245,20 +262,27 @@ class ShadowOrder:
         connection's buffer overflowed (its shadow is then lost, reason `overflow`).
         """
         conn = self.conns.get(conn_id)
-        if conn is None or conn.dead:
+        if conn is None:
+            return True
+        msg_id = readable_id(msg.get("id")) if msg is not None else None
+        msg_type = msg.get("type") if msg is not None else None
+        if not isinstance(msg_type, str):
+            msg_type = None
+        entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
+        if msg_id is not None:
+            awaiting = conn.awaiting
+            awaiting.append(entry)
+            if len(awaiting) > self.max_buffer:
+                awaiting.popleft()  # never answered (the primary closed?): forget it
+        if conn.dead:
+            entry.dropped = True  # the primary's answer may still make a version: skip it
             return True
         if len(conn.entries) + len(conn.unanswered) >= self.max_buffer:
             # Waiting to go, or gone and still owed an answer: either way the shadow is this
             # far behind, and memory must stay bounded.
+            entry.dropped = True
             self.shadow_lost(conn_id, "overflow", now)
             return False
-        msg_id = msg.get("id") if msg is not None else None
-        msg_type = msg.get("type") if msg is not None else None
-        if not isinstance(msg_id, str):
-            msg_id = None
-        if not isinstance(msg_type, str):
-            msg_type = None
-        entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
         if msg_id is None or conn.game_id is None or msg_type in UNORDERED:
             entry.kind = FREE
         conn.entries.append(entry)
@@ -287,8 +311,8 @@ class ShadowOrder:
             game.known = version
         if "re" not in frame:
             return  # a broadcast: nothing to place
-        entry = self._waiting(conn, frame.get("re"))
-        if entry is None:
+        entry = self._awaited(conn, frame.get("re"))
+        if entry is None or entry.kind != WAITING:
             return
         if frame_type == "ACK" and type(version) is int:
             entry.kind, entry.at = CLAIM, version
@@ -307,8 +331,12 @@ class ShadowOrder:
             entry.kind, entry.at = AFTER, at
         else:
             entry.kind = FREE
-        if conn.dead and entry.kind == CLAIM:
-            game.skipped.add(entry.at)
+        if entry.dropped:
+            if entry.kind == CLAIM:  # a version the shadow will never get from here
+                game.skipped.add(entry.at)
+                self._advance(game)
+                self._pump_game(game, now)
+            return
         self._pump(conn, now)
 
     def shadow_frame(self, conn_id: int, frame: dict[str, Any], now: float) -> None:
@@ -318,16 +346,16 @@ class ShadowOrder:
             return
         re_id = frame.get("re")
         unanswered = conn.unanswered
-        for index, (msg_id, _) in enumerate(unanswered):
-            if msg_id == re_id:
+        answered: Entry | None = None
+        for index, (entry, _) in enumerate(unanswered):
+            if entry.msg_id == re_id:  # the oldest with that id: answers come in order
+                answered = entry
                 del unanswered[index]
                 break
-        if conn.game_id is None:
+        if answered is None or conn.game_id is None:
             return
         game = self.games.get(conn.game_id)
-        if game is None or game.busy_conn is not conn or game.busy is None:
-            return
-        if frame.get("re") == game.busy.msg_id:
+        if game is not None and game.busy is answered:
             self._answered(game, now)
             self._pump_game(game, now)
 
@@ -387,15 +415,31 @@ class ShadowOrder:
             return version == 1
         return player not in game.players[max(earlier)]
 
-    def _waiting(self, conn: ConnOrder, re_id: object) -> Entry | None:
-        for entry in conn.entries:
-            if entry.kind == WAITING and entry.msg_id == re_id:
+    def _awaited(self, conn: ConnOrder, re_id: object) -> Entry | None:
+        """The frame an answer of the primary is for (taken off `awaiting`), or None."""
+        awaiting = conn.awaiting
+        if not awaiting or not isinstance(re_id, str):
+            return None
+        if awaiting[0].msg_id == re_id:  # the usual case: the oldest is answered first
+            return awaiting.popleft()
+        for index, entry in enumerate(awaiting):
+            if entry.msg_id == re_id:
+                del awaiting[index]
                 return entry
         return None
 
+    def _drop_entries(self, conn: ConnOrder, game: GameOrder | None) -> None:
+        """Everything still in the connection's FIFO will never reach the shadow: versions
+        already claimed are skipped now, the others when the primary answers."""
+        for entry in conn.entries:
+            entry.dropped = True
+            if entry.kind == CLAIM and game is not None:
+                game.skipped.add(entry.at)
+        conn.entries.clear()
+
     def _place_admin(self, conn: ConnOrder, frame: dict[str, Any], now: float) -> None:
-        entry = self._waiting(conn, frame.get("re"))
-        if entry is not None:
+        entry = self._awaited(conn, frame.get("re"))
+        if entry is not None and entry.kind == WAITING and not entry.dropped:
             rate_limited = frame.get("type") == "ERROR" and frame.get("code") == "RATE_LIMITED"
             entry.kind = SKIP if rate_limited else FREE
             self._pump(conn, now)
@@ -417,14 +461,18 @@ class ShadowOrder:
 
     def _skip_gap(self, game: GameOrder, now: float) -> None:
         """A version never claimed here: move on to the lowest waiting placement."""
-        waiting = [
-            c.entries[0].at for c in game.conns if c.entries and c.entries[0].kind in (CLAIM, AFTER)
+        # the version the shadow must be at for each blocked head to go: v-1 for a CLAIM v,
+        # p for an AFTER p
+        due = [
+            c.entries[0].at - 1 if c.entries[0].kind == CLAIM else c.entries[0].at
+            for c in game.conns
+            if c.entries and c.entries[0].kind in (CLAIM, AFTER)
         ]
         game.gap_since = None
-        if not waiting or game.released is None:
+        if not due or game.released is None:
             return
         self._not_comparable(game, "gap")
-        game.released = max(game.released, min(waiting) - 1)
+        game.released = max(game.released, min(due))
         self._advance(game)
         self._pump_game(game, now)
 
@@ -510,7 +558,7 @@ class ShadowOrder:
         urgent = entry.exclusive or entry.kind == CLAIM or entry.kind == AFTER
         self.releases.append((conn.conn_id, entry.data, entry.msg_id, urgent))
         if entry.msg_id is not None:
-            conn.unanswered.append((entry.msg_id, now))
+            conn.unanswered.append((entry, now))
 
     def _release(self, conn: ConnOrder, game: GameOrder, entry: Entry, now: float) -> None:
         conn.entries.popleft()

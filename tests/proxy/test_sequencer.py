@@ -223,3 +223,100 @@ def test_what_the_old_shadow_owed_at_a_flip_is_not_waited_for():
     order.tick(60.0)
     assert order.take_events() == []  # not declared a stall
     assert order.pending(1) == 0
+
+
+def test_a_frame_with_an_unreadable_id_is_not_waited_for():
+    """Such a frame is answered `re: null` (note 2): waiting for its id would declare the
+    shadow stalled, and keep a flip from ever finding the proxy quiet."""
+    order = two_players()
+    for bad_id in ("", "x" * 65):
+        data, body = update(bad_id)
+        order.client_frame(1, data, body, 0.0)
+    assert [conn for conn, _, _, _ in order.take_releases()] == [1, 1]  # free: nothing to place
+    order.tick(60.0)
+    assert order.take_events() == []
+    assert order.idle()
+    assert order.pending(1) == 0
+
+
+def test_a_gap_before_a_read_moves_the_order_to_the_reads_version():
+    """A version made by a connection whose shadow is gone: a read placed after it (AFTER 3)
+    must not wait for it for ever."""
+    order = two_players()
+    order.shadow_lost(1, "crash", 0.0)
+    order.take_events()
+    data, body = msg("GET_STATE", "s")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, {"type": "STATE", "re": "s", "version": 3}, 0.0)  # v3: by conn 1
+    assert order.take_releases() == []
+    order.tick(10.0)
+    assert ids(order.take_releases()) == [(2, "s")]
+    assert [(e.kind, e.reason) for e in order.take_events()] == [("not_comparable", "gap")]
+
+
+def test_versions_made_while_a_connections_shadow_is_gone_are_skipped_not_gaps():
+    order = two_players()
+    order.shadow_lost(1, "crash", 0.0)
+    order.take_events()
+    data, body = update("ua")  # sent while conn 1's shadow is gone
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, ack("ua", 3), 0.0)
+    data, body = update("ub")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, ack("ub", 4), 0.0)
+    assert ids(order.take_releases()) == [(2, "ub")]  # at once: v3 will never come
+    assert order.take_events() == []
+
+
+def test_a_version_claimed_by_a_frame_lost_with_its_shadow_is_skipped():
+    """The shadow is lost while a frame waits for the primary's answer: the version that
+    answer makes is skipped when it arrives."""
+    order = two_players()
+    data, body = update("ua")
+    order.client_frame(1, data, body, 0.0)
+    order.shadow_lost(1, "crash", 0.0)
+    order.take_events()
+    data, body = update("ub")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, ack("ub", 4), 0.0)
+    assert order.take_releases() == []  # v3 is not placed yet
+    order.primary_frame(1, ack("ua", 3), 0.0)
+    assert ids(order.take_releases()) == [(2, "ub")]
+
+
+def test_an_id_used_twice_places_each_frame_by_its_own_answer():
+    """Answers come in the order of the requests: a HEARTBEAT_ACK for the first `x` must
+    not place the STATE_UPDATE `x` sent after it."""
+    order = two_players()
+    data, body = msg("HEARTBEAT", "x")
+    order.client_frame(1, data, body, 0.0)
+    data, body = update("x")
+    order.client_frame(1, data, body, 0.0)
+    assert ids(order.take_releases()) == [(1, "x")]  # the heartbeat
+    order.primary_frame(1, {"type": "HEARTBEAT_ACK", "re": "x"}, 0.0)
+    assert order.take_releases() == []  # the update still waits for its own answer
+    data, body = update("y")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, ack("y", 3), 0.0)
+    order.primary_frame(1, ack("x", 4), 0.0)
+    assert ids(order.take_releases()) == [(2, "y")]  # v3 first, then v4
+    order.shadow_frame(2, {"type": "ACK", "re": "y", "version": 3}, 0.0)
+    assert ids(order.take_releases()) == [(1, "x")]
+
+
+def test_the_shadows_answer_to_an_earlier_frame_with_the_same_id_does_not_free_the_game():
+    order = two_players()
+    data, body = msg("GET_STATE", "x")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, {"type": "STATE", "re": "x", "version": 2}, 0.0)
+    data, body = update("x")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, ack("x", 3), 0.0)
+    assert [flag for _, _, _, flag in order.take_releases()] == [True, True]  # read, update
+    data, body = update("y")
+    order.client_frame(2, data, body, 0.0)
+    order.primary_frame(2, ack("y", 4), 0.0)
+    order.shadow_frame(1, {"type": "STATE", "re": "x", "version": 2}, 0.0)  # the read's
+    assert order.take_releases() == []  # the shadow has not applied v3 yet
+    order.shadow_frame(1, {"type": "ACK", "re": "x", "version": 3}, 0.0)
+    assert ids(order.take_releases()) == [(2, "y")]
