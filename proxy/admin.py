@@ -166,7 +166,7 @@ class ControlPlane:
         proxy = self.proxy
         sessions = list(proxy.sessions.values())
         mirrored = [s for s in sessions if s.mirrored]
-        shadow_open = sum(1 for s in mirrored if s.up.get(s.shadow) is not None)
+        shadow_open = sum(1 for s in mirrored if proxy.shadow_ready(s))
         return {
             "route": proxy.route.to_dict(),
             "connections": len(sessions),

@@ -164,6 +164,9 @@ class Session:
     drainer: asyncio.Task[Any] | None = None
     #: what the primary still owes from before the last flip (None: nothing)
     late: Late | None = None
+    #: shadow upstreams the proxy cut to start afresh (the order gave them up: stalled or
+    #: overflowed): their close is not a new fault; they reconnect (with the usual backoff)
+    recycling: set[str] = field(default_factory=set)
 
     @property
     def shadow(self) -> str:
@@ -306,6 +309,16 @@ class MirrorProxy:
                 closing = close_within(up, self.settings.open_timeout, 1000, "mirroring finalized")
                 self._spawn(session, closing)
         self.flush()
+
+    def shadow_ready(self, session: Session, name: str | None = None) -> bool:
+        """Whether the session's upstream `name` (default: its shadow) is connected, open,
+        and receiving the client's frames (the order has not given it up)."""
+        name = session.shadow if name is None else name
+        up = session.up.get(name)
+        if up is None or up.protocol.state is not OPEN or name in session.recycling:
+            return False
+        conn = self.order.conns.get(session.id)
+        return conn is not None and not conn.dead and conn.shadow_open
 
     def _publish_route(self) -> None:
         route = self.route
@@ -820,6 +833,16 @@ class MirrorProxy:
                 session.up[name] = None
             if name in session.deliberate:
                 return  # the proxy closed it: the client is gone
+            if name in session.recycling and session.primary != name:
+                # Cut by `_recycle_shadow`: the order counted the loss already.
+                session.recycling.discard(name)
+                if session.ended() or not session.mirrored:
+                    return
+                up = None
+                revive = True
+                await asyncio.sleep(backoff)  # a shadow that stalls again is not hammered
+                backoff = min(backoff * 2, self.settings.retry_max)
+                continue
             if session.primary == name:
                 if not session.closed:
                     await self._relay_close(session, up)
@@ -936,12 +959,28 @@ class MirrorProxy:
                 self.metrics.shadow_dropped_frames.labels(event.reason).inc(event.frames)
                 if tap is not None:
                     tap.offer(TapNotice("shadow_lost", event.reason, event.game_id, event.conn_id))
+                if event.conn_id is not None:
+                    self._recycle_shadow(event.conn_id)
             else:
                 self.metrics.not_comparable.labels(event.reason).inc()
                 if self.tap is not None:
                     self.tap.offer(
                         TapNotice("not_comparable", event.reason, event.game_id, event.conn_id)
                     )
+
+    def _recycle_shadow(self, conn_id: int) -> None:
+        """The order gave up a connection's shadow (it stalled, or fell too far behind) while
+        its socket is still open: cut it, so that it reconnects and starts afresh (`revive`
+        replays the client's CONNECT) instead of staying connected and receiving nothing."""
+        session = self.sessions.get(conn_id)
+        if session is None or session.closed or not session.mirrored:
+            return
+        name = session.shadow
+        up = session.up.get(name)
+        if up is None or up.transport is None or up.transport.is_closing():
+            return  # already closed or closing: its loop reconnects
+        session.recycling.add(name)
+        up.transport.abort()
 
     async def _tick(self) -> None:
         while True:
