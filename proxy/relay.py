@@ -968,6 +968,10 @@ class MirrorProxy:
                         TapNotice("not_comparable", event.reason, event.game_id, event.conn_id)
                     )
 
+    def drop_client(self, session: Session, code: int, reason: str) -> None:
+        """Close a client's connection with `code` (its session ends as usual)."""
+        self._spawn(session, close_within(session.client, self.settings.open_timeout, code, reason))
+
     def _recycle_shadow(self, conn_id: int) -> None:
         """The order gave up a connection's shadow (it stalled, or fell too far behind) while
         its socket is still open: cut it, so that it reconnects and starts afresh (`revive`

@@ -131,6 +131,8 @@ class Switchboard:
         previous = proxy.route
         if not previous.mirroring and target != previous:
             raise SwitchError("not_mirroring", "mirroring is off (finalized): no switch back")
+        if target.mirroring != previous.mirroring:
+            raise SwitchError("mirroring", "a switch keeps mirroring as it is (FINALIZE ends it)")
         proxy.gate.clear()
         paused_at = time.monotonic()
         try:
@@ -153,28 +155,62 @@ class Switchboard:
             self.proxy.gate.set()  # a coordinator that vanished must not freeze clients
 
     async def commit(self, token: str) -> tuple[Route, float]:
-        """Swap roles under every client, persist the route, resume."""
+        """Wait (bounded) until every client to swap has its other upstream ready, persist
+        the route, then swap roles under every client and resume.
+
+        Nothing is awaited between the swap and `flipped` (what each new primary still owes
+        as the shadow must not reach its client). A client whose other upstream was lost in
+        the instant of the route's save is swapped and closed with 1012 (reconnect): it
+        cannot stay on the previous primary (its game would be on two servers) and has no
+        connection to the new one."""
         prepared = self._take(token)
         proxy = self.proxy
-        swapped = []
         try:
-            for session in list(proxy.sessions.values()):
-                if session.mirrored:
-                    wanted = prepared.target.primary_for(session.game_id)
-                    if wanted != session.primary:
-                        session.primary = wanted
-                        swapped.append(session)
+            await self._swappable(prepared.target)
             await self.state.save_route(prepared.target)
+        except SwitchError:
+            self._resume(prepared.previous)
+            raise
         except Exception as exc:
-            for session in swapped:  # exactly the previous route, then say why
-                session.primary = prepared.previous.primary_for(session.game_id)
             self._resume(prepared.previous)
             raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
-        for session in swapped:
-            proxy.flipped(session)
+        for session in list(proxy.sessions.values()):
+            if session.mirrored and not session.closed:
+                wanted = prepared.target.primary_for(session.game_id)
+                if wanted != session.primary:
+                    ready = proxy.shadow_ready(session, wanted)
+                    session.primary = wanted
+                    proxy.flipped(session)
+                    if not ready:
+                        proxy.drop_client(session, 1012, "upstream lost during a switchover")
         paused = (time.monotonic() - prepared.paused_at) * 1000
         self._resume(prepared.target)
         return prepared.target, paused
+
+    async def _swappable(self, target: Route) -> None:
+        """Every client that `target` moves has its other upstream open and in step (the
+        order has not given it up), waiting up to `quiesce_timeout` for those still
+        connecting (clients that arrived during the pause); else SwitchError("shadow")."""
+        proxy = self.proxy
+        deadline = time.monotonic() + self.quiesce_timeout
+        while True:
+            missing = [
+                s
+                for s in list(proxy.sessions.values())
+                if s.mirrored
+                and not s.closed
+                and target.primary_for(s.game_id) != s.primary
+                and not proxy.shadow_ready(s, target.primary_for(s.game_id))
+            ]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise SwitchError(
+                    "shadow",
+                    f"{len(missing)} clients have no open connection to the upstream they "
+                    "would move to",
+                )
+            await asyncio.sleep(0.005)
 
     async def abort(self, token: str) -> Route:
         """Resume with the route unchanged (when `token` is the prepared switch's)."""
@@ -221,7 +257,7 @@ class Switchboard:
         resync from the current primary when `resync`)."""
         proxy = self.proxy
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
-        missing = [s for s in sessions if proxy.sessions.get(s.id) and s.up.get(s.shadow) is None]
+        missing = [s for s in sessions if proxy.sessions.get(s.id) and not proxy.shadow_ready(s)]
         if missing:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
@@ -467,13 +503,20 @@ class Switchboard:
     async def _finalize(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         if msg.get("confirm") is not True:
             raise CommandError("BAD_MESSAGE", "finalize needs `confirm: true`")
-        route = self.proxy.route
-        if route.primary != "new" or route.ramp not in (None, 100.0):
-            raise CommandError("FAILED", "finalize only after a full flip to the new server")
-        target = replace(route, mirroring=False)
-        await self.state.save_route(target)
-        self.proxy.finalize(target)
-        await self._remember(actor, "finalize", "ok", {"route": target.to_dict()})
+        # Under the switches' lock, and never inside a prepared switch: a rollback that
+        # committed after it would route new clients to the server no longer mirrored.
+        async with self._lock:
+            if self.prepared is not None:
+                raise CommandError(
+                    "FAILED", "a switch is prepared on this proxy: commit or abort it first"
+                )
+            route = self.proxy.route
+            if route.primary != "new" or route.ramp not in (None, 100.0):
+                raise CommandError("FAILED", "finalize only after a full flip to the new server")
+            target = replace(route, mirroring=False)
+            await self.state.save_route(target)
+            self.proxy.finalize(target)
+            await self._remember(actor, "finalize", "ok", {"route": target.to_dict()})
         return {"route": target.to_dict()}
 
     async def _record(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:

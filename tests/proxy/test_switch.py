@@ -15,6 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from compare.admin import AdminClient
+from proxy.admin import CommandError
 from proxy.frames import ClientSide
 from proxy.relay import Late, MirrorProxy, Session
 from proxy.route import Route
@@ -189,3 +190,90 @@ async def test_owed_answers_and_broadcasts_are_recognised_once_then_frames_are_n
     session.late = Late({"h2"}, None, time.monotonic() - 1)  # its shadow never answered
     assert not owed(type="HEARTBEAT_ACK", re="h2")
     assert window() is None
+
+
+async def test_a_commit_never_moves_a_client_onto_an_upstream_it_has_no_connection_to(
+    stack: Stack,
+):
+    """The shadow goes away between PREPARE and COMMIT: the commit fails (after waiting a
+    little for a reconnection) and the client stays, answered, on the primary it had."""
+    client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    prepared = await stack.board.prepare(Route(primary="new"), hold=timeout(60))
+    await stack.new.stop()
+    await wait_until(
+        lambda: all(s.up.get("new") is None for s in stack.proxy.sessions.values()),
+        what="the shadow connection to drop",
+    )
+    stack.board.quiesce_timeout = 0.5  # how long the commit waits for it to come back
+    with pytest.raises(SwitchError) as failed:
+        await stack.board.commit(prepared.token)
+    assert failed.value.reason == "shadow"
+    assert stack.proxy.route.primary == "old"
+    assert stack.proxy.gate.is_set()
+    assert (await client.request(type="HEARTBEAT", id="h"))["type"] == "HEARTBEAT_ACK"
+    with contextlib.suppress(ConnectionClosed):
+        await client.ws.close()
+
+
+async def test_a_frame_with_an_unreadable_id_does_not_keep_a_flip_from_quiescing(stack: Stack):
+    """Both servers answer it `re: null` (note 2): no answer will ever carry its id."""
+    client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    answer = await client.request(type="HEARTBEAT", id="x" * 65)
+    assert (answer["type"], answer["re"]) == ("ERROR", None)
+    prepared = await stack.board.prepare(Route(primary="new"))
+    await stack.board.commit(prepared.token)
+    assert stack.proxy.route.primary == "new"
+    assert (await client.request(type="HEARTBEAT", id="h"))["type"] == "HEARTBEAT_ACK"
+    with contextlib.suppress(ConnectionClosed):
+        await client.ws.close()
+
+
+async def test_roles_swap_only_once_the_route_is_saved(tmp_path: Path):
+    """A slow save (a busy disk) must not open a window where the new primary's owed answers
+    reach the client: the swap and what it owes are decided together, after the save."""
+    beats = [f"h{n}" for n in range(20)]
+    async with start_stack(tmp_path, "slow:100", primary="new", switchboard=True) as stack:
+        real_save = stack.state.save_route
+
+        async def slow_save(route: Route) -> None:
+            assert stack.proxy.sessions  # the client is there to be swapped
+            assert all(s.primary == "new" for s in stack.proxy.sessions.values())
+            await asyncio.sleep(1.0)
+            await real_save(route)
+
+        stack.state.save_route = slow_save  # type: ignore[method-assign]
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        for beat in beats:
+            await client.send(type="HEARTBEAT", id=beat)
+        for beat in beats:
+            assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+        prepared = await stack.board.prepare(Route(primary="old"))
+        await stack.board.commit(prepared.token)
+        await client.send(type="HEARTBEAT", id="last")
+        await client.until(lambda frame: frame.get("re") == "last")
+        answered = [frame["re"] for frame in client.frames if "re" in frame]
+        assert answered == ["c", *beats, "last"]
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.close()
+
+
+async def test_finalize_is_refused_inside_a_prepared_switch(tmp_path: Path):
+    async with start_stack(tmp_path, primary="new", tap=False, switchboard=True) as stack:
+        board = stack.board
+        prepared = await board.prepare(Route(primary="old"), hold=timeout(60))
+        with pytest.raises(CommandError, match="prepared"):
+            await board._finalize("ops", {"confirm": True})
+        assert stack.proxy.route.mirroring
+        await board.abort(prepared.token)
+        answer = await board._finalize("ops", {"confirm": True})
+        assert answer["route"]["mirroring"] is False
+
+
+async def test_a_switch_does_not_change_mirroring(stack: Stack):
+    with pytest.raises(SwitchError) as failed:
+        await stack.board.prepare(Route(primary="new", mirroring=False))
+    assert failed.value.reason == "mirroring"
+    assert stack.proxy.gate.is_set()
