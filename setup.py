@@ -69,6 +69,11 @@ class RecordingBuildExt(build_ext):
         root = Path(self.get_ext_fullpath(name)).parents[name.count(".")]
         record = guard.record_path(root / "stateshift")
         record.unlink(missing_ok=True)
+        if self.inplace:  # extensions of modules no longer compiled go
+            for name in guard.orphans(guard.MODULES, root):
+                path = guard.extension(name, root)
+                print(f"removing {path}: {name} is no longer compiled")
+                path.unlink()
         super().run()
         record.write_text(json.dumps({"modules": COMPILED}, indent=1) + "\n", encoding="utf-8")
 

@@ -481,10 +481,16 @@ class MirrorProxy:
             return
         client.attach(functools.partial(self._client_frame, session))
         self._spawn(session, self._upstream_loop(session, primary, up))
+        # Not `finally: await self._end(...)`: compiled, an await in a finally block loses
+        # the exception in flight (stateshift/native.py, NO_AWAIT_IN_HANDLERS).
+        interrupted: BaseException | None = None
         try:
             await client.wait_closed()
-        finally:
-            await self._end(session)
+        except BaseException as exc:  # cancelled (the proxy stops): end the session first
+            interrupted = exc
+        await self._end(session)
+        if interrupted is not None:
+            raise interrupted
 
     def _spawn(self, session: Session, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.create_task(coro)

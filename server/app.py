@@ -171,6 +171,11 @@ class Conn:
         self.last_activity = time.monotonic()
 
 
+def idle(conn: Conn) -> bool:
+    """No message of this connection is being handled by a task."""
+    return conn.task is None
+
+
 def write(conn: Conn, payload: bytes) -> None:
     """Write one frame now, without awaiting (so no other frame can come between)."""
     write_now(conn.ws, text_frame(payload))
@@ -485,7 +490,10 @@ class StateServer:
                 slot.payload = b""
             self._drain(conn, None)
             backlog = conn.backlog
-            while backlog and conn.task is None:
+            # `idle(conn)`, not `conn.task is None`: after the assignment above mypy narrows
+            # the attribute to None, and mypyc then checks that type where `_receive` may
+            # just have started a task (TypeError: None object expected).
+            while backlog and idle(conn):
                 self._receive(conn, *backlog.popleft())
             if conn.paused:
                 self._maybe_resume(conn)
@@ -596,9 +604,10 @@ class StateServer:
             except errors.StateError:
                 if not game.pending:
                     raise
-                # A refusal must not show a change that is not committed yet (note 36):
-                # decide again once the pending changes are durable (or failed).
-                await self.games.flush(game)
+            # A refusal must not show a change that is not committed yet (note 36): decide
+            # again once the pending changes are durable (or failed). (Awaited here, not in
+            # the except block: see NO_AWAIT_IN_HANDLERS in stateshift/native.py.)
+            await self.games.flush(game)
         await self._submit_update(conn, game, new, request.id, slot).waiter()
 
     def _submit_update(

@@ -106,6 +106,7 @@ class Storage:
 
     async def open(self) -> None:
         """Open both connections and apply pending migrations."""
+        failure: sqlite3.Error | None = None
         try:
             self._writer = await aiosqlite.connect(self.path)
             await _configure(self._writer)
@@ -113,8 +114,10 @@ class Storage:
             self._reader = await aiosqlite.connect(self.path)
             await _configure(self._reader)
         except sqlite3.Error as exc:
+            failure = exc
+        if failure is not None:  # closed outside the except block (stateshift/native.py)
             await self.close()
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+            raise DatabaseError(f"cannot open database {self.path}: {failure}") from failure
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute(
@@ -122,8 +125,8 @@ class Storage:
             "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
         )
         await db.commit()
-        async with db.execute("SELECT version FROM schema_migrations") as cursor:
-            applied = {row[0] for row in await cursor.fetchall()}
+        rows = await db.execute_fetchall("SELECT version FROM schema_migrations")
+        applied = {row[0] for row in rows}
         for number, name, sql in migrations():
             if number in applied or (self.upto is not None and number > self.upto):
                 continue
@@ -146,12 +149,12 @@ class Storage:
     async def load(self, game_id: str) -> GameState | None:
         """The committed state of one game, or None when it does not exist."""
         try:
-            async with self.reader.execute(SELECT_STATE, (game_id,)) as cursor:
-                row = await cursor.fetchone()
+            rows = list(await self.reader.execute_fetchall(SELECT_STATE, (game_id,)))
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot load game: {exc}") from exc
-        if row is None:
+        if not rows:
             return None
+        row = rows[0]
         gid, status, player, scores, timer, settings, version, updated_at = row
         return GameState(
             gid,
@@ -167,12 +170,12 @@ class Storage:
     async def list_games(self, after: str | None, limit: int) -> list[tuple[str, int]]:
         """Up to `limit` (game_id, version) pairs after `after`, ordered by game_id."""
         try:
-            async with self.reader.execute(
+            rows = await self.reader.execute_fetchall(
                 "SELECT game_id, version FROM game_state WHERE game_id > ? "
                 "ORDER BY game_id LIMIT ?",
                 (after or "", limit),
-            ) as cursor:
-                return [(row[0], row[1]) for row in await cursor.fetchall()]
+            )
+            return [(row[0], row[1]) for row in rows]
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot list games: {exc}") from exc
 

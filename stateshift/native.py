@@ -17,6 +17,15 @@ with websockets' classes by multiple inheritance) crashed the interpreter's garb
 (mypyc 2.4.1, `docs/native.md`); `server.connection` is left out for the same kind of base.
 Their per-frame loop is `stateshift.wsframes.take_simple_frames`, which is compiled.
 
+What mypyc 2.4.1 compiles wrongly in a coroutine (`unsafe_awaits`, checked by the tests on
+every module of `MODULES`): an exception raised after a suspension and still in flight while
+the coroutine suspends again (an await in a `finally` block, in an `except` block, or in the
+`__aexit__` of an `async with`) is lost or corrupted: `TypeError: invalid exception object`,
+or a segmentation fault when it is formatted (a proxy's snapshot sweep with the shadow down
+crashed the process this way). Compiled modules therefore await neither in `finally` nor in
+`except` blocks, and use `async with` only for `asyncio.timeout(...)`, whose exit never
+suspends.
+
 The check compares contents, not times: a successful build writes `native-build.json` next
 to the extensions (`setup.py`), the SHA-256 of every source as mypyc compiled it, and an
 extension counts only while its source still has that digest. So an edit, a checkout or a
@@ -26,6 +35,7 @@ pull that changes a source sends everything back to source, and one that only to
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -65,7 +75,6 @@ MODULES: Final = (
     "proxy.tap",
     "compare.comparator",
     "compare.diffing",
-    "compare.live",
     "compare.pairing",
     "compare.rules",
 )
@@ -83,6 +92,36 @@ def extension(name: str, root: Path = ROOT) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def unsafe_awaits(text: str, filename: str = "<source>") -> list[str]:
+    """Where a coroutine in `text` suspends while an exception may be in flight (see the
+    module's docstring): awaits in `finally` and `except` blocks, `async with` other than
+    `asyncio.timeout(...)`. One line per place, `file:line: what`."""
+    found: list[str] = []
+
+    def awaits(body: list[ast.stmt]) -> bool:
+        return any(isinstance(node, ast.Await) for stmt in body for node in ast.walk(stmt))
+
+    for func in ast.walk(ast.parse(text, filename)):
+        if not isinstance(func, ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.Try | ast.TryStar):
+                if awaits(node.finalbody):
+                    found.append(f"{filename}:{node.lineno}: await in finally ({func.name})")
+                for handler in node.handlers:
+                    if awaits(handler.body):
+                        found.append(f"{filename}:{handler.lineno}: await in except ({func.name})")
+            elif isinstance(node, ast.AsyncWith):
+                for item in node.items:
+                    call = item.context_expr
+                    if not (
+                        isinstance(call, ast.Call)
+                        and ast.unparse(call.func) in ("asyncio.timeout", "timeout")
+                    ):
+                        found.append(f"{filename}:{node.lineno}: async with ({func.name})")
+    return found
 
 
 def digest(path: Path) -> str:
@@ -105,9 +144,24 @@ def built_from(root: Path = ROOT) -> dict[str, str]:
         return {}
 
 
+def orphans(modules: Sequence[str] = MODULES, root: Path = ROOT) -> list[str]:
+    """Modules of the compiled packages that have an extension but are not in `modules`
+    (compiled by an earlier build): Python would import them, and through them the others'
+    compiled code."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    found = []
+    for package in sorted({name.split(".")[0] for name in modules}):
+        for path in sorted((root / package).glob(f"*{suffix}")):
+            name = f"{package}.{path.name[: -len(suffix)]}"
+            if name not in modules:
+                found.append(name)
+    return found
+
+
 def inspect(modules: Sequence[str] = MODULES, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """(modules without an extension, modules whose source is not the one their extension
-    was compiled from: changed since, or no build record says)."""
+    """(modules without an extension, modules whose extension is not to be run: compiled
+    from a source that changed since, or that no build record names, or no longer meant to
+    be compiled at all)."""
     built = built_from(root)
     missing: list[str] = []
     stale: list[str] = []
@@ -116,7 +170,7 @@ def inspect(modules: Sequence[str] = MODULES, root: Path = ROOT) -> tuple[list[s
             missing.append(name)
         elif built.get(name) != digest(source(name, root)):
             stale.append(name)
-    return missing, stale
+    return missing, stale + orphans(modules, root)
 
 
 class SourceFirst:
@@ -154,8 +208,8 @@ def install() -> str:
     else:
         _status = "compiled (mypyc)"
         return _status
-    if missing != list(MODULES):
-        sys.meta_path.insert(0, SourceFirst(MODULES))
+    if missing != list(MODULES) or stale:
+        sys.meta_path.insert(0, SourceFirst([*MODULES, *orphans()]))
     return _status
 
 

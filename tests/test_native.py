@@ -101,3 +101,52 @@ def test_the_suite_runs_the_compiled_modules() -> None:
         module = importlib.import_module(name)
         assert module.__file__ is not None
         assert module.__file__.endswith(SUFFIX), name
+
+
+def test_no_compiled_coroutine_suspends_with_an_exception_in_flight() -> None:
+    """mypyc 2.4.1 loses or corrupts such an exception (`stateshift.native`'s docstring)."""
+    found = [
+        place
+        for name in native.MODULES
+        for place in native.unsafe_awaits(native.source(name).read_text(), name)
+    ]
+    assert found == []
+
+
+def test_the_check_finds_each_unsafe_form() -> None:
+    text = """
+import asyncio
+async def f(x):
+    try:
+        await x()
+    finally:
+        await x()
+    try:
+        await x()
+    except OSError:
+        await x()
+        raise
+    async with x() as y:
+        await y()
+    async with asyncio.timeout(1):
+        await x()
+def g():
+    try:
+        pass
+    finally:
+        pass
+"""
+    assert native.unsafe_awaits(text, "m") == [
+        "m:4: await in finally (f)",
+        "m:10: await in except (f)",
+        "m:13: async with (f)",
+    ]
+
+
+def test_an_extension_of_a_module_no_longer_compiled_is_stale(tmp_path: Path) -> None:
+    """It would be imported (and through it the others' compiled code) though the build no
+    longer makes it: `compare.live` left the list this way."""
+    package(tmp_path, True, "source")
+    (tmp_path / "pkg" / "old.py").write_text("")
+    (tmp_path / "pkg" / f"old{SUFFIX}").write_bytes(b"from an earlier build")
+    assert native.inspect(["pkg.mod"], tmp_path) == ([], ["pkg.old"])

@@ -148,3 +148,36 @@ async def test_resync_makes_a_diverged_game_match_again(harness: Harness):
     assert live.comparator.status()["diverged"] == []
     assert (await live.sweep_now())["findings"] == 0
     assert proxy.metrics.registry.get_sample_value("stateshift_resyncs_total") == 1.0
+
+
+async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again_and_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Compiled, a failed sweep or resync once corrupted its exception (an await in an
+    `async with` exit while it was in flight) and the proxy died formatting it (segfault):
+    here each attempt fails, is logged with its traceback, and the process carries on."""
+    async with start_stack(tmp_path, comparator=True, resync=True) as stack:
+        live = stack.live
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        await stack.new.stop()
+        live.sweep_interval = 0.01
+        sweeping = asyncio.create_task(live._sweep_loop())
+        try:
+            for _ in range(5):
+                assert await live.comparator._resync("arena", via=live._resync) == -1
+
+            def failures() -> int:
+                return sum(r.exc_info is not None for r in caplog.records)
+
+            await wait_until(lambda: failures() >= 25, what="sweeps and resyncs failing")
+        finally:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+        assert {r.getMessage() for r in caplog.records if r.exc_info} >= {
+            "snapshot sweep failed",
+            "resync of arena failed",
+        }
+        with contextlib.suppress(Exception):
+            await client.ws.close()
