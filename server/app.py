@@ -250,6 +250,11 @@ class StateServer:
             return
         self.serving = False
         self._server.close(close_connections=False)
+        # Nothing that arrives from now on is processed (it is not acknowledged either: the
+        # 1012 tells the client to send it again elsewhere), so the writer's queue empties
+        # even while clients keep sending.
+        for conn in self.conns:
+            conn.closing = True
         await self.games.drain()
         for conn in list(self.conns):
             self._close(conn, errors.CLOSE_RESTART, "server restarting")
@@ -291,6 +296,9 @@ class StateServer:
         conn = Conn(ws, route[0], route[1], time.monotonic(), self.settings)
         self.conns.add(conn)
         self.metrics.connections.labels(conn.kind).inc()
+        if not self.serving:  # its handshake finished as the server began to stop
+            conn.closing = True
+            self._close(conn, errors.CLOSE_RESTART, "server restarting")
         try:
             ws.attach(functools.partial(self._on_message, conn))
             await ws.wait_closed()

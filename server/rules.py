@@ -85,6 +85,18 @@ def is_int(value: object) -> bool:
 _last_stamp: list[Any] = [None, ""]  # (millisecond, its text): many changes share one ms
 
 
+def is_timestamp(value: object) -> bool:
+    """An RFC 3339 UTC timestamp with milliseconds that names a real instant
+    (`2026-13-45T99:99:99.999Z` has the shape, not the meaning)."""
+    if not isinstance(value, str) or TIMESTAMP.fullmatch(value) is None:
+        return False
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
+
+
 def timestamp(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds: `2026-11-26T10:00:00.123Z`."""
     # The millisecond that `datetime.fromtimestamp` shows: it rounds to microseconds
@@ -400,8 +412,6 @@ def parse_import(value: object, now: float) -> GameState:
     if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
         raise BadMessage("`settings` must be an object of key to string")
     updated_at = value.get("updated_at")
-    if updated_at is not None and not isinstance(updated_at, str):
-        raise BadMessage("`updated_at` must be a string")
 
     if not is_identifier(game_id):
         raise InvalidState("`game_id` breaks the identifier rules")
@@ -425,8 +435,9 @@ def parse_import(value: object, now: float) -> GameState:
         raise InvalidState(f"more than {MAX_SETTINGS} settings")
     for key, setting in settings.items():
         _check_setting(key, setting)
-    if updated_at is None or TIMESTAMP.fullmatch(updated_at) is None:
+    if not is_timestamp(updated_at):  # note 24: kept when valid, else now
         updated_at = timestamp(now)
+    assert isinstance(updated_at, str)
     return GameState(game_id, status, player, scores, timer, settings, version, updated_at)
 
 

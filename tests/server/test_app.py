@@ -184,6 +184,41 @@ async def test_shutdown_finishes_commits_and_closes_clients_with_1012(tmp_path: 
     assert version >= 1 + acked
 
 
+async def test_from_the_stop_on_nothing_more_is_processed(tmp_path: Path):
+    """Clients that keep sending must not keep the group commit busy for ever: a message
+    that arrives once the stop began is neither processed nor acknowledged (the 1012 tells
+    its client to send it again elsewhere); what was in flight is committed and ACKed."""
+    srv = StateServer(settings(tmp_path))
+    await srv.start()
+    client = Client(await connect(srv.url + "/v1/games/g1"))
+    await client.connect("alice")
+    lock = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # the server's next commit waits for this writer
+        await client.send(type="STATE_UPDATE", id="before", updates={"score_deltas": {"alice": 1}})
+        await wait_until(lambda: not srv.games._idle.is_set(), what="a commit in flight")
+        stopping = asyncio.create_task(srv.stop())
+        await wait_until(lambda: not srv.serving, what="the stop to begin")
+        await client.send(type="STATE_UPDATE", id="after", updates={"score_deltas": {"alice": 1}})
+        await asyncio.sleep(0.2)  # lets it arrive (an unread one would prove nothing)
+    finally:
+        lock.close()  # the commit of "before" goes through
+    answers: list[dict] = []
+
+    async def read_until_closed() -> None:
+        while True:
+            answers.append(await client.recv())
+
+    with pytest.raises(ConnectionClosed):
+        await read_until_closed()
+    await asyncio.wait_for(stopping, timeout(15))
+    assert [a.get("re") for a in answers if a["type"] == "ACK"] == ["before"]
+    assert client.ws.close_code == 1012
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        (version,) = db.execute("SELECT version FROM game_state WHERE game_id='g1'").fetchone()
+    assert version == 2  # the join, then "before"
+
+
 async def test_no_connect_in_time_closes_4401(server: StateServer):
     async with connect(server.url + "/v1/games/g1") as ws:
         async with asyncio.timeout(timeout(server.settings.connect_timeout + 5)):

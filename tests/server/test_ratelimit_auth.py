@@ -78,6 +78,8 @@ def test_a_valid_player_token_opens_its_game():
         token(sub=None),
         token(role=None),
         token(role="god"),
+        token(role=["player"]),  # ill-typed claims: refused, not a server error (note 8)
+        token(role={"player": 1}),
         token(sub="bad id"),
         token(games=None),
         token(games="g1"),
@@ -105,3 +107,9 @@ def test_a_game_outside_the_claim_and_a_non_admin_on_the_admin_path_are_forbidde
 def test_admin_path_ignores_games_and_star_opens_every_game():
     assert verify(token(role="admin", games=None), TEST_SECRET, None).role == "admin"
     assert verify(token(games=["*"]), TEST_SECRET, "anything").sub == "alice"
+
+
+def test_a_claim_the_protocol_does_not_know_is_not_a_reason_to_refuse():
+    """The old server ignores `aud` (PyJWT refuses a token with one unless told not to):
+    one client token must open both servers during the parallel run."""
+    assert verify(token(aud="games.example"), TEST_SECRET, "g1").sub == "alice"

@@ -273,6 +273,15 @@ def test_import_accepts_a_full_state_and_keeps_a_valid_updated_at():
 
 
 @pytest.mark.parametrize(
+    "stamp", ["2026-13-45T99:99:99.999Z", "2026-02-30T10:00:00.000Z", 1764151200, None]
+)
+def test_an_imported_updated_at_that_names_no_instant_is_set_to_now(stamp):
+    """Note 24: kept when it is an RFC 3339 UTC timestamp with milliseconds, else now (the
+    shape alone is not enough; any other value, as the old server does)."""
+    assert parse_import(full_state(updated_at=stamp), NOW + 5).updated_at == timestamp(NOW + 5)
+
+
+@pytest.mark.parametrize(
     ("changes", "error"),
     [
         ({"version": "1"}, BadMessage),
