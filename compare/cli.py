@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -92,7 +93,8 @@ T = TypeVar("T")
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error on stderr and exit."""
-    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    # the message is text, not markup: `[rules.STATE]` in it must be shown as written
+    err_console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code=code)
 
 

@@ -152,7 +152,10 @@ ALERTS: Final = (
         "StateshiftComparatorLagging",
         f"max by (instance) (stateshift_compare_lag_seconds) > {ALERT_COMPARE_LAG_SECONDS}\n"
         "and on (instance)\n"
-        'sum by (instance) (rate(stateshift_proxy_frames_total{direction="upstream"}[2m])) > 0',
+        'sum by (instance) (rate(stateshift_proxy_frames_total{direction="upstream"}[2m])) > 0\n'
+        # after finalize, long-lived connections are relayed but no longer compared
+        "and on (instance)\n"
+        "max by (instance) (stateshift_proxy_mirroring) == 1",
         "warning",
         "Comparator on proxy {{ $labels.instance }} is {{ $value | humanizeDuration }} behind",
         "Traffic flows but the comparator's newest processed record is old: its figures (and "
@@ -178,8 +181,9 @@ ALERTS: Final = (
         f"  ) > {ALERT_ERROR_RATIO_EXCESS}\n"
         "  and on () max(stateshift_route_ramp_percent) > 0\n"
         "  or\n"
-        '  sum(increase(stateshift_proxy_upstream_connect_failures_total{role="primary"}[5m]))'
-        " > 0\n"
+        # not `rejected`: a 4xx to one client's handshake is that client's answer
+        "  sum(increase(stateshift_proxy_upstream_connect_failures_total"
+        '{role="primary", reason=~"down|refused"}[5m])) > 0\n'
         ")\n"
         "and on () max(changes(stateshift_route_ramp_percent[1h])) > 0",
         "critical",

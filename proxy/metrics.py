@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from proxy.route import UPSTREAMS
 from stateshift.hotmetrics import HotCounter, HotHistogram
 
-CONNECT_FAILURES = ("down", "refused", "crash", "closed")
+CONNECT_FAILURES = ("down", "refused", "rejected", "crash", "closed")
 SWITCH_KINDS = (
     "check",
     "flip",

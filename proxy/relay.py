@@ -391,9 +391,12 @@ class MirrorProxy:
         try:
             up = await self._open(primary, request.path, headers, offered)
         except InvalidStatus as exc:
-            # The primary refused the handshake: the client gets the same answer.
-            self.metrics.connect_failures.labels(primary, "primary", "refused").inc()
+            # The primary refused the handshake: the client gets the same answer. A 4xx is
+            # about the client's request (a path the server does not serve): `rejected`, not
+            # a fault of the primary (`refused`, which pages after a flip).
             answer = exc.response
+            reason = "rejected" if 400 <= answer.status_code < 500 else "refused"
+            self.metrics.connect_failures.labels(primary, "primary", reason).inc()
             return Response(answer.status_code, answer.reason_phrase, Headers(), answer.body)
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             self.metrics.connect_failures.labels(primary, "primary", "down").inc()

@@ -156,6 +156,12 @@ async def test_a_primary_404_is_relayed_as_404(mirror: ProxyUnderTest):
     with pytest.raises(InvalidStatus) as refused:
         await connect(f"{mirror.url}/elsewhere", open_timeout=timeout(), proxy=None)
     assert refused.value.response.status_code == 404
+    # the client's own answer, not a fault of the primary (which would page after a flip)
+    registry = mirror.proxy.metrics.registry
+    failures = "stateshift_proxy_upstream_connect_failures_total"
+    labels = {"upstream": "old", "role": "primary"}
+    assert registry.get_sample_value(failures, {**labels, "reason": "rejected"}) == 1.0
+    assert registry.get_sample_value(failures, {**labels, "reason": "refused"}) == 0.0
 
 
 async def test_a_primary_that_dies_ends_the_client_connection(
