@@ -98,9 +98,10 @@ def proxy(
     host, port = host_port(listen, "--listen")
     admin_host, admin_port = host_port(admin, "--admin")
     store = ProxyState(state)
-    route = store.load_route(Route(primary=primary, mirroring=mirror))
-    if route.primary != primary:
-        typer.echo(f"route from {state}: primary is {route.primary} (persisted route wins)")
+    asked = Route(primary=primary, mirroring=mirror)
+    route = store.load_route(asked)
+    if route != asked:  # a flip, a ramp or a finalize persisted: it wins over the flags
+        typer.echo(f"route from {state}: {route.describe()} (persisted route wins)")
     settings = ProxySettings(
         old_url=old,
         new_url=new,

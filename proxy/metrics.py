@@ -22,6 +22,7 @@ SWITCH_KINDS = (
     "check",
     "flip",
     "rollback",
+    "auto-rollback",
     "ramp",
     "prepare",
     "commit",

@@ -46,6 +46,13 @@ class Route:
             return self.primary
         return "new" if ramp_bucket(game_id) < self.ramp * 100 else "old"
 
+    def describe(self) -> str:
+        """For people: `primary is new, ramp 10% to new, mirroring`."""
+        text = f"primary is {self.primary}"
+        if self.ramp is not None:
+            text += f", ramp {self.ramp:g}% to new"
+        return text + (", mirroring" if self.mirroring else ", not mirroring (finalized)")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
