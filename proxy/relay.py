@@ -31,6 +31,7 @@ from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
@@ -53,6 +54,8 @@ FORWARDED_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 NO_CLOSE_FRAME = frozenset({1005, 1006, 1015})
 #: most message ids tracked per upstream and connection for answer latency
 MAX_TRACKED = 4096
+#: the shadow's latest broadcasts kept per connection, for a flip (`MirrorProxy.flipped`)
+SHADOW_STATES_KEPT = 32
 
 
 @dataclass(slots=True)
@@ -164,6 +167,14 @@ class Session:
     drainer: asyncio.Task[Any] | None = None
     #: what the primary still owes from before the last flip (None: nothing)
     late: Late | None = None
+    #: the newest version of the game whose broadcast the client got (from its primary)
+    delivered: int = 0
+    #: the shadow's latest broadcasts (version, payload): at a flip, those newer than
+    #: `delivered` go to the client (another proxy's clients may have made them, and the
+    #: previous primary's copy would now arrive as the shadow's)
+    shadow_states: deque[tuple[int, bytes]] = field(
+        default_factory=lambda: deque(maxlen=SHADOW_STATES_KEPT)
+    )
     #: shadow upstreams the proxy cut to start afresh (the order gave them up: stalled or
     #: overflowed): their close is not a new fault; they reconnect (with the usual backoff)
     recycling: set[str] = field(default_factory=set)
@@ -625,14 +636,36 @@ class MirrorProxy:
             )
 
     def flipped(self, session: Session) -> None:
-        """A switch made the session's shadow its primary (`Switchboard.commit`): what the
-        new primary still owed as the shadow must not reach the client (`Late`)."""
+        """A switch made the session's shadow its primary (`Switchboard.commit`, after
+        `settle`): what the new primary still owed as the shadow must not reach the client
+        (`Late`), and what it broadcast as the shadow that the client never got from the
+        previous primary must.
+
+        With several proxies, flipped one after the other, another proxy's clients may
+        already write to the new server: its broadcasts of their changes reached this proxy
+        as the shadow's, and the previous primary's copies, later, will arrive as the new
+        shadow's. Those versions are relayed now, from the shadow's copies, in order; the
+        new primary's broadcasts up to the newest version the client has are owed."""
         for sent in session.sent.values():
             sent.clear()
-        owed, floor = self.order.roles_swapped(session.id)
-        if owed or floor:
+        owed, _ = self.order.roles_swapped(session.id)
+        delivered = session.delivered
+        missed: dict[int, bytes] = {}
+        for version, payload in session.shadow_states:
+            if version > delivered:
+                missed[version] = payload
+        session.shadow_states.clear()
+        for version in sorted(missed):
+            frame = Frame(Opcode.TEXT, missed[version]).serialize(mask=False, extensions=[])
+            if session.to_client is not None or not writable(session.client):
+                self._hold_for_client(session, session.primary, frame)
+            else:
+                session.client.transport.write(frame)
+            delivered = version
+        session.delivered = delivered
+        if owed or delivered:
             until = time.monotonic() + self.settings.answer_timeout
-            session.late = Late(set(owed), floor or None, until)
+            session.late = Late(set(owed), delivered or None, until)
 
     def _owed(self, session: Session, is_text: bool, payload: bytes) -> bool:
         """Whether a frame of the primary is something it owed from before the flip (then
@@ -719,6 +752,14 @@ class MirrorProxy:
         answers for the order; the frame goes to the tap. A `late` frame (owed from before
         a flip) goes to the tap only: the order has moved on."""
         msg = parse(is_text, payload)
+        if msg is not None and msg.get("type") == "STATE" and "re" not in msg:
+            version = msg.get("version")
+            if type(version) is int:
+                if role == "primary" and not late:
+                    if version > session.delivered:
+                        session.delivered = version
+                elif role == "shadow" and session.mirrored:
+                    session.shadow_states.append((version, payload))
         if msg is None:
             if role == "shadow" and session.game_id is not None:
                 # A shadow that answers garbage: what it says can no longer be trusted.

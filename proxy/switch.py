@@ -174,6 +174,7 @@ class Switchboard:
         except Exception as exc:
             self._resume(prepared.previous)
             raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
+        proxy.settle()  # what was read before the swap is bookkept under the roles it came in
         for session in list(proxy.sessions.values()):
             if session.mirrored and not session.closed:
                 wanted = prepared.target.primary_for(session.game_id)

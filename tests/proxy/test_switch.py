@@ -15,13 +15,23 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from compare.admin import AdminClient
-from proxy.admin import CommandError
+from compare.rules import defaults
+from proxy.admin import CommandError, ControlPlane
 from proxy.frames import ClientSide
 from proxy.relay import Late, MirrorProxy, Session
 from proxy.route import Route
-from proxy.switch import SwitchError
+from proxy.state import ProxyState
+from proxy.switch import Switchboard, SwitchError
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Client, Stack, proxy_settings, start_stack, token
+from tests.proxy.conftest import (
+    Client,
+    Stack,
+    proxy_settings,
+    start_legacy,
+    start_new,
+    start_stack,
+    token,
+)
 from tests.support import TEST_SECRET, timeout, wait_until
 
 
@@ -277,3 +287,62 @@ async def test_a_switch_does_not_change_mirroring(stack: Stack):
         await stack.board.prepare(Route(primary="new", mirroring=False))
     assert failed.value.reason == "mirroring"
     assert stack.proxy.gate.is_set()
+
+
+async def test_two_proxies_flipped_one_after_the_other_lose_no_broadcast(tmp_path: Path):
+    """P1 commits first and its client updates the game on the new server, which broadcasts
+    the version at once, also to P2's connection to it (still P2's shadow then); the old
+    server broadcasts it later (it gets P1's shadow copy, and answers slowly). If P2 commits
+    in between, its client must still get that version, once."""
+    old = await start_legacy(tmp_path, "slow:500")
+    new = await start_new(tmp_path)
+    boards, proxies, planes = [], [], []
+    try:
+        for name in ("p1", "p2"):
+            settings = proxy_settings(tmp_path / f"{name}.db", old.url, new.url)
+            state = ProxyState(settings.state_path)
+            proxy = MirrorProxy(settings, Route(primary="old"))
+            await proxy.start()
+            control = ControlPlane(proxy, state, TEST_SECRET, port=0)
+            await control.start()
+            proxies.append(proxy)
+            planes.append(control)
+            boards.append(Switchboard(proxy, control, state, defaults()))
+        p1, p2 = proxies
+        a = await Client.open(f"{p1.url}/v1/games/arena")
+        b = await Client.open(f"{p2.url}/v1/games/arena")
+        await a.request(type="CONNECT", id="ca", token=token("pa"))
+        await b.request(type="CONNECT", id="cb", token=token("pb"))
+        await wait_until(lambda: p1.order.idle() and p2.order.idle(), what="shadows in step")
+        first = await boards[0].prepare(Route(primary="new"))
+        second = await boards[1].prepare(Route(primary="new"))
+        await boards[0].commit(first.token)
+        await a.send(type="STATE_UPDATE", id="u1", updates={"score_deltas": {"pa": 1}})
+        version = (await a.until(lambda frame: frame.get("re") == "u1"))["version"]
+        (session,) = p2.sessions.values()
+        await wait_until(
+            lambda: any(v == version for v, _ in session.shadow_states),
+            what="the new server's broadcast to reach P2 as its shadow's",
+        )
+        await boards[1].commit(second.token)
+
+        def broadcast(frame: dict) -> bool:
+            return frame.get("type") == "STATE" and "re" not in frame
+
+        await b.until(lambda frame: broadcast(frame) and frame["version"] == version)
+        await a.send(type="STATE_UPDATE", id="u2", updates={"score_deltas": {"pa": 1}})
+        after = (await a.until(lambda frame: frame.get("re") == "u2"))["version"]
+        await b.until(lambda frame: broadcast(frame) and frame["version"] == after)
+        seen = [frame["version"] for frame in b.frames if broadcast(frame)]
+        assert seen.count(version) == 1, seen
+        assert seen == sorted(seen), seen
+        for client in (a, b):
+            with contextlib.suppress(ConnectionClosed):
+                await client.ws.close()
+    finally:
+        for board, control, proxy in zip(boards, planes, proxies, strict=False):
+            await board.stop()
+            await control.stop()
+            await proxy.stop()
+        await new.stop()
+        await old.stop()
