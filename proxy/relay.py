@@ -496,7 +496,7 @@ class MirrorProxy:
         client.attach(functools.partial(self._client_frame, session))
         self._spawn(session, self._upstream_loop(session, primary, up))
         # Not `finally: await self._end(...)`: compiled, an await in a finally block loses
-        # the exception in flight (stateshift/native.py, NO_AWAIT_IN_HANDLERS).
+        # the exception in flight (`stateshift.native.unsafe_awaits`).
         interrupted: BaseException | None = None
         try:
             await client.wait_closed()
@@ -758,7 +758,7 @@ class MirrorProxy:
                 if role == "primary" and not late:
                     if version > session.delivered:
                         session.delivered = version
-                elif role == "shadow" and session.mirrored:
+                elif role == "shadow" and not late and session.mirrored:
                     session.shadow_states.append((version, payload))
         if msg is None:
             if role == "shadow" and session.game_id is not None:

@@ -614,7 +614,7 @@ class StateServer:
                     raise
             # A refusal must not show a change that is not committed yet (note 36): decide
             # again once the pending changes are durable (or failed). (Awaited here, not in
-            # the except block: see NO_AWAIT_IN_HANDLERS in stateshift/native.py.)
+            # the except block: see `stateshift.native.unsafe_awaits`.)
             await self.games.flush(game)
         await self._submit_update(conn, game, new, request.id, slot).waiter()
 

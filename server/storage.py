@@ -115,7 +115,8 @@ class Storage:
             await _configure(self._reader)
         except sqlite3.Error as exc:
             failure = exc
-        if failure is not None:  # closed outside the except block (stateshift/native.py)
+        # closed outside the except block (`stateshift.native.unsafe_awaits`)
+        if failure is not None:
             await self.close()
             raise DatabaseError(f"cannot open database {self.path}: {failure}") from failure
 
