@@ -220,11 +220,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: Python converts at most this many digits (`sys.get_int_max_str_digits`); longer literals
+#: become `BEYOND` (keeping their sign): out of every field's range, as their value is
+BIG_DIGITS: Final = 4300
+BEYOND: Final = 10**4299  # 4,300 digits: still printable (the surrogate check dumps it)
+
+
+def _int(literal: str) -> int:
+    """A JSON integer literal of any length (note 30): exact up to `BIG_DIGITS` digits, past
+    that only its sign and its size matter (no range reaches it), and converting it exactly
+    would cost time quadratic in its length."""
+    if len(literal) <= BIG_DIGITS:
+        return int(literal)
+    return -BEYOND if literal.startswith("-") else BEYOND
+
+
 def _loads_slow(raw: str) -> Any:
-    """Strict JSON that keeps integers of any size exact (note 30); NaN and Infinity stay
+    """Strict JSON that keeps integers of any size (note 30); NaN and Infinity stay
     refused, as in orjson."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_int=_int)
         # an unpaired surrogate escape is not text (note 35); orjson refuses it too
         json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:

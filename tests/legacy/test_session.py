@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import jwt
+import pytest
 
 from legacy.session import Context, Outcome, RateLimiter, Session
 from legacy.store import Games
@@ -191,6 +192,19 @@ def test_a_huge_integer_literal_is_an_integer_out_of_range() -> None:
     far = far.replace('"updates":{}', '"updates":{"status":"active"}')
     assert code(session.handle(far, 0.0)) == "CONFLICT"
     assert code(session.handle(fraction, 0.0)) == "BAD_MESSAGE"
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_integer_literals_no_double_or_python_int_holds_are_integers_too(digits: int) -> None:
+    """Note 30, however many digits: orjson refuses past a double's range, Python's int()
+    past 4,300 digits; neither makes the frame 'not JSON'. NaN stays refused."""
+    session, _ = connected(context())
+    body = '{"type":"STATE_UPDATE","id":"u","updates":{"scores":{"alice":-' + "9" * digits
+    assert code(session.handle(body + "}}}", 0.0)) == "INVALID_STATE"
+    far = '{"type":"STATE_UPDATE","id":"v","updates":{"status":"active"},"expected_version":'
+    assert code(session.handle(far + "9" * digits + "}", 0.0)) == "CONFLICT"
+    nan = '{"type":"HEARTBEAT","id":"h","n":NaN}'
+    assert code(session.handle(nan, 0.0)) == "BAD_MESSAGE"
 
 
 def test_paths_limit_the_messages() -> None:

@@ -349,6 +349,17 @@ def test_integers_beyond_64_bits_parse_and_are_out_of_range_not_ill_typed():
         apply_update(game(), update_, NOW)
 
 
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_integer_literals_past_a_double_or_pythons_digit_limit_are_integers(digits):
+    """Note 30, however many digits (Python's int() stops at 4,300 by default)."""
+    request = parse_request(
+        '{"type":"STATE_UPDATE","id":"u","updates":{"scores":{"alice":-' + "9" * digits + "}}}"
+    )
+    update_, _ = parse_update(request.body)
+    with pytest.raises(InvalidState):
+        apply_update(game(), update_, NOW)
+
+
 def test_nan_and_infinity_are_not_json():
     for literal in ("NaN", "Infinity", "-Infinity"):
         with pytest.raises(BadMessage):
