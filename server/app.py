@@ -272,9 +272,11 @@ class StateServer:
     def _process_request(self, ws: ServerConnection, request: HttpRequest) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            if self.serving:
-                return ws.respond(HTTPStatus.OK, "ok\n")
-            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            if not self.serving:
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+            if self.games.failing:  # as the old server does when its log is unwritable
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "commits failing\n")
+            return ws.respond(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
             body = generate_latest(self.metrics.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST)])

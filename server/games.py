@@ -78,6 +78,8 @@ class Games:
         self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
+        #: the last group commit failed (`/healthz` says 503 until one succeeds)
+        self.failing = False
         self._idle.set()
         #: called after each committed batch's frames are written (metrics are counted then,
         #: once per batch rather than once per frame)
@@ -222,11 +224,14 @@ class Games:
                 )
             except DatabaseError as exc:
                 log.error("group commit of %d changes failed: %s", len(batch), exc)
+                self.failing = True
                 self._fail(batch, exc)
             except Exception as exc:  # the writer must outlive any single batch
                 log.exception("group commit of %d changes failed unexpectedly", len(batch))
+                self.failing = True
                 self._fail(batch, DatabaseError(str(exc)))
             else:
+                self.failing = False
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
                 self.metrics.commit_batch.observe(len(batch))
                 outbox = Outbox()

@@ -149,12 +149,25 @@ async def test_a_failed_commit_answers_internal_and_applies_nothing(
         )
     error = await client.request(type="STATE_UPDATE", id="u", updates={"status": "active"})
     assert (error["type"], error["code"], error["re"]) == ("ERROR", "INTERNAL", "u")
+    # a health check must not send more clients to a server that cannot commit
+    assert await health(server) == "503 Service Unavailable: commits failing"
     state = await client.request(type="GET_STATE", id="s")
     assert (state["version"], state["state"]["status"]) == (1, "waiting")
     with sqlite3.connect(tmp_path / "state.db") as db:
         db.execute("DROP TRIGGER boom")
     ack = await client.request(type="STATE_UPDATE", id="u2", updates={"status": "active"})
     assert ack == {"type": "ACK", "re": "u2", "version": 2}
+    assert await health(server) == "200 OK: ok"
+
+
+async def health(server: StateServer) -> str:
+    """`/healthz` as `status reason: body`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = (await asyncio.wait_for(reader.read(1 << 16), timeout())).decode()
+    writer.close()
+    head, _, body = raw.partition("\r\n\r\n")
+    return f"{head.splitlines()[0].split(' ', 1)[1]}: {body.strip()}"
 
 
 async def test_shutdown_finishes_commits_and_closes_clients_with_1012(tmp_path: Path):
