@@ -159,6 +159,8 @@ async def test_rules_rejects_a_bad_file_with_exit_2(tmp_path: Path, content: str
     assert code == 2
     assert "error" in err
     assert out == ""
+    if content == "[other]\n":  # the message names the table the file needs, as written
+        assert "has no [rules.TYPE] tables" in err
 
 
 # ------------------------------------------------------------------ control plane commands

@@ -1,4 +1,5 @@
-"""The route as a value: who is primary for a game, and how it is told to people."""
+"""The route as a value (who is primary for a game, how it is told to people), and how
+switchover events are counted."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def test_a_route_is_described_whole_ramp_and_mirroring_included(route: Route, te
     a finalize persisted must be told too, not only a different primary."""
     assert route.describe() == text
     assert Route.from_dict(route.to_dict()) == route
+
+
+def test_each_switchover_kind_the_cli_records_is_counted_as_itself():
+    """The dashboards' annotation shows `kind`: an auto-rollback must not read `other`."""
+    from proxy.metrics import ProxyMetrics
+
+    metrics = ProxyMetrics()
+    for kind in ("check", "flip", "rollback", "auto-rollback", "ramp", "finalize", "whatever"):
+        metrics.switch_event(kind, "ok")
+    counted = {
+        sample.labels["kind"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "stateshift_switchover_events_total" and sample.value > 0
+    }
+    assert counted == {"check", "flip", "rollback", "auto-rollback", "ramp", "finalize", "other"}
