@@ -648,7 +648,7 @@ class MirrorProxy:
         new primary's broadcasts up to the newest version the client has are owed."""
         for sent in session.sent.values():
             sent.clear()
-        owed, _ = self.order.roles_swapped(session.id)
+        owed = self.order.roles_swapped(session.id)
         delivered = session.delivered
         missed: dict[int, bytes] = {}
         for version, payload in session.shadow_states:

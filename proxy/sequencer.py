@@ -187,19 +187,17 @@ class ShadowOrder:
             conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
         self.shadow_opened(conn_id, now)
 
-    def roles_swapped(self, conn_id: int) -> tuple[list[str], int]:
+    def roles_swapped(self, conn_id: int) -> list[str]:
         """A flip made this connection's shadow its primary: what the old shadow still owed
         will come back as the primary's frames, never as the shadow's answers, so it is not
         waited for (else it would be declared a stall `answer_timeout` later). Returns the
-        ids of those answers, and the last version of the game the primary announced (the
-        old shadow's broadcasts up to it may also still be on their way)."""
+        ids of those answers (the broadcasts it owes are the relay's business: `flipped`)."""
         conn = self.conns.get(conn_id)
         if conn is None:
-            return [], 0
+            return []
         owed = [entry.msg_id for entry, _ in conn.unanswered if entry.msg_id is not None]
         conn.unanswered.clear()
-        game = self.games.get(conn.game_id) if conn.game_id is not None else None
-        return owed, game.known if game is not None else 0
+        return owed
 
     def hold(self, game_id: str) -> None:
         """Stop releasing this game's ordered frames (a resync is about to read the primary)."""

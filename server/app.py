@@ -299,7 +299,6 @@ class StateServer:
         self.conns.add(conn)
         self.metrics.connections.labels(conn.kind).inc()
         if not self.serving:  # its handshake finished as the server began to stop
-            conn.closing = True
             self._close(conn, errors.CLOSE_RESTART, "server restarting")
         try:
             ws.attach(functools.partial(self._on_message, conn))

@@ -209,7 +209,8 @@ def install() -> str:
         _status = "compiled (mypyc)"
         return _status
     if missing != list(MODULES) or stale:
-        sys.meta_path.insert(0, SourceFirst([*MODULES, *orphans()]))
+        # `stale` names the leftover extensions of modules no longer compiled too
+        sys.meta_path.insert(0, SourceFirst([*MODULES, *stale]))
     return _status
 
 
