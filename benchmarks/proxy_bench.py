@@ -278,10 +278,22 @@ def new_server(workdir: Path, secret: str) -> contextlib.AbstractContextManager[
     return launched("new", command, workdir, secret)
 
 
+def fast_peer(workdir: Path, secret: str, name: str) -> contextlib.AbstractContextManager[Proc]:
+    """A fast protocol peer (`benchmarks/fastpeer.py`) standing in for a server."""
+    command = [PYTHON, str(REPO / "benchmarks" / "fastpeer.py"), "--port", "0"]
+    return launched(name, command, workdir, secret)
+
+
 def proxy(
-    workdir: Path, secret: str, name: str, old_url: str, new_url: str, mirror: bool
+    workdir: Path,
+    secret: str,
+    name: str,
+    old_url: str,
+    new_url: str,
+    mirror: bool,
+    extra: Sequence[str] = (),
 ) -> contextlib.AbstractContextManager[Proc]:
-    command = [PYTHON, "-m", "stateshift", "proxy", "--old", old_url, "--new", new_url]
+    command = [PYTHON, "-m", "stateshift", "proxy", "--old", old_url, "--new", new_url, *extra]
     command += ["--state", str(workdir / f"{name}-state.db"), "--primary", "old"]
     command += ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     command += ["--mirror" if mirror else "--no-mirror", "--log-level", "WARNING"]
@@ -455,11 +467,14 @@ async def _idle_worker(
 
 
 async def _raw_closed_loop_worker(
-    url: str, secret: str, players: list[str], *, ready: Any, go: Any
+    url: str, secret: str, players: list[str], interval_ns: int = 0, *, ready: Any, go: Any
 ) -> dict[str, Any]:
-    """`_closed_loop_worker`'s load with `RawPlayer`s (benchmarks/rawclient.py)."""
+    """`_closed_loop_worker`'s load with `RawPlayer`s (benchmarks/rawclient.py), paced at
+    one message per `interval_ns` per player when it is not 0."""
     clients = [(f"g-{p}", p) for p in players]
-    return await raw_closed_loop_one(url, secret, clients, UPDATE_EVERY, ready=ready, go=go)
+    return await raw_closed_loop_one(
+        url, secret, clients, UPDATE_EVERY, ready=ready, go=go, interval_ns=interval_ns
+    )
 
 
 def worker_main(kind: str, args: tuple[Any, ...], ready: Any, go: Any, results: Any) -> None:
@@ -486,14 +501,19 @@ def measure_relay(
     duration: float,
     servers: dict[str, int] | None = None,
     client_kind: str = "raw",
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     """Closed-loop load through `url`; the relay's CPU over the window per client message
     (and each upstream server's, `servers`: name -> pid). `client_kind`: `raw` for
-    `RawPlayer`s (benchmarks/rawclient.py), `websockets` for websockets' asyncio client."""
+    `RawPlayer`s (benchmarks/rawclient.py), `websockets` for websockets' asyncio client.
+    `rate` > 0 (raw players only): paced at that many messages per second in all."""
     servers = servers or {}
     players = [f"{name}-p{i:02d}" for i in range(clients)]
     worker = "raw_closed_loop" if client_kind == "raw" else "closed_loop"
-    jobs = [(worker, (url, secret, players[k::procs])) for k in range(procs)]
+    if rate and client_kind != "raw":
+        raise ValueError("a paced load needs the raw players")
+    paced = (int(1e9 * clients / rate),) if rate else ()
+    jobs = [(worker, (url, secret, players[k::procs], *paced)) for k in range(procs)]
     with client_processes(worker_main, jobs) as (ready, gos, results):
         collect(ready, len(jobs), 90, "connect")
         _warm, start, end = send_plan(gos, warmup, duration)
@@ -516,6 +536,7 @@ def measure_relay(
         "clients": clients,
         "client_kind": client_kind,
         "client_processes": procs,
+        "paced_rate_per_s": rate or None,
         "warmup_s": warmup,
         "window_s": seconds,
         "messages": answered,
@@ -676,6 +697,8 @@ def add_targets(results: dict[str, Any]) -> None:
     sc = results["scenarios"]
     targets = results["targets"]
     ratios: dict[str, Any] = {}
+    load = results.get("load", "closed loop")
+    suffix = "" if load == "closed loop" else f" ({load})"
     if "nginx" in sc:
         ng = sc["nginx"]
         direct_p50 = med(sc["direct"], "p50_ms") if "direct" in sc else None
@@ -702,12 +725,14 @@ def add_targets(results: dict[str, Any]) -> None:
         ):
             if key in ratios:
                 measured = ratios[key]["cpu_per_message"]
-                targets.append(target(f"{key} relay CPU per message ÷ nginx's", measured, limit))
+                targets.append(
+                    target(f"{key} relay CPU per message ÷ nginx's{suffix}", measured, limit)
+                )
         if "mirror" in ratios and "added_p50_vs_nginx" in ratios["mirror"]:
             measured = ratios["mirror"]["added_p50_vs_nginx"]
             targets.append(
                 target(
-                    "mirror added client p50 ÷ nginx's added p50",
+                    f"mirror added client p50 ÷ nginx's added p50{suffix}",
                     measured,
                     TARGET_MIRROR_ADDED_P50_RATIO,
                 )
@@ -808,6 +833,29 @@ def main(argv: list[str] | None = None) -> int:
         "websockets' client (a task per client: the client processes then take more of the "
         "2 cores than the relays under test)",
     )
+    parser.add_argument(
+        "--peers",
+        choices=("servers", "fast"),
+        default="servers",
+        help="the upstreams: the real servers (`stateshift legacy` as old, `stateshift serve` "
+        "as new; default) or two fast protocol peers (benchmarks/fastpeer.py), as in the "
+        "issue's reference figures",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the load at this many client messages per second in all (raw players; "
+        "latency counted from each message's slot) instead of a closed loop: the added "
+        "latency of each relay below saturation, where the closed loop's is mostly queueing "
+        "for the 2 shared cores",
+    )
+    parser.add_argument(
+        "--proxy-arg",
+        action="append",
+        help="an extra argument for `stateshift proxy` in the relay scenarios (repeat; "
+        "e.g. --proxy-arg=--shadow-coalesce-ms --proxy-arg=5)",
+    )
     parser.add_argument("--idle-clients", type=int, default=10_000)
     parser.add_argument("--idle-processes", type=int, default=4)
     parser.add_argument("--no-memory", action="store_true", help="skip the idle-client part")
@@ -828,13 +876,20 @@ def main(argv: list[str] | None = None) -> int:
         "git_dirty_proxy": _git_dirty("proxy"),
         "machine": {**machine_info(), "nginx": _nginx_version(), "rlimit_nofile": nofile},
         "upstream_args": list(RATE_ARGS),
+        "peers": args.peers,
+        "proxy_args": args.proxy_arg or [],
+        "load": f"paced, {args.rate:g} messages/s" if args.rate else "closed loop",
         "message_mix": f"1 STATE_UPDATE in {UPDATE_EVERY}, the rest HEARTBEAT",
         "scenarios": {},
         "targets": [],
     }
     with tempfile.TemporaryDirectory(prefix="stateshift-proxy-bench-") as tmp:
         workdir = Path(tmp)
-        with old_server(workdir, secret) as old, new_server(workdir, secret) as new:
+        if args.peers == "fast":
+            old_cm, new_cm = fast_peer(workdir, secret, "old"), fast_peer(workdir, secret, "new")
+        else:
+            old_cm, new_cm = old_server(workdir, secret), new_server(workdir, secret)
+        with old_cm as old, new_cm as new:
             old_url, new_url = old.url(), new.url()
             upstream = old_url.removeprefix("ws://")
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
@@ -848,21 +903,38 @@ def main(argv: list[str] | None = None) -> int:
                 kind = args.load_clients
                 pids = {"old": old.pid, "new": new.pid}
                 if name == "direct":
-                    r = measure_relay(name, old_url, [], *load, servers=pids, client_kind=kind)
+                    r = measure_relay(
+                        name, old_url, [], *load, servers=pids, client_kind=kind, rate=args.rate
+                    )
                     r["log_problems"] = []
                 elif name == "nginx":
                     with nginx(workdir, upstream) as (ngx, url):
                         workers = children_of(ngx.pid)
                         r = measure_relay(
-                            name, url, [ngx.pid, *workers], *load, servers=pids, client_kind=kind
+                            name,
+                            url,
+                            [ngx.pid, *workers],
+                            *load,
+                            servers=pids,
+                            client_kind=kind,
+                            rate=args.rate,
                         )
                         r["nginx_workers"] = len(workers)
                         r["log_problems"] = ngx.log_problems()[:20]
                 else:
                     mirror = name == "mirror"
-                    with proxy(workdir, secret, f"proxy-{name}", old_url, new_url, mirror) as prx:
+                    extra = args.proxy_arg or []
+                    with proxy(
+                        workdir, secret, f"proxy-{name}", old_url, new_url, mirror, extra
+                    ) as prx:
                         r = measure_relay(
-                            name, prx.url(), [prx.pid], *load, servers=pids, client_kind=kind
+                            name,
+                            prx.url(),
+                            [prx.pid],
+                            *load,
+                            servers=pids,
+                            client_kind=kind,
+                            rate=args.rate,
                         )
                         metrics = fetch_metrics(prx.url("admin on") + "/metrics")
                         r["proxy_metrics"] = {

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `stateshift` and the sibling importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks.proxy_bench import measure_relay, new_server, old_server  # noqa: E402
+from benchmarks.proxy_bench import fast_peer, measure_relay, new_server, old_server  # noqa: E402
 from compare.live import LiveComparison  # noqa: E402
 from compare.rules import defaults  # noqa: E402
 from compare.store import FindingStore  # noqa: E402
@@ -128,36 +128,42 @@ async def main(args: argparse.Namespace) -> None:
         for coalesce in (args.shadow_coalesce_ms or [None] if mode != "passthrough" else [None])
     ]
     results: dict[str, list[dict[str, Any]]] = {label(*v): [] for v in variants}
-    with (
-        tempfile.TemporaryDirectory(prefix="stateshift-breakdown-") as name,
-        old_server(Path(name), secret) as old,
-        new_server(Path(name), secret) as new,
-    ):
-        for round_no in range(args.rounds):
-            for mode, coalesce in variants:
-                run = await measure(
-                    mode,
-                    (old.url(), new.url()),
-                    secret,
-                    Path(name),
-                    args.seconds,
-                    args.profile,
-                    coalesce,
-                )
-                results[label(mode, coalesce)].append(run)
-                print(
-                    f"round {round_no + 1} {label(mode, coalesce):>11}: "
-                    f"{run['messages']:>7,} messages, "
-                    f"{run['user_us'] + run['sys_us']:6.1f} µs per message "
-                    f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f}), "
-                    f"{run['syscalls']:.2f} read/write calls",
-                    flush=True,
-                )
+    with tempfile.TemporaryDirectory(prefix="stateshift-breakdown-") as name:
+        if args.peers == "fast":
+            old_cm = fast_peer(Path(name), secret, "old")
+            new_cm = fast_peer(Path(name), secret, "new")
+        else:
+            old_cm, new_cm = old_server(Path(name), secret), new_server(Path(name), secret)
+        with old_cm as old, new_cm as new:
+            await run_rounds(args, variants, results, secret, Path(name), (old.url(), new.url()))
     print("\nmedian over rounds, proxy CPU per client message:")
     for mode, runs in results.items():
         totals = sorted(r["user_us"] + r["sys_us"] for r in runs)
         print(f"  {mode:>11}: {totals[len(totals) // 2]:6.1f} µs  (runs: "
               + ", ".join(f"{t:.1f}" for t in totals) + ")")  # fmt: skip
+
+
+async def run_rounds(
+    args: argparse.Namespace,
+    variants: list[tuple[str, float | None]],
+    results: dict[str, list[dict[str, Any]]],
+    secret: str,
+    tmp: Path,
+    urls: tuple[str, str],
+) -> None:
+    """The interleaved rounds of every variant, against the same upstreams."""
+    for round_no in range(args.rounds):
+        for mode, coalesce in variants:
+            run = await measure(mode, urls, secret, tmp, args.seconds, args.profile, coalesce)
+            results[label(mode, coalesce)].append(run)
+            print(
+                f"round {round_no + 1} {label(mode, coalesce):>11}: "
+                f"{run['messages']:>7,} messages, "
+                f"{run['user_us'] + run['sys_us']:6.1f} µs per message "
+                f"(user {run['user_us']:.1f}, sys {run['sys_us']:.1f}), "
+                f"{run['syscalls']:.2f} read/write calls",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
@@ -166,6 +172,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--mode", action="append", choices=MODES)
     parser.add_argument("--profile", action="store_true", help="run the proxy under cProfile")
+    parser.add_argument(
+        "--peers",
+        choices=("servers", "fast"),
+        default="servers",
+        help="upstreams: the real servers (default) or fast protocol peers (proxy_bench's)",
+    )
     parser.add_argument(
         "--shadow-coalesce-ms",
         type=float,

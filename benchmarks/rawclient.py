@@ -121,10 +121,25 @@ class RawPlayer(RawClient):
     sends the next (no task, no future per message). Every `update_every`-th message is a
     `STATE_UPDATE` (a `score_deltas` on itself), the others `HEARTBEAT`s; frames are masked
     with a fixed per-connection key; broadcasts are skipped unparsed. Answers go to `tally`:
-    `answered` (in the window), `latencies_ns`, `errors` (by code)."""
+    `answered` (in the window), `latencies_ns`, `errors` (by code).
 
-    def __init__(self, token: str, player: str, update_every: int, tally: dict[str, Any]) -> None:
+    Paced (`interval_ns` > 0): one message per interval at most, on a fixed schedule (the
+    first at a random phase), still one at a time; a message whose slot passed while the
+    previous one was unanswered leaves at once, and its latency counts from its slot, not
+    from when it left (no coordinated omission: a slow answer delays the messages behind it,
+    and their latencies show it)."""
+
+    def __init__(
+        self,
+        token: str,
+        player: str,
+        update_every: int,
+        tally: dict[str, Any],
+        interval_ns: int = 0,
+    ) -> None:
         super().__init__(token)
+        self.interval_ns = interval_ns
+        self.slot = 0
         self.update = b'","updates":{"score_deltas":{"' + player.encode() + b'":1}}}'
         self.update_every = update_every
         self.key = os.urandom(4)
@@ -137,10 +152,22 @@ class RawPlayer(RawClient):
     def begin(self, start: int, end: int) -> None:
         """Send the first message; count answers received in [start, end); stop at end."""
         self.start, self.end = start, end
-        self._send()
+        if self.interval_ns:
+            self.slot = now_ns() + int.from_bytes(os.urandom(4)) % self.interval_ns
+            self._next()
+        else:
+            self._send()
+
+    def _next(self) -> None:
+        """Paced: send at the current slot (now, when it has passed)."""
+        delay = self.slot - now_ns()
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay / 1e9, self._send)
+        else:
+            self._send()
 
     def _send(self) -> None:
-        self.sent = now_ns()
+        self.sent = self.slot if self.interval_ns else now_ns()
         if self.sent >= self.end or self.transport is None or self.transport.is_closing():
             return
         self.seq += 1
@@ -168,7 +195,11 @@ class RawPlayer(RawClient):
             self.tally["answered"] += 1
         if self.sent >= self.start and got < self.end:
             self.tally["latencies_ns"].append(got - self.sent)
-        self._send()
+        if self.interval_ns:
+            self.slot += self.interval_ns
+            self._next()
+        else:
+            self._send()
 
 
 async def raw_closed_loop(
@@ -179,18 +210,20 @@ async def raw_closed_loop(
     *,
     ready: Any,
     go: Any,
+    interval_ns: int = 0,
 ) -> dict[str, Any]:
     """A client process's share of a closed-loop load: `RawPlayer`s for `(game, player)`
     against each server of `urls` (the same players against each: the concurrent A/B),
-    started at the plan's warm-up instant, measured over its window. Returns one tally per
-    server (`per_server`) and the process's CPU time over the window (`cpu_s`)."""
+    started at the plan's warm-up instant, measured over its window (paced at one message
+    per `interval_ns` per player when it is not 0). Returns one tally per server
+    (`per_server`) and the process's CPU time over the window (`cpu_s`)."""
     tallies: list[dict[str, Any]] = [
         {"answered": 0, "latencies_ns": [], "errors": {}} for _ in urls
     ]
 
     def player(game: str, name: str, tally: dict[str, Any]) -> Callable[[], RawClient]:
         token = mint_token(secret, name, "player", [game])
-        return lambda: RawPlayer(token, name, update_every, tally)
+        return lambda: RawPlayer(token, name, update_every, tally, interval_ns)
 
     opened = [
         proto
@@ -222,7 +255,10 @@ async def raw_closed_loop_one(
     *,
     ready: Any,
     go: Any,
+    interval_ns: int = 0,
 ) -> dict[str, Any]:
     """`raw_closed_loop` against one server: its tally, with the process's `cpu_s`."""
-    result = await raw_closed_loop([url], secret, clients, update_every, ready=ready, go=go)
+    result = await raw_closed_loop(
+        [url], secret, clients, update_every, ready=ready, go=go, interval_ns=interval_ns
+    )
     return {**result["per_server"][0], "cpu_s": result["cpu_s"]}
