@@ -54,6 +54,8 @@ FORWARDED_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 NO_CLOSE_FRAME = frozenset({1005, 1006, 1015})
 #: most message ids tracked per upstream and connection for answer latency
 MAX_TRACKED = 4096
+#: the longest plain HTTP answer (a health check) relayed from the primary
+PLAIN_HTTP_LIMIT = 1 << 20
 #: the shadow's latest broadcasts kept per connection, for a flip (`MirrorProxy.flipped`)
 SHADOW_STATES_KEPT = 32
 
@@ -113,6 +115,48 @@ def writable(conn: Connection) -> bool:
     (each a whole frame: pongs, close frames). The relay never sends a fragmented message
     with websockets' `send()`, so no frame can land between two fragments."""
     return conn.protocol.state is OPEN and not conn.paused
+
+
+async def read_until_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """Everything the peer sends until it closes (it was asked `Connection: close`); a
+    response longer than `limit` is not one the proxy relays (ValueError)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("response too long")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def plain_response(raw: bytes) -> Response:
+    """An upstream's HTTP/1.1 response (read to the end) as the proxy's own answer: its
+    status, reason, content type and body (cut at its `Content-Length`). ValueError when it
+    is not a whole response."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no end of headers")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    _, code, reason = ([*status_line.split(" ", 2), ""])[:3]
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        raise ValueError("chunked responses are not relayed")
+    length = fields.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > len(body):
+            raise ValueError("body shorter than its Content-Length")
+        body = body[: int(length)]
+    headers = Headers(
+        [
+            ("Content-Type", fields.get("content-type", "text/plain")),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(int(code), reason, headers, body)
 
 
 def game_of(path: str) -> str | None:
@@ -441,13 +485,9 @@ class MirrorProxy:
                 reader, writer = await asyncio.open_connection(host, int(port))
                 head = f"GET {request.path} HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n"
                 writer.write(head.encode())
-                raw = await reader.read(1 << 20)
+                raw = await read_until_eof(reader, PLAIN_HTTP_LIMIT)
                 writer.close()
-            status_line, _, rest = raw.partition(b"\r\n")
-            _, _, body = rest.partition(b"\r\n\r\n")
-            _, code, reason = status_line.decode(errors="replace").split(" ", 2)
-            status = int(code)
-            return Response(status, reason, Headers([("Content-Type", "text/plain")]), body)
+            return plain_response(raw)
         except (OSError, TimeoutError, ValueError, IndexError):
             return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
 

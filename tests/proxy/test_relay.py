@@ -283,3 +283,59 @@ async def test_health_and_metrics_are_served_on_the_admin_port(mirror: ProxyUnde
     )
     assert "stateshift_upstream_latency_seconds_bucket" in body
     assert "stateshift_proxy_client_connections 1.0" in body
+
+
+async def http_get(url: str, path: str) -> tuple[int, bytes, str]:
+    """A plain HTTP GET on a proxy's client port: (status, body, content type)."""
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        async with asyncio.timeout(timeout()):
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(
+                line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line
+            )
+            length = fields.get("Content-Length")
+            body = await (reader.read() if length is None else reader.readexactly(int(length)))
+        return int(head.split(b" ", 2)[1]), body, fields.get("Content-Type", "")
+    finally:
+        writer.close()
+
+
+async def test_a_health_check_on_the_client_port_gets_the_primarys_answer(
+    mirror: ProxyUnderTest,
+):
+    status, body, _ = await http_get(mirror.url, "/healthz")
+    assert (status, body) == (200, b"ok")
+
+
+async def test_a_primarys_http_answer_in_several_segments_is_relayed_whole(
+    tmp_path: Path, new_server: StateServer
+):
+    """The primary writes its health answer in three writes, a pause between: the client
+    gets it all, with the primary's status, reason and content type."""
+    body = b'{"status": "degraded", "detail": "' + b"x" * 3000 + b'"}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        for part in (head.encode(), body[:1000], body[1000:]):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.close()
+
+    primary = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = primary.sockets[0].getsockname()[1]
+    under_test = await start_proxy(tmp_path, f"ws://127.0.0.1:{port}", new_server.url)
+    try:
+        status, got, content_type = await http_get(under_test.url, "/healthz")
+        assert (status, got, content_type) == (503, body, "application/json")
+    finally:
+        await stop_proxy(under_test)
+        primary.close()
+        await primary.wait_closed()
