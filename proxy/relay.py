@@ -173,7 +173,8 @@ class Late:
     window closes when nothing is owed any more (a broadcast past `floor` arrived: the
     connection's later ones are newer), or at `until` (a shadow that never answers)."""
 
-    ids: set[str]
+    #: `re` -> answers owed with it (None: `ERROR`s answering frames without a readable id)
+    ids: dict[str | None, int]
     floor: int | None
     until: float
 
@@ -704,8 +705,11 @@ class MirrorProxy:
             delivered = version
         session.delivered = delivered
         if owed or delivered:
+            ids: dict[str | None, int] = {}
+            for re_id in owed:
+                ids[re_id] = ids.get(re_id, 0) + 1
             until = time.monotonic() + self.settings.answer_timeout
-            session.late = Late(set(owed), delivered or None, until)
+            session.late = Late(ids, delivered or None, until)
 
     def _owed(self, session: Session, is_text: bool, payload: bytes) -> bool:
         """Whether a frame of the primary is something it owed from before the flip (then
@@ -719,12 +723,17 @@ class MirrorProxy:
         msg = parse(is_text, payload)
         if msg is None:
             return False
-        re_id = msg.get("re")
         owed = False
-        if re_id is not None:
-            if isinstance(re_id, str) and re_id in late.ids:
-                late.ids.discard(re_id)
-                owed = True
+        if "re" in msg:  # an answer: owed if its `re` (an id, or null) still is
+            re_id = msg["re"]
+            if re_id is None or isinstance(re_id, str):
+                left = late.ids.get(re_id, 0)
+                if left > 1:
+                    late.ids[re_id] = left - 1
+                    owed = True
+                elif left == 1:
+                    del late.ids[re_id]
+                    owed = True
         elif late.floor is not None and msg.get("type") == "STATE":
             version = msg.get("version")
             if type(version) is int and version <= late.floor:

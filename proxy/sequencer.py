@@ -66,6 +66,8 @@ class Entry:
     #: never going to the shadow (lost with it, or sent while it was gone); a version it
     #: makes is skipped in the game's order when the primary's answer tells which
     dropped: bool = False
+    #: a client frame without a readable id: answered `ERROR` with `re: null`
+    nameless: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -83,6 +85,8 @@ class ConnOrder:
     #: for the oldest of them with its `re` (answers come in the order of the requests, and
     #: a client may use one id twice)
     awaiting: deque[Entry] = field(default_factory=deque)
+    #: released frames without a readable id whose `re: null` answer the shadow still owes
+    nulls: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -161,6 +165,7 @@ class ShadowOrder:
         conn.dead = True
         conn.shadow_open = False
         conn.unanswered.clear()
+        conn.nulls = 0
         dropped = len(conn.entries)
         self.events.append(Event("drop", reason, conn_id, conn.game_id, dropped))
         game = self.games.get(conn.game_id) if conn.game_id is not None else None
@@ -183,20 +188,27 @@ class ShadowOrder:
         game = self.games.get(conn.game_id) if conn.game_id is not None else None
         self._drop_entries(conn, game)
         conn.unanswered.clear()
+        conn.nulls = 0
         if replay is not None:
             conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
         self.shadow_opened(conn_id, now)
 
-    def roles_swapped(self, conn_id: int) -> list[str]:
+    def roles_swapped(self, conn_id: int) -> list[str | None]:
         """A flip made this connection's shadow its primary: what the old shadow still owed
         will come back as the primary's frames, never as the shadow's answers, so it is not
         waited for (else it would be declared a stall `answer_timeout` later). Returns the
-        ids of those answers (the broadcasts it owes are the relay's business: `flipped`)."""
+        `re` of each of those answers, in order: an id, or None for an `ERROR` answering a
+        frame without a readable id (the broadcasts it owes are the relay's business:
+        `flipped`)."""
         conn = self.conns.get(conn_id)
         if conn is None:
             return []
-        owed = [entry.msg_id for entry, _ in conn.unanswered if entry.msg_id is not None]
+        owed: list[str | None] = [
+            entry.msg_id for entry, _ in conn.unanswered if entry.msg_id is not None
+        ]
+        owed.extend([None] * conn.nulls)
         conn.unanswered.clear()
+        conn.nulls = 0
         return owed
 
     def hold(self, game_id: str) -> None:
@@ -267,6 +279,7 @@ class ShadowOrder:
         if not isinstance(msg_type, str):
             msg_type = None
         entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
+        entry.nameless = msg_id is None
         if msg_id is not None:
             awaiting = conn.awaiting
             awaiting.append(entry)
@@ -343,6 +356,10 @@ class ShadowOrder:
         if conn is None or "re" not in frame:
             return
         re_id = frame.get("re")
+        if re_id is None:  # the answer to the oldest frame without a readable id
+            if conn.nulls:
+                conn.nulls -= 1
+            return
         unanswered = conn.unanswered
         answered: Entry | None = None
         for index, (entry, _) in enumerate(unanswered):
@@ -557,6 +574,8 @@ class ShadowOrder:
         self.releases.append((conn.conn_id, entry.data, entry.msg_id, urgent))
         if entry.msg_id is not None:
             conn.unanswered.append((entry, now))
+        elif entry.nameless:
+            conn.nulls += 1
 
     def _release(self, conn: ConnOrder, game: GameOrder, entry: Entry, now: float) -> None:
         conn.entries.popleft()

@@ -225,6 +225,24 @@ def test_what_the_old_shadow_owed_at_a_flip_is_not_waited_for():
     assert order.pending(1) == 0
 
 
+def test_errors_re_null_the_old_shadow_owed_at_a_flip_are_counted_once_each():
+    """Frames without a readable id are answered `re: null`: the ones the shadow has not
+    answered at a flip are owed (the client had them from the previous primary); the ones
+    it answered are not, and a replayed CONNECT (answered with its own id) never is."""
+    order = ShadowOrder(answer_timeout=5.0)
+    opened(order, 1)
+    for raw in (b"not json", b'{"type":"HEARTBEAT"}', b'{"type":"HEARTBEAT","id":""}'):
+        order.client_frame(1, raw, orjson.loads(raw) if raw.startswith(b"{") else None, 0.0)
+    assert len(order.take_releases()) == 3
+    order.shadow_frame(1, {"type": "ERROR", "re": None, "code": "BAD_MESSAGE"}, 0.0)
+    assert order.roles_swapped(1) == [None, None]
+    assert order.roles_swapped(1) == []  # owed once
+    order.shadow_lost(1, "crash", 0.0)
+    order.revive(1, b'{"type":"CONNECT","id":"c","token":"t"}', 0.0)
+    assert len(order.take_releases()) == 1
+    assert order.roles_swapped(1) == []
+
+
 def test_a_frame_with_an_unreadable_id_is_not_waited_for():
     """Such a frame is answered `re: null` (note 2): waiting for its id would declare the
     shadow stalled, and keep a flip from ever finding the proxy quiet."""

@@ -186,18 +186,21 @@ async def test_owed_answers_and_broadcasts_are_recognised_once_then_frames_are_n
     def window() -> Late | None:
         return session.late
 
-    session.late = Late({"h1", "u1"}, 5, time.monotonic() + timeout(60))
+    session.late = Late({"h1": 1, "u1": 1, None: 2}, 5, time.monotonic() + timeout(60))
     assert owed(type="HEARTBEAT_ACK", re="h1")
     assert not owed(type="HEARTBEAT_ACK", re="h1")  # owed once
     assert not owed(type="ACK", re="u7", version=7)  # a new request's answer
     assert not owed(type="ERROR", re=["u1"], code="BAD_MESSAGE")  # not an id: relayed as is
+    assert owed(type="ERROR", re=None, code="BAD_MESSAGE")  # two errors `re: null` owed
     assert owed(type="STATE", game_id="g", version=5)  # broadcast before the flip
+    assert owed(type="ERROR", re=None, code="BAD_MESSAGE")
+    assert not owed(type="ERROR", re=None, code="BAD_MESSAGE")  # a new bad frame's
     assert owed(type="ACK", re="u1", version=4)
     assert window() is not None  # a broadcast up to version 5 may still come
     assert not owed(type="STATE", game_id="g", version=6)
     assert window() is None  # nothing owed any more: frames are relayed unparsed
 
-    session.late = Late({"h2"}, None, time.monotonic() - 1)  # its shadow never answered
+    session.late = Late({"h2": 1}, None, time.monotonic() - 1)  # its shadow never answered
     assert not owed(type="HEARTBEAT_ACK", re="h2")
     assert window() is None
 
@@ -346,3 +349,29 @@ async def test_two_proxies_flipped_one_after_the_other_lose_no_broadcast(tmp_pat
             await proxy.stop()
         await new.stop()
         await old.stop()
+
+
+async def test_errors_without_an_id_the_old_shadow_still_owed_never_reach_the_client(
+    tmp_path: Path,
+):
+    """As above, with frames whose id is unreadable: both servers answer each `ERROR` with
+    `re: null`. Those the old server still owed at the flip (the client had them from the
+    new server) must not reach the client once the old server is its primary."""
+    async with start_stack(tmp_path, "slow:100", primary="new", switchboard=True) as stack:
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        assert (await client.request(type="CONNECT", id="c", token=token("p0")))["re"] == "c"
+        bad = 20
+        for n in range(bad):
+            await client.send(type="HEARTBEAT", id="x" * (65 + n))
+        for _ in range(bad):
+            answer = await client.until(lambda frame: "re" in frame)
+            assert (answer["type"], answer["re"]) == ("ERROR", None)
+        prepared = await stack.board.prepare(Route(primary="old"))
+        await stack.board.commit(prepared.token)
+        assert stack.proxy.route.primary == "old"
+        await client.send(type="HEARTBEAT", id="last")
+        await client.until(lambda frame: frame.get("re") == "last")  # after every late answer
+        nulls = [frame for frame in client.frames if "re" in frame and frame["re"] is None]
+        assert len(nulls) == bad
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.close()
