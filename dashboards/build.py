@@ -680,7 +680,10 @@ PARALLEL_RUN: Final = Dashboard(
         Panel(
             "Primary vs shadow latency",
             _quantiles("stateshift_upstream_latency_seconds", P, "role", "{{role}}"),
-            "From a client frame reaching an upstream to that upstream's answer.",
+            "From a client frame reaching an upstream to that upstream's answer. Measured on "
+            "mirrored sessions only: empty while mirroring is off (after finalize, or "
+            "--no-mirror), where the proxy splices sessions without reading them; the new "
+            "server's commit latency (Servers row) remains.",
             unit="s",
         ),
         Panel(
@@ -964,7 +967,8 @@ SWITCHOVER: Final = Dashboard(
                 "upstream",
                 "{{upstream}}",
             ),
-            "The primary's answer latency, by upstream: it should not jump at a flip.",
+            "The primary's answer latency, by upstream: it should not jump at a flip. Empty "
+            "once mirroring is off (finalize): spliced sessions are not measured.",
             unit="s",
             width=8,
         ),
