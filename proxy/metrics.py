@@ -243,6 +243,7 @@ class ProxyMetrics:
             self.shadow_drops.labels(reason)
             self.shadow_dropped_frames.labels(reason)
             self.not_comparable.labels(reason)
+        self.not_comparable.labels("import")  # an admin IMPORT_STATE through the proxy
         # Every series exists from the start: Prometheus cannot see a counter's first
         # increment (an alert on the first primary connect failure after a flip needs it).
         for upstream in UPSTREAMS:

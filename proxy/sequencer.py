@@ -68,6 +68,8 @@ class Entry:
     dropped: bool = False
     #: a client frame without a readable id: answered `ERROR` with `re: null`
     nameless: bool = False
+    #: the game an admin `IMPORT_STATE` replaces
+    target: str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -87,6 +89,9 @@ class ConnOrder:
     awaiting: deque[Entry] = field(default_factory=deque)
     #: released frames without a readable id whose `re: null` answer the shadow still owes
     nulls: int = 0
+    #: the newest version this connection's primary stream showed (answers, broadcasts): a
+    #: refusal on it was decided at that version (note 36), whatever other sockets show
+    seen: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -280,6 +285,10 @@ class ShadowOrder:
             msg_type = None
         entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
         entry.nameless = msg_id is None
+        if conn.game_id is None and msg_type == "IMPORT_STATE":
+            state = msg.get("state") if msg is not None else None
+            target = state.get("game_id") if isinstance(state, dict) else None
+            entry.target = target if isinstance(target, str) else None
         if msg_id is not None:
             awaiting = conn.awaiting
             awaiting.append(entry)
@@ -294,7 +303,7 @@ class ShadowOrder:
             entry.dropped = True
             self.shadow_lost(conn_id, "overflow", now)
             return False
-        if msg_id is None or conn.game_id is None or msg_type in UNORDERED:
+        if msg_id is None or msg_type in UNORDERED or (conn.game_id is None and not entry.target):
             entry.kind = FREE
         conn.entries.append(entry)
         if len(conn.entries) == 1:
@@ -318,8 +327,11 @@ class ShadowOrder:
             scores = state.get("scores")
             if type(version) is int and isinstance(scores, dict):
                 self._remember(game, version, frozenset(scores))
-        if type(version) is int and version > game.known and frame_type != "ERROR":
-            game.known = version
+        if type(version) is int and frame_type != "ERROR":
+            if version > game.known:
+                game.known = version
+            if version > conn.seen:
+                conn.seen = version
         if "re" not in frame:
             return  # a broadcast: nothing to place
         entry = self._awaited(conn, frame.get("re"))
@@ -337,8 +349,10 @@ class ShadowOrder:
         elif frame_type == "ERROR" and frame.get("code") == "RATE_LIMITED":
             entry.kind = SKIP  # the primary did not process it: neither may the shadow
         elif frame_type == "ERROR":
+            # where the primary refused it: a CONFLICT says; else what this connection had
+            # seen (not game.known: another socket's newer ACK may have been read first)
             conflict = frame.get("version")
-            at = max(game.known, conflict if type(conflict) is int else 0)
+            at = conflict if type(conflict) is int else (conn.seen or game.known)
             entry.kind, entry.at = AFTER, at
         else:
             entry.kind = FREE
@@ -457,6 +471,13 @@ class ShadowOrder:
         if entry is not None and entry.kind == WAITING and not entry.dropped:
             rate_limited = frame.get("type") == "ERROR" and frame.get("code") == "RATE_LIMITED"
             entry.kind = SKIP if rate_limited else FREE
+            game = self.games.get(entry.target) if entry.target is not None else None
+            if game is not None and frame.get("type") == "ACK":
+                # It replaced the game at a place in the primary's order that an admin
+                # connection does not show: not mirrored; the game is not comparable until
+                # a resync copies the primary's state (the import included) in order.
+                entry.kind = SKIP
+                self._not_comparable(game, "import")
             self._pump(conn, now)
 
     def _not_comparable(self, game: GameOrder, reason: str) -> None:
@@ -557,6 +578,8 @@ class ShadowOrder:
                     break
                 if head.at > game.released + 1:
                     break  # an earlier version is not placed yet
+                if self._undecided(game, conn):
+                    break  # a change not placed yet may have been decided before this one
             elif head.at > game.released or (head.exclusive and game.busy is not None):
                 break
             self._release(conn, game, head, now)
@@ -564,6 +587,19 @@ class ShadowOrder:
             if head.kind == CLAIM:
                 break  # one version at a time
         return released_any
+
+    @staticmethod
+    def _undecided(game: GameOrder, but: ConnOrder | None) -> bool:
+        """Whether a connection of the game (other than `but`) has a change at its head that
+        the primary has not answered yet: until it does, its place in the game's order is
+        unknown, and it may come before a version already claimed (the proxy reads each
+        connection's socket on its own)."""
+        for c in game.conns:
+            if c is not but and c.entries and not c.dead and c.shadow_open:
+                head = c.entries[0]
+                if head.kind == WAITING and head.exclusive:
+                    return True
+        return False
 
     def _not_mirrored(self, conn: ConnOrder, entry: Entry) -> None:
         if entry.msg_id is not None:
@@ -593,7 +629,9 @@ class ShadowOrder:
             c.entries and c.entries[0].kind in (CLAIM, AFTER) and not c.dead and c.shadow_open
             for c in game.conns
         )
-        if not blocked:
+        if not blocked or self._undecided(game, None):
+            # nothing waits, or what waits waits for the primary's answer to a change (its
+            # place), not for a version nobody claimed
             game.gap_since = None
         elif game.gap_since is None:
             game.gap_since = now
