@@ -8,15 +8,24 @@ answered it, which gives it a *placement*:
 - `CLAIM v`: it made version v (an `ACK`, or a `CONNECTED` that joined): released when the
   shadow has applied v-1;
 - `AFTER p`: it happened when the primary was at version p (a refused update, a `GET_STATE`,
-  a `CONNECT` that did not join): released once the shadow has applied p;
+  a `CONNECT` that did not join): released once the shadow has applied p. p is what the
+  frame's own connection showed when the primary answered it (a `CONFLICT` says it), not
+  the newest version read on any connection: the proxy reads each socket on its own, and
+  another connection's newer `ACK` may be read first;
 - `FREE`: it has no place in the game's order (heartbeats, frames without a readable id);
 - `SKIP`: the primary did not process it (`RATE_LIMITED`): never mirrored.
 
 State-changing frames (`STATE_UPDATE`, `CONNECT`, `IMPORT_STATE`) go one at a time per game:
-the next waits for the shadow's answer to the previous. A version the proxy never sees a
-claim for (a change made elsewhere) is a *gap*: after `gap_timeout` the game is marked not
-comparable and the order moves on. A shadow that does not answer within `answer_timeout`
-is declared stalled for that connection.
+the next waits for the shadow's answer to the previous. A `CLAIM` also waits while another
+connection of the game has a change the primary has not answered yet (it may have been
+decided first: a refusal placed before the claimed version). An admin connection has no
+game: its frames go at once, but an `IMPORT_STATE` waits for the primary's answer; accepted
+for a game with connections here, whose order it cannot be placed in, it is not mirrored
+and the game is marked not comparable (reason `import`) until a resync.
+
+A version the proxy never sees a claim for (a change made elsewhere) is a *gap*: after
+`gap_timeout` the game is marked not comparable and the order moves on. A shadow that does
+not answer within `answer_timeout` is declared stalled for that connection.
 
 The caller feeds events (`client_frame`, `primary_answer`, `shadow_answer`, …) and sends what
 `take_releases()` returns; `take_events()` reports drops and games that stopped being
