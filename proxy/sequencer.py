@@ -77,6 +77,8 @@ class Entry:
     dropped: bool = False
     #: a client frame without a readable id: answered `ERROR` with `re: null`
     nameless: bool = False
+    #: when it was forwarded to the primary
+    sent: float = 0.0
     #: the game an admin `IMPORT_STATE` replaces
     target: str | None = None
 
@@ -121,6 +123,9 @@ class GameOrder:
     floor: int | None = None
     #: recent primary states: version -> players, to tell a join from a reconnect
     players: dict[int, frozenset[str]] = field(default_factory=dict)
+    #: a claim waits for another connection's undecided change (see `_undecided`): `tick`
+    #: pumps the game again, since that wait ends by itself after `answer_timeout`
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +299,7 @@ class ShadowOrder:
             msg_type = None
         entry = Entry(data, msg_id, msg_type, msg_type in STATE_CHANGING)
         entry.nameless = msg_id is None
+        entry.sent = now
         if conn.game_id is None and msg_type == "IMPORT_STATE":
             state = msg.get("state") if msg is not None else None
             target = state.get("game_id") if isinstance(state, dict) else None
@@ -406,6 +412,9 @@ class ShadowOrder:
         for game in list(self.games.values()):
             if game.gap_since is not None and now - game.gap_since > self.gap_timeout:
                 self._skip_gap(game, now)
+            elif game.deferred:
+                game.deferred = False
+                self._pump_game(game, now)
 
     # ----------------------------------------------------------------- output
 
@@ -587,7 +596,8 @@ class ShadowOrder:
                     break
                 if head.at > game.released + 1:
                     break  # an earlier version is not placed yet
-                if self._undecided(game, conn):
+                if self._undecided(game, conn, now):
+                    game.deferred = True
                     break  # a change not placed yet may have been decided before this one
             elif head.at > game.released or (head.exclusive and game.busy is not None):
                 break
@@ -597,16 +607,22 @@ class ShadowOrder:
                 break  # one version at a time
         return released_any
 
-    @staticmethod
-    def _undecided(game: GameOrder, but: ConnOrder | None) -> bool:
+    def _undecided(self, game: GameOrder, but: ConnOrder | None, now: float) -> bool:
         """Whether a connection of the game (other than `but`) has a change at its head that
         the primary has not answered yet: until it does, its place in the game's order is
         unknown, and it may come before a version already claimed (the proxy reads each
-        connection's socket on its own)."""
+        connection's socket on its own). Not for longer than `answer_timeout` after it was
+        sent: an answer that late is not read (its client does not read, so the proxy
+        stopped reading its primary), and the game's other changes must not wait for it
+        until the comparator calls their shadow copies missing."""
         for c in game.conns:
             if c is not but and c.entries and not c.dead and c.shadow_open:
                 head = c.entries[0]
-                if head.kind == WAITING and head.exclusive:
+                if (
+                    head.kind == WAITING
+                    and head.exclusive
+                    and now - head.sent < self.answer_timeout
+                ):
                     return True
         return False
 
@@ -638,7 +654,7 @@ class ShadowOrder:
             c.entries and c.entries[0].kind in (CLAIM, AFTER) and not c.dead and c.shadow_open
             for c in game.conns
         )
-        if not blocked or self._undecided(game, None):
+        if not blocked or self._undecided(game, None, now):
             # nothing waits, or what waits waits for the primary's answer to a change (its
             # place), not for a version nobody claimed
             game.gap_since = None

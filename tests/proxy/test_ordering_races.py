@@ -272,3 +272,20 @@ def test_a_change_waiting_for_another_connections_primary_answer_is_not_a_gap():
     order.primary_frame(2, ack("bob1", 4), order.gap_timeout * 10)
     released = [orjson.loads(data)["id"] for _, data, _, _ in order.take_releases()]
     assert released == ["alice1"]  # v3 first; bob's v4 waits for its answer
+
+
+def test_a_change_waits_for_an_undecided_one_no_longer_than_the_answer_timeout():
+    """Bob's change is never answered where the proxy can read it (his client does not read,
+    so the proxy stopped reading his primary): alice's v3 goes after `answer_timeout`, on
+    the next tick, rather than wait until the comparator calls its shadow copy missing."""
+    order = two_players()
+    data, body = update("bob1")
+    order.client_frame(2, data, body, 0.0)
+    data, body = update("alice1")
+    order.client_frame(1, data, body, 0.0)
+    order.primary_frame(1, ack("alice1", 3), 0.0)
+    order.tick(order.answer_timeout / 2)
+    assert order.take_releases() == []
+    order.tick(order.answer_timeout + 0.25)
+    released = [orjson.loads(data)["id"] for _, data, _, _ in order.take_releases()]
+    assert released == ["alice1"]
