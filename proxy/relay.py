@@ -199,6 +199,13 @@ class Session:
     disconnecting: bool = False
     #: the client's CONNECT frame (masked, as received), replayed to a revived shadow
     connect_frame: bytes | None = None
+    #: its id: the revived shadow's answer to the replay is owed like any other
+    connect_id: str | None = None
+    #: frames without a readable id forwarded to each upstream as primary, not yet
+    #: answered (`ERROR re: null`): a flip waits for them too
+    nameless: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
+    #: what `_release_held` waits on while the primary does not drain (a flip cancels it)
+    rewait: asyncio.Future[None] | None = None
     #: message id -> time it was forwarded, per upstream (answer latency)
     sent: dict[str, dict[str, float]] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -598,7 +605,13 @@ class MirrorProxy:
                 if not self._forward(session, raw):
                     up = session.up.get(session.primary)
                     if up is not None:
-                        await up.drain()
+                        # not `await up.drain()`: a flip must wake it (the frames then go
+                        # to the new primary), and a lost upstream must not end the loop
+                        session.rewait = waiter = asyncio.ensure_future(up.drain())
+                        await asyncio.wait({waiter})
+                        session.rewait = None
+                        if not waiter.cancelled():
+                            waiter.exception()
                     continue
                 held.popleft()
                 if session.mirrored:
@@ -644,11 +657,16 @@ class MirrorProxy:
                 if len(sent) >= MAX_TRACKED:
                     sent.clear()  # ids never answered: forget them rather than grow
                 sent[msg_id] = now
+            else:
+                session.nameless[session.primary] += 1
             kind = msg.get("type")
             if kind == "CONNECT" and session.connect_frame is None:
                 session.connect_frame = raw
+                session.connect_id = msg_id
             elif kind == "DISCONNECT":
                 session.disconnecting = True
+        else:
+            session.nameless[session.primary] += 1
         self.order.client_frame(session.id, raw, msg, now)
 
     # ----------------------------------------------------------------- upstreams -> client
@@ -689,6 +707,9 @@ class MirrorProxy:
         new primary's broadcasts up to the newest version the client has are owed."""
         for sent in session.sent.values():
             sent.clear()
+        session.nameless = {"old": 0, "new": 0}
+        if session.rewait is not None:
+            session.rewait.cancel()  # held client frames go to the new primary now
         owed = self.order.roles_swapped(session.id)
         delivered = session.delivered
         missed: dict[int, bytes] = {}
@@ -696,6 +717,12 @@ class MirrorProxy:
             if version > delivered:
                 missed[version] = payload
         session.shadow_states.clear()
+        if missed and delivered and min(missed) > delivered + 1:
+            # Versions between were left unread in the previous primary's socket (the
+            # client did not keep up) and are no longer kept from the shadow: it cannot
+            # have them in order. It reconnects (its CONNECTED has the state).
+            self.drop_client(session, 1012, "updates missed during a switchover")
+            missed = {}
         for version in sorted(missed):
             frame = Frame(Opcode.TEXT, missed[version]).serialize(mask=False, extensions=[])
             if session.to_client is not None or not writable(session.client):
@@ -704,6 +731,7 @@ class MirrorProxy:
                 session.client.transport.write(frame)
             delivered = version
         session.delivered = delivered
+        session.late = None  # a previous flip's window was about the other upstream
         if owed or delivered:
             ids: dict[str | None, int] = {}
             for re_id in owed:
@@ -740,6 +768,8 @@ class MirrorProxy:
                 owed = True
             else:
                 late.floor = None
+        if owed:
+            late.until = time.monotonic() + self.settings.answer_timeout  # still answering
         if not late.ids and late.floor is None:
             session.late = None
         return owed
@@ -815,6 +845,8 @@ class MirrorProxy:
                 self._events([Event("not_comparable", "garbage", session.id, session.game_id)])
         elif not late:
             re_id = msg.get("re")
+            if re_id is None and "re" in msg and role == "primary" and session.nameless[name]:
+                session.nameless[name] -= 1
             if isinstance(re_id, str):
                 started = session.sent[name].pop(re_id, None)
                 if started is not None:
@@ -914,13 +946,14 @@ class MirrorProxy:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.settings.retry_max)
                     continue
-                if session.ended():
+                if session.ended() or not session.mirrored:
+                    # the client left, or mirroring ended (finalize) while this connected
                     await close_within(up, self.settings.open_timeout)
                     return
                 session.up[name] = up
                 now = time.monotonic()
                 if revive:
-                    self.order.revive(session.id, session.connect_frame, now)
+                    self.order.revive(session.id, session.connect_frame, now, session.connect_id)
                 else:
                     self.order.shadow_opened(session.id, now)
                 self.flush()

@@ -197,7 +197,9 @@ class ShadowOrder:
             self._advance(game)
             self._pump_game(game, now)
 
-    def revive(self, conn_id: int, replay: bytes | None, now: float) -> None:
+    def revive(
+        self, conn_id: int, replay: bytes | None, now: float, replay_id: str | None = None
+    ) -> None:
         """A lost shadow reconnected: start a fresh FIFO, replaying the client's CONNECT
         first (the game stays not comparable until it is resynced)."""
         conn = self.conns.get(conn_id)
@@ -209,7 +211,7 @@ class ShadowOrder:
         conn.unanswered.clear()
         conn.nulls = 0
         if replay is not None:
-            conn.entries.append(Entry(replay, None, "CONNECT", False, FREE))
+            conn.entries.append(Entry(replay, replay_id, "CONNECT", False, FREE))
         self.shadow_opened(conn_id, now)
 
     def roles_swapped(self, conn_id: int) -> list[str | None]:

@@ -242,7 +242,11 @@ class Switchboard:
         while True:
             proxy.settle()  # the bookkeeping of frames forwarded just before the pause
             proxy.write_shadows()  # copies waiting to share a write go now, not after a swap
-            in_flight = sum(len(s.sent[s.primary]) for s in proxy.sessions.values() if s.mirrored)
+            in_flight = sum(
+                len(s.sent[s.primary]) + s.nameless[s.primary]
+                for s in proxy.sessions.values()
+                if s.mirrored
+            )
             if not in_flight and proxy.order.idle():
                 return
             if time.monotonic() > deadline:
