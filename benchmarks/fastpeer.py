@@ -27,16 +27,19 @@ import asyncio
 import base64
 import signal
 import struct
+import sys
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 from websockets.utils import accept_key
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `conformance` importable
+    sys.path.insert(0, str(REPO))
+
+from conformance import wire  # noqa: E402
 
 OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
@@ -140,18 +143,12 @@ class Peer(asyncio.Protocol):
             buf = rest
         pos, size = 0, len(buf)
         while size - pos >= 6:
-            head1, length = buf[pos], buf[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                length = int.from_bytes(buf[start : start + 2])
-                start += 2
-            elif length == 127:
-                length = int.from_bytes(buf[start : start + 8])
-                start += 8
+            head1 = buf[pos]
+            start, length = wire.length_field(buf, pos)
             end = start + 4 + length
             if end > size:
                 break
-            payload = apply_mask(buf[start + 4 : end], buf[start : start + 4])
+            payload = wire.apply_mask(buf[start + 4 : end], buf[start : start + 4])
             pos = end
             self._frame(head1 & 0x0F, payload)
             if self.transport is None:

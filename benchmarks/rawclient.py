@@ -63,14 +63,7 @@ class RawClient(asyncio.Protocol):
         # Server frames are never masked: a 2-byte header, then 2 or 8 bytes of length.
         pos, size = 0, len(buf)
         while size - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                length = int.from_bytes(buf[start : start + 2])
-                start += 2
-            elif length == 127:
-                length = int.from_bytes(buf[start : start + 8])
-                start += 8
+            start, length = wire.length_field(buf, pos)
             end = start + length
             if end > size:
                 break

@@ -74,6 +74,21 @@ class Frame:
         return code
 
 
+def length_field(buf: bytes, pos: int) -> tuple[int, int]:
+    """For the frame header at `buf[pos]`: where its length field ends (the masking key, if
+    any, comes next) and the payload length. The buffer may be short: the length read is
+    then garbage, and the caller's check that the whole frame is there fails."""
+    length = buf[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        length = int.from_bytes(buf[start : start + 2])
+        start += 2
+    elif length == 127:
+        length = int.from_bytes(buf[start : start + 8])
+        start += 8
+    return start, length
+
+
 def decode_frame(buf: bytes) -> tuple[Frame | None, int]:
     """Decode one frame from the start of `buf`: (frame, bytes used) or (None, 0) if incomplete."""
     if len(buf) < 2:

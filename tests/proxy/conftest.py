@@ -53,6 +53,14 @@ def normalise(frame: Any, game_ids: dict[str, str] | None = None) -> Any:
     return frame
 
 
+async def beats_answered_in_order(client: Client, beats: list[str]) -> None:
+    """Send one `HEARTBEAT` per id at once, then read their answers: in the order sent."""
+    for beat in beats:
+        await client.send(type="HEARTBEAT", id=beat)
+    for beat in beats:
+        assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+
+
 async def start_new(tmp_path: Path, name: str = "new") -> StateServer:
     server = StateServer(ServerSettings(db=tmp_path / f"{name}.db", secret=TEST_SECRET, port=0))
     await server.start()

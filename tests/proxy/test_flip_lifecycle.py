@@ -21,6 +21,7 @@ from proxy.switch import SwitchError
 from tests.proxy.conftest import (
     Client,
     Stack,
+    beats_answered_in_order,
     start_legacy,
     start_proxy,
     start_stack,
@@ -99,10 +100,7 @@ async def test_owed_answers_after_a_flip_reach_the_client_once_the_window_times_
     ) as stack:
         client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
         assert (await client.request(type="CONNECT", id="c", token=token("p0")))["re"] == "c"
-        for beat in beats:
-            await client.send(type="HEARTBEAT", id=beat)
-        for beat in beats:
-            assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+        await beats_answered_in_order(client, beats)
         await flip(stack, "old")
         await client.send(type="HEARTBEAT", id="last")
         await client.until(lambda frame: frame.get("re") == "last")  # after the backlog

@@ -26,6 +26,7 @@ from stateshift.tokens import mint_token
 from tests.proxy.conftest import (
     Client,
     Stack,
+    beats_answered_in_order,
     proxy_settings,
     start_legacy,
     start_new,
@@ -149,10 +150,7 @@ async def test_answers_the_old_shadow_still_owed_never_reach_the_client_after_a_
     async with start_stack(tmp_path, "slow:100", primary="new", switchboard=True) as stack:
         client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
         assert (await client.request(type="CONNECT", id="c", token=token("p0")))["re"] == "c"
-        for beat in beats:
-            await client.send(type="HEARTBEAT", id=beat)
-        for beat in beats:
-            assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+        await beats_answered_in_order(client, beats)
         prepared = await stack.board.prepare(Route(primary="old"))
         owed = [msg_id for c in stack.proxy.order.conns.values() for msg_id, _ in c.unanswered]
         await stack.board.commit(prepared.token)
@@ -259,10 +257,7 @@ async def test_roles_swap_only_once_the_route_is_saved(tmp_path: Path):
         stack.state.save_route = slow_save  # type: ignore[method-assign]
         client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
         await client.request(type="CONNECT", id="c", token=token("p0"))
-        for beat in beats:
-            await client.send(type="HEARTBEAT", id=beat)
-        for beat in beats:
-            assert (await client.until(lambda frame: "re" in frame))["re"] == beat
+        await beats_answered_in_order(client, beats)
         prepared = await stack.board.prepare(Route(primary="old"))
         await stack.board.commit(prepared.token)
         await client.send(type="HEARTBEAT", id="last")
