@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import json
 import logging
 import re
 import time
@@ -102,8 +103,22 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     try:
         msg = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
+        # the servers read integers too long for a double (note 30): so must the proxy,
+        # or a frame they answer by its id is taken for one answered `re: null`
+        try:
+            msg = json.loads(payload, parse_int=_any_int, parse_constant=_no_constant)
+            json.dumps(msg, ensure_ascii=False).encode()  # unpaired surrogates (note 35)
+        except (ValueError, RecursionError):
+            return None
     return msg if isinstance(msg, dict) else None
+
+
+def _any_int(literal: str) -> int:
+    return int(literal) if len(literal) <= 4300 else 0  # only ids and types are read
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def writable(conn: Connection) -> bool:
@@ -227,6 +242,8 @@ class Session:
     shadow_states: deque[tuple[int, bytes]] = field(
         default_factory=lambda: deque(maxlen=SHADOW_STATES_KEPT)
     )
+    #: the newest version pushed out of `shadow_states` (kept no longer)
+    evicted: int = 0
     #: shadow upstreams the proxy cut to start afresh (the order gave them up: stalled or
     #: overflowed): their close is not a new fault; they reconnect (with the usual backoff)
     recycling: set[str] = field(default_factory=set)
@@ -717,7 +734,8 @@ class MirrorProxy:
             if version > delivered:
                 missed[version] = payload
         session.shadow_states.clear()
-        if missed and delivered and min(missed) > delivered + 1:
+        evicted, session.evicted = session.evicted, 0
+        if missed and evicted > delivered:
             # Versions between were left unread in the previous primary's socket (the
             # client did not keep up) and are no longer kept from the shadow: it cannot
             # have them in order. It reconnects (its CONNECTED has the state).
@@ -838,7 +856,10 @@ class MirrorProxy:
                     if version > session.delivered:
                         session.delivered = version
                 elif role == "shadow" and not late and session.mirrored:
-                    session.shadow_states.append((version, payload))
+                    kept = session.shadow_states
+                    if len(kept) == kept.maxlen:
+                        session.evicted = max(session.evicted, kept[0][0])
+                    kept.append((version, payload))
         if msg is None:
             if role == "shadow" and session.game_id is not None:
                 # A shadow that answers garbage: what it says can no longer be trusted.

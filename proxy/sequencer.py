@@ -412,7 +412,11 @@ class ShadowOrder:
             if conn.unanswered and now - conn.unanswered[0][1] > self.answer_timeout:
                 self.shadow_lost(conn.conn_id, "stall", now)
         for game in list(self.games.values()):
-            if game.gap_since is not None and now - game.gap_since > self.gap_timeout:
+            if (
+                game.gap_since is not None
+                and now - game.gap_since > self.gap_timeout
+                and not self._undecided(game, None, now)
+            ):
                 self._skip_gap(game, now)
             elif game.deferred:
                 game.deferred = False
@@ -527,7 +531,8 @@ class ShadowOrder:
         game.gap_since = None
         if not due or game.released is None:
             return
-        self._not_comparable(game, "gap")
+        if min(due) > game.released:
+            self._not_comparable(game, "gap")
         game.released = max(game.released, min(due))
         self._advance(game)
         self._pump_game(game, now)
@@ -656,9 +661,7 @@ class ShadowOrder:
             c.entries and c.entries[0].kind in (CLAIM, AFTER) and not c.dead and c.shadow_open
             for c in game.conns
         )
-        if not blocked or self._undecided(game, None, now):
-            # nothing waits, or what waits waits for the primary's answer to a change (its
-            # place), not for a version nobody claimed
+        if not blocked:
             game.gap_since = None
         elif game.gap_since is None:
             game.gap_since = now
