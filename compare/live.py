@@ -97,26 +97,30 @@ class LiveComparison:
     async def _resync(self, game_id: str) -> int:
         """Copy the primary's committed state of a game into the shadow, exactly."""
         proxy = self.proxy
-        primary = proxy.route.primary_for(game_id)
-        order = proxy.order
-        order.hold(game_id)
-        floor: int | None = None
-        try:
-            deadline = time.monotonic() + SETTLE_SECONDS
-            while order.busy(game_id) and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            token = self._token()
-            async with AdminClient(self._url(primary), token) as source:
-                state = await source.get_state(game_id)
-            if state is None:
-                raise LookupError(f"game {game_id} is not on the primary")
-            async with AdminClient(self._url(other(primary)), token) as target:
-                await target.import_state(state)
-            floor = int(state["version"])
-            return floor
-        finally:
-            order.resume(game_id, floor, time.monotonic())
-            proxy.flush()
+        # No swap between choosing the primary and the import (a commit takes the same
+        # lock): read before a flip and written after it, the import would overwrite the
+        # new primary's acknowledged changes.
+        async with proxy.swap_lock:
+            primary = proxy.route.primary_for(game_id)
+            order = proxy.order
+            order.hold(game_id)
+            floor: int | None = None
+            try:
+                deadline = time.monotonic() + SETTLE_SECONDS
+                while order.busy(game_id) and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                token = self._token()
+                async with AdminClient(self._url(primary), token) as source:
+                    state = await source.get_state(game_id)
+                if state is None:
+                    raise LookupError(f"game {game_id} is not on the primary")
+                async with AdminClient(self._url(other(primary)), token) as target:
+                    await target.import_state(state)
+                floor = int(state["version"])
+                return floor
+            finally:
+                order.resume(game_id, floor, time.monotonic())
+                proxy.flush()
 
     async def resync_now(self, game_id: str) -> int:
         """Resync one game now, counted like the comparator's own resyncs."""

@@ -300,6 +300,10 @@ class MirrorProxy:
         #: bookkeeping of frames already forwarded, done once per event-loop turn: every
         #: socket that is ready in a turn is relayed before any frame is thought about
         self._later: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        #: held by a switch's commit (from its readiness wait to the swap) and by a resync
+        #: (from choosing the primary to the import): a resync must not read one server and
+        #: write the other across a swap (it would overwrite the new primary)
+        self.swap_lock = asyncio.Lock()
         #: released shadow copies not written yet, per shadow connection (see `flush`)
         self._to_shadow: dict[UpstreamSide, ShadowBatch] = {}
         self._coalescing: asyncio.TimerHandle | None = None

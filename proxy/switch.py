@@ -165,25 +165,38 @@ class Switchboard:
         connection to the new one."""
         prepared = self._take(token)
         proxy = self.proxy
+        # No resync reads one server and writes the other across the swap (`swap_lock`);
+        # one under way is waited for, as long as a client may stay paused.
         try:
-            await self._swappable(prepared.target)
-            await self.state.save_route(prepared.target)
-        except SwitchError:
+            async with asyncio.timeout(self.quiesce_timeout):
+                await proxy.swap_lock.acquire()
+        except TimeoutError:
             self._resume(prepared.previous)
-            raise
-        except Exception as exc:
-            self._resume(prepared.previous)
-            raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
-        proxy.settle()  # what was read before the swap is bookkept under the roles it came in
-        for session in list(proxy.sessions.values()):
-            if session.mirrored and not session.closed:
-                wanted = prepared.target.primary_for(session.game_id)
-                if wanted != session.primary:
-                    ready = proxy.shadow_ready(session, wanted)
-                    session.primary = wanted
-                    proxy.flipped(session)
-                    if not ready:
-                        proxy.drop_client(session, 1012, "upstream lost during a switchover")
+            raise SwitchError(
+                "busy", "a resync is copying a game between the servers: try again"
+            ) from None
+        try:
+            try:
+                await self._swappable(prepared.target)
+                await self.state.save_route(prepared.target)
+            except SwitchError:
+                self._resume(prepared.previous)
+                raise
+            except Exception as exc:
+                self._resume(prepared.previous)
+                raise SwitchError("persist", f"the route could not be saved: {exc}") from exc
+            proxy.settle()  # what was read before the swap is bookkept under its roles
+            for session in list(proxy.sessions.values()):
+                if session.mirrored and not session.closed:
+                    wanted = prepared.target.primary_for(session.game_id)
+                    if wanted != session.primary:
+                        ready = proxy.shadow_ready(session, wanted)
+                        session.primary = wanted
+                        proxy.flipped(session)
+                        if not ready:
+                            proxy.drop_client(session, 1012, "upstream lost during a switchover")
+        finally:
+            proxy.swap_lock.release()
         paused = (time.monotonic() - prepared.paused_at) * 1000
         self._resume(prepared.target)
         return prepared.target, paused
@@ -465,11 +478,14 @@ class Switchboard:
         }
 
     async def _commit(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
-        before = self.proxy.route
-        try:
-            route, paused = await self.commit(str(msg.get("token")))
-        except SwitchError as exc:
-            raise CommandError("FAILED", exc.message, reason=exc.reason) from exc
+        # Under the switches' lock: a FINALIZE or a PREPARE arriving while this commit waits
+        # (its switch is no longer `prepared`) would otherwise pass their checks.
+        async with self._lock:
+            before = self.proxy.route
+            try:
+                route, paused = await self.commit(str(msg.get("token")))
+            except SwitchError as exc:
+                raise CommandError("FAILED", exc.message, reason=exc.reason) from exc
         await self._remember(
             actor,
             "commit",
