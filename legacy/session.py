@@ -13,7 +13,6 @@ server *sends* live in the service.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -51,6 +50,7 @@ from legacy.rules import (
     resolve_update,
 )
 from legacy.store import Games, import_record, join_record, update_record
+from stateshift.exactjson import exact_json
 
 MESSAGE_TYPES: Final = (
     "CONNECT",
@@ -179,33 +179,6 @@ def _readable_id(message: object) -> str | None:
     return None
 
 
-#: past Python's digit limit an integer literal is read as this (with its sign): beyond
-#: every range, which is all its value could matter for (note 30)
-_HUGE: Final = 10**4299  # the most digits Python still prints
-
-
-def _any_int(literal: str) -> int:
-    if len(literal) <= 4300:  # sys.get_int_max_str_digits(): exact below, costly above
-        return int(literal)
-    return -_HUGE if literal.startswith("-") else _HUGE
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _exact_json(frame: str | bytes) -> Any:
-    """Re-read a frame with the standard library: integer literals of any size stay ints
-    (NaN and Infinity stay refused)."""
-    try:
-        message = json.loads(frame, parse_int=_any_int, parse_constant=_no_constant)
-        # an unpaired surrogate escape is not text (note 35): orjson refuses it, so must this
-        json.dumps(message, ensure_ascii=False).encode()
-    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-        return None
-    return message
-
-
 class Session:
     """The protocol state of one connection on a game path (`game_id`) or the admin path."""
 
@@ -229,14 +202,14 @@ class Session:
             message = orjson.loads(frame)
         except orjson.JSONDecodeError:
             # orjson also refuses integers too long for a double (note 30: still integers)
-            message = _exact_json(frame)
+            message = exact_json(frame)
             if message is None:
                 return self._refuse(BadMessage("not JSON"), None, INVALID_LABEL)
         try:
             return self._dispatch(message)
         except FloatForInt:
             # Not decided yet: orjson reads integers beyond 64 bits as floats (note 30).
-            exact = _exact_json(frame)
+            exact = exact_json(frame)
             if exact is not None:
                 try:
                     return self._dispatch(exact)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import re
 import time
@@ -43,6 +42,7 @@ from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder, readable_id
 from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
+from stateshift.exactjson import exact_json
 from stateshift.runtime import bound_port
 from stateshift.wsclose import close_within
 
@@ -105,20 +105,8 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         # the servers read integers too long for a double (note 30): so must the proxy,
         # or a frame they answer by its id is taken for one answered `re: null`
-        try:
-            msg = json.loads(payload, parse_int=_any_int, parse_constant=_no_constant)
-            json.dumps(msg, ensure_ascii=False).encode()  # unpaired surrogates (note 35)
-        except (ValueError, RecursionError):
-            return None
+        msg = exact_json(payload)
     return msg if isinstance(msg, dict) else None
-
-
-def _any_int(literal: str) -> int:
-    return int(literal) if len(literal) <= 4300 else 0  # only ids and types are read
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def writable(conn: Connection) -> bool:
