@@ -30,6 +30,10 @@ log = logging.getLogger("stateshift.compare")
 SETTLE_SECONDS = 5.0
 
 
+class ResyncRefused(RuntimeError):
+    """A resync that could not be exact: the game's change is still on its way to the shadow."""
+
+
 class LiveComparison:
     """A `StateComparator` wired to a proxy and its control plane."""
 
@@ -109,6 +113,13 @@ class LiveComparison:
                 deadline = time.monotonic() + SETTLE_SECONDS
                 while order.busy(game_id) and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
+                if order.busy(game_id):
+                    # Imported now, the change on its way would land on the copy (applied
+                    # twice): the copies would differ for good.
+                    raise ResyncRefused(
+                        f"the shadow still owes the answer to a change of {game_id} after "
+                        f"{SETTLE_SECONDS:g} s; not resynced (try again once it answers)"
+                    )
                 token = self._token()
                 async with AdminClient(self._url(primary), token) as source:
                     state = await source.get_state(game_id)
@@ -217,6 +228,8 @@ class LiveComparison:
             version = await self.comparator.resync(game_id, via=self._resync)
         except LookupError as exc:
             raise CommandError("NOT_FOUND", str(exc)) from exc
+        except ResyncRefused as exc:
+            raise CommandError("FAILED", str(exc)) from exc
         return {"game_id": game_id, "version": version}
 
     async def _rules(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:

@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
-from compare.live import LiveComparison
+from compare import live as live_module
+from compare.admin import AdminClient
+from compare.live import LiveComparison, ResyncRefused
+from proxy.admin import CommandError
 from proxy.relay import MirrorProxy
+from stateshift.tokens import mint_token
 from tests.proxy.conftest import Client, start_stack, token
-from tests.support import timeout, wait_until
+from tests.support import TEST_SECRET, timeout, wait_until
 
 Harness = Callable[..., Awaitable[tuple[MirrorProxy, LiveComparison]]]
 
@@ -181,3 +185,51 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
         }
         with contextlib.suppress(Exception):
             await client.ws.close()
+
+
+async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A resync that imported while a change was still on its way to the shadow let that
+    change land on the imported copy (applied twice: the copies diverged for good, one
+    version apart, which sweeps skip). Past the settle window it now refuses, and the
+    shadow applies the change in its order."""
+    monkeypatch.setattr(live_module, "SETTLE_SECONDS", 0.05)
+    async with start_stack(tmp_path, comparator=True) as stack:
+        held: list[tuple[Any, bool, bytes, bytes]] = []
+        deliver = stack.new._on_message
+
+        def on_message(conn: Any, is_text: bool, payload: bytes, raw: bytes) -> None:
+            if conn.kind == "game" and b"STATE_UPDATE" in payload:
+                held.append((conn, is_text, payload, raw))  # the shadow is slow to read it
+            else:
+                deliver(conn, is_text, payload, raw)
+
+        monkeypatch.setattr(stack.new, "_on_message", on_message)
+        client = await Client.open(f"{stack.proxy.url}/v1/games/late")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        answer = await client.request(
+            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
+        )
+        assert answer["type"] == "ACK"
+        await wait_until(lambda: bool(held), what="the change on its way to the shadow")
+        with pytest.raises(ResyncRefused, match="still owes"):
+            await stack.live.resync_now("late")
+        with pytest.raises(CommandError) as refused:  # what `stateshift compare resync` gets
+            await stack.live._resync_command("ops", {"game_id": "late"})
+        assert refused.value.code == "FAILED"
+        for frame in held:
+            deliver(*frame)
+        await wait_until(lambda: not stack.proxy.order.busy("late"), what="the shadow's answer")
+        token_ = mint_token(TEST_SECRET, "t", "admin")
+        async with (
+            AdminClient(stack.old.url, token_) as old,
+            AdminClient(stack.new.url, token_) as new,
+        ):
+            old_state, new_state = await old.get_state("late"), await new.get_state("late")
+        assert old_state is not None
+        assert new_state is not None
+        assert (new_state["version"], new_state["scores"]) == (
+            old_state["version"],
+            old_state["scores"],
+        )
