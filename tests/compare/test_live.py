@@ -187,6 +187,50 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
             await client.ws.close()
 
 
+class GameGate:
+    """A TCP forwarder in front of a server that can hold what game connections send to it
+    (a shadow slow to read them), while admin connections pass."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.closed = False
+        self.held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> GameGate:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def open(self) -> None:
+        self.closed = False
+        for writer, data in self.held:
+            writer.write(data)
+        self.held.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        head = await reader.readuntil(b"\r\n\r\n")
+        game = head.startswith(b"GET /v1/games/")
+        up_writer.write(head)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, gated: bool) -> None:
+            while data := await src.read(65536):
+                if gated and self.closed:
+                    self.held.append((dst, data))
+                else:
+                    dst.write(data)
+            dst.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer, game), pump(up_reader, writer, False))
+
+
 async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -195,32 +239,28 @@ async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
     version apart, which sweeps skip). Past the settle window it now refuses, and the
     shadow applies the change in its order."""
     monkeypatch.setattr(live_module, "SETTLE_SECONDS", 0.05)
-    async with start_stack(tmp_path, comparator=True) as stack:
-        held: list[tuple[Any, bool, bytes, bytes]] = []
-        deliver = stack.new._on_message
-
-        def on_message(conn: Any, is_text: bool, payload: bytes, raw: bytes) -> None:
-            if conn.kind == "game" and b"STATE_UPDATE" in payload:
-                held.append((conn, is_text, payload, raw))  # the shadow is slow to read it
-            else:
-                deliver(conn, is_text, payload, raw)
-
-        monkeypatch.setattr(stack.new, "_on_message", on_message)
+    async with (
+        start_stack(tmp_path, comparator=True) as stack,
+        GameGate(stack.new.port) as gate,
+    ):
+        stack.proxy.urls["new"] = gate.url  # the shadow, behind the gate
+        order = stack.proxy.order
         client = await Client.open(f"{stack.proxy.url}/v1/games/late")
         await client.request(type="CONNECT", id="c", token=token("p0"))
+        await wait_until(lambda: not order.busy("late"), what="the shadow's join")
+        gate.closed = True  # the shadow is slow to read what comes next
         answer = await client.request(
             type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
         )
         assert answer["type"] == "ACK"
-        await wait_until(lambda: bool(held), what="the change on its way to the shadow")
+        await wait_until(lambda: order.busy("late"), what="the change on its way to the shadow")
         with pytest.raises(ResyncRefused, match="still owes"):
             await stack.live.resync_now("late")
         with pytest.raises(CommandError) as refused:  # what `stateshift compare resync` gets
             await stack.live._resync_command("ops", {"game_id": "late"})
         assert refused.value.code == "FAILED"
-        for frame in held:
-            deliver(*frame)
-        await wait_until(lambda: not stack.proxy.order.busy("late"), what="the shadow's answer")
+        gate.open()
+        await wait_until(lambda: not order.busy("late"), what="the shadow's answer")
         token_ = mint_token(TEST_SECRET, "t", "admin")
         async with (
             AdminClient(stack.old.url, token_) as old,
