@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -96,18 +96,33 @@ def _without(value: Any, keys: list[str]) -> Any:
     return copy
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Verdict:
-    """The outcome of comparing a primary frame with the shadow's."""
+    """The outcome of comparing a primary frame with the shadow's (one per comparison:
+    `__init__` written out, so that mypyc compiles it)."""
 
     equal: bool
     #: normalised paths that differ (empty when equal)
-    paths: list[str] = field(default_factory=list)
+    paths: list[str]
     #: the raw DeepDiff result (JSON-ready) when unequal
-    diff: dict[str, Any] = field(default_factory=dict)
+    diff: dict[str, Any]
     #: DeepDiff's human text when unequal
-    text: str = ""
-    seconds: float = 0.0
+    text: str
+    seconds: float
+
+    def __init__(
+        self,
+        equal: bool,
+        paths: list[str] | None = None,
+        diff: dict[str, Any] | None = None,
+        text: str = "",
+        seconds: float = 0.0,
+    ) -> None:
+        self.equal = equal
+        self.paths = [] if paths is None else paths
+        self.diff = {} if diff is None else diff
+        self.text = text
+        self.seconds = seconds
 
 
 def equal(a: Any, b: Any, ignore: frozenset[str]) -> bool:

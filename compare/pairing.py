@@ -17,9 +17,10 @@ PRIMARY: Final = "primary"
 SHADOW: Final = "shadow"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Pair:
-    """Two frames to compare, or one frame whose partner never came."""
+    """Two frames to compare, or one frame whose partner never came (`__init__` written
+    out, so that mypyc compiles it: a dataclass's generated one runs interpreted)."""
 
     kind: str  # "answer" | "broadcast"
     game_id: str | None
@@ -28,7 +29,25 @@ class Pair:
     primary: dict[str, Any] | None
     shadow: dict[str, Any] | None
     #: for unpaired: the side that never answered
-    missing: str | None = None
+    missing: str | None
+
+    def __init__(
+        self,
+        kind: str,
+        game_id: str | None,
+        conn_id: int | None,
+        key: str,
+        primary: dict[str, Any] | None,
+        shadow: dict[str, Any] | None,
+        missing: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.game_id = game_id
+        self.conn_id = conn_id
+        self.key = key
+        self.primary = primary
+        self.shadow = shadow
+        self.missing = missing
 
     def version(self, side: str) -> int | None:
         """The version a side's frame shows (top level or in its state), if any."""
@@ -40,7 +59,7 @@ class Pair:
         return version if type(version) is int else None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Waiting:
     side: str
     frame: dict[str, Any]
@@ -48,7 +67,25 @@ class _Waiting:
     game_id: str | None
     conn_id: int | None
     kind: str
-    upstream: str = ""
+    upstream: str
+
+    def __init__(
+        self,
+        side: str,
+        frame: dict[str, Any],
+        at: float,
+        game_id: str | None,
+        conn_id: int | None,
+        kind: str,
+        upstream: str = "",
+    ) -> None:
+        self.side = side
+        self.frame = frame
+        self.at = at
+        self.game_id = game_id
+        self.conn_id = conn_id
+        self.kind = kind
+        self.upstream = upstream
 
 
 class Pairer:

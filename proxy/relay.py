@@ -245,15 +245,23 @@ class Session:
         return self.closed
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class ShadowBatch:
-    """Copies released to one shadow connection, waiting to share one write."""
+    """Copies released to one shadow connection, waiting to share one write (`__init__`
+    written out: see `proxy.sequencer.Entry`)."""
 
     session: Session
     name: str
     up: UpstreamSide
-    frames: list[bytes] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
+    frames: list[bytes]
+    ids: list[str]
+
+    def __init__(self, session: Session, name: str, up: UpstreamSide) -> None:
+        self.session = session
+        self.name = name
+        self.up = up
+        self.frames = []
+        self.ids = []
 
 
 class MirrorProxy:

@@ -61,9 +61,10 @@ def readable_id(value: object) -> str | None:
     return None
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class Entry:
-    """One client frame on its way to the shadow."""
+    """One client frame on its way to the shadow (one per client frame: `__init__` is
+    written out, so that mypyc compiles it; a dataclass's generated one is interpreted)."""
 
     data: bytes
     msg_id: str | None
@@ -81,6 +82,26 @@ class Entry:
     sent: float = 0.0
     #: the game an admin `IMPORT_STATE` replaces
     target: str | None = None
+
+    def __init__(
+        self,
+        data: bytes,
+        msg_id: str | None,
+        msg_type: str | None,
+        exclusive: bool,
+        kind: int = WAITING,
+    ) -> None:
+        self.data = data
+        self.msg_id = msg_id
+        self.msg_type = msg_type
+        self.exclusive = exclusive
+        self.kind = kind
+        self.at = 0
+        self.released_at = 0.0
+        self.dropped = False
+        self.nameless = False
+        self.sent = 0.0
+        self.target = None
 
 
 @dataclass(eq=False, slots=True)

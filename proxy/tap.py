@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TapRecord:
-    """One frame seen by the proxy."""
+    """One frame seen by the proxy (`__init__` written out: see `proxy.sequencer.Entry`)."""
 
     conn_id: int
     #: "client" (client -> upstreams) or "upstream" (upstream -> proxy)
@@ -37,6 +37,26 @@ class TapRecord:
     data: str | bytes
     #: the frame parsed, or None when it is not a JSON object
     msg: dict[str, Any] | None
+
+    def __init__(
+        self,
+        conn_id: int,
+        direction: str,
+        role: str,
+        upstream: str,
+        at: float,
+        game_id: str | None,
+        data: str | bytes,
+        msg: dict[str, Any] | None,
+    ) -> None:
+        self.conn_id = conn_id
+        self.direction = direction
+        self.role = role
+        self.upstream = upstream
+        self.at = at
+        self.game_id = game_id
+        self.data = data
+        self.msg = msg
 
 
 @dataclass(frozen=True, slots=True)
