@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections import deque
@@ -78,6 +79,9 @@ class Switchboard:
         self.quiesce_timeout = quiesce_timeout
         self.verify_timeout = verify_timeout
         self.prepared: Prepared | None = None
+        #: the token of a PREPARE still quiescing or verifying, and whether it was aborted
+        self._preparing: str | None = None
+        self._aborted = False
         self._lock = asyncio.Lock()
         self._samples: deque[tuple[float, dict[str, float], dict[str, list[float]]]] = deque(
             maxlen=int(3600 / SAMPLE_EVERY)
@@ -135,15 +139,20 @@ class Switchboard:
             raise SwitchError("mirroring", "a switch keeps mirroring as it is (FINALIZE ends it)")
         proxy.gate.clear()
         paused_at = time.monotonic()
+        self._preparing, self._aborted = token, False
         try:
             await self._quiesce()
             checked = await self._verify(target, resync)
+            if self._aborted:
+                raise SwitchError("aborted", "aborted while it was being prepared")
         except SwitchError:
             proxy.gate.set()
             raise
         except Exception as exc:
             proxy.gate.set()
             raise SwitchError("error", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._preparing = None
         prepared = Prepared(token or secrets.token_hex(8), target, previous, paused_at, checked)
         prepared.expiry = asyncio.get_running_loop().call_later(hold, self._expire, prepared)
         self.prepared = prepared
@@ -232,6 +241,8 @@ class Switchboard:
         if prepared is not None and token == prepared.token:
             self._take(prepared.token)
             self._resume(prepared.previous)
+        elif token == self._preparing:
+            self._aborted = True  # the PREPARE under way refuses when its checks end
         return self.proxy.route
 
     def _take(self, token: str) -> Prepared:
@@ -353,8 +364,9 @@ class Switchboard:
         base_counters: dict[str, float] = {}
         base_buckets: dict[str, list[float]] = {}
         for at, sample_counters, sample_buckets in self._samples:
+            # the first sample in the window; none there: the newest (never "since start")
+            base_counters, base_buckets = sample_counters, sample_buckets
             if at >= now - window:
-                base_counters, base_buckets = sample_counters, sample_buckets
                 break
 
         def delta(key: str) -> int:
@@ -370,7 +382,9 @@ class Switchboard:
             total = series[-1]
             for bound, cumulative in zip(bounds, series, strict=False):
                 if cumulative >= 0.99 * total:
-                    return bound
+                    # above the top bucket: its bound, a lower bound of the p99 (JSON has no
+                    # infinity; null would read as "no samples")
+                    return bound if math.isfinite(bound) else max(filter(math.isfinite, bounds))
             return None
 
         status = self.control.status()

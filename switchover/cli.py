@@ -353,9 +353,9 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         or failed and aborted, or rolled back after a breach; 3 refused as inconclusive;
         2 usage or connection error (nothing changed).
         """
-        if auto_rollback is not None and auto_rollback <= 0:
+        if auto_rollback is not None and not 0 < auto_rollback < math.inf:
             raise typer.BadParameter("--auto-rollback must be a positive number of seconds")
-        if check_every <= 0:
+        if not 0 < check_every < math.inf:
             raise typer.BadParameter("--check-every must be positive")
         thresholds = _thresholds(
             config,
@@ -485,12 +485,17 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 if _already(routes, wanted):
                     doc.update(ok=True, message=f"already at {percent:g}%")
                     return _finish(out, doc, OK)
-                if routes is None or any(percent > _share(r) for r in routes.values()):
+                raising = routes is None or any(percent > _share(r) for r in routes.values())
+                if raising:
                     gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "ramp")
                     if gate_code is not None:
                         return gate_code
                 report = await fleet.switch(
-                    wanted, reason=reason or f"ramp {percent:g}%", kind="ramp", hold=hold
+                    wanted,
+                    reason=reason or f"ramp {percent:g}%",
+                    kind="ramp",
+                    hold=hold,
+                    resync=not raising,  # lowering the share is a (partial) rollback
                 )
                 _show_switch(out, doc, report, f"ramp to {percent:g}%")
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)

@@ -13,6 +13,7 @@ worst, and the window is complete only when it is complete on every proxy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -54,6 +55,8 @@ class Thresholds:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ThresholdsError(f"readiness.{f.name} must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ThresholdsError(f"readiness.{f.name} must be finite, not {value!r}")
             if value < 0:
                 raise ThresholdsError(f"readiness.{f.name} must not be negative")
             if f.type == "int" and not float(value).is_integer():

@@ -253,8 +253,12 @@ class Fleet:
             failed = [o for o in outcomes.values() if o.state in ("failed", "unreachable")]
             why = "; ".join(f"{o.url}: {o.error}" for o in failed)
             await self._abort(prepared, outcomes, f"{reason}: aborted, {why}")
-            # a prepare we stopped waiting for may still succeed: abort it by our token
-            await self.each("ABORT", timed_out, token=token, reason=f"{reason}: prepare timed out")
+            # a prepare we stopped waiting for may still succeed: abort it by our token, on a
+            # connection of its own (a request queued behind that PREPARE on this one is
+            # never read once we close)
+            await asyncio.gather(
+                *(self._abort_apart(u, token, f"{reason}: prepare timed out") for u in timed_out)
+            )
             report.message = f"not switched: {why}" + (
                 "; aborted on the others, their routes are unchanged" if prepared else ""
             )
@@ -265,10 +269,19 @@ class Fleet:
 
         answers = await self._commit(prepared)
         committed = [u for u, a in answers.items() if not isinstance(a, ControlError)]
+        # a COMMIT we stopped waiting for (or whose answer was lost) may have gone through:
+        # its route is unknown, so it is switched back like a committed one
+        unknown = [
+            u
+            for u, a in answers.items()
+            if isinstance(a, ControlError) and a.code in ("TIMEOUT", "UNREACHABLE")
+        ]
         for url, answer in answers.items():
             outcome = outcomes[url]
             if isinstance(answer, ControlError):
                 outcome.state, outcome.error = "failed", _failure(answer)
+                if url in unknown:
+                    outcome.state, outcome.route = "unknown", None
             else:
                 outcome.state, outcome.route = "committed", dict(answer["route"])
         if len(committed) == len(self.urls):
@@ -287,8 +300,10 @@ class Fleet:
             return report
 
         # a commit failed after others succeeded: put the committed ones back as they were
-        why = "; ".join(f"{o.url}: {o.error}" for o in outcomes.values() if o.state == "failed")
-        for url in committed:
+        why = "; ".join(
+            f"{o.url}: {o.error}" for o in outcomes.values() if o.state in ("failed", "unknown")
+        )
+        for url in committed + unknown:
             back = await self._one_switch(url, as_target(before[url]), hold)
             outcomes[url].state = "reverted" if back is None else "mixed"
             outcomes[url].error = back
@@ -328,6 +343,13 @@ class Fleet:
                 outcomes[url].state, outcomes[url].route = "aborted", dict(answer["route"])
 
         await asyncio.gather(*(one(u) for u in prepared))
+
+    async def _abort_apart(self, url: str, switch_token: str, reason: str) -> None:
+        try:
+            async with ControlClient(url, self.token, timeout=self.timeout) as client:
+                await client.request("ABORT", token=switch_token, reason=reason)
+        except ControlError:
+            pass  # the proxy's hold expires on its own
 
     async def _one_switch(self, url: str, wanted: dict[str, Any], hold: float) -> str | None:
         """Switch one proxy (used to revert); None on success, else the error."""
