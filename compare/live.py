@@ -18,7 +18,7 @@ from compare.admin import AdminClient
 from compare.comparator import StateComparator
 from compare.rules import Rules
 from compare.store import FindingStore
-from compare.sweep import sweep
+from compare.sweep import assess, sweep
 from proxy.admin import CommandError, ControlPlane
 from proxy.relay import MirrorProxy
 from proxy.route import other
@@ -153,7 +153,14 @@ class LiveComparison:
             AdminClient(self._url(other(primary)), token) as target,
         ):
             report = await sweep(source, target, self.rules, skip=skip)
+        route, type_rules = self.proxy.route, self.rules.for_type("STATE")
         for finding in report.findings:
+            if route.primary_for(finding.game_id) != primary:
+                # under a ramp this game's primary is the other server: its view of the game
+                swapped = assess(
+                    finding.game_id, finding.shadow_state, finding.primary_state, type_rules
+                ).finding
+                finding = swapped if swapped is not None else finding
             verdict = finding.verdict
             comparator.judge_snapshot(
                 finding.game_id,

@@ -68,6 +68,9 @@ class _Waiting:
     conn_id: int | None
     kind: str
     upstream: str
+    #: later frames of the same side under the same key (a reused request id), oldest first:
+    #: each pairs, in order, with the other side's
+    more: list[_Waiting]
 
     def __init__(
         self,
@@ -86,6 +89,7 @@ class _Waiting:
         self.conn_id = conn_id
         self.kind = kind
         self.upstream = upstream
+        self.more = []
 
 
 class Pairer:
@@ -98,10 +102,17 @@ class Pairer:
         #: broadcasts already taken per side (later copies of the same broadcast are ignored)
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._not_mirrored: set[tuple[int, str]] = set()
+        #: answers dropped by `forget_game` (a resync, a divergence) -> their side: a partner
+        #: arriving after that has nothing to be compared with
+        self._forgotten: OrderedDict[tuple[Any, ...], str] = OrderedDict()
 
     def not_mirrored(self, conn_id: int, msg_id: str) -> None:
         """The proxy will never send this client frame to the shadow: expect no pair."""
-        if self._waiting.pop(("answer", conn_id, msg_id), None) is None:
+        key = ("answer", conn_id, msg_id)
+        waiting = self._waiting.get(key)
+        if waiting is not None and waiting.side == PRIMARY and waiting.more:
+            waiting.more.pop()  # a reused id: the newest of the primary's answers is this one
+        elif self._waiting.pop(key, None) is None:
             self._not_mirrored.add((conn_id, msg_id))
 
     def add(
@@ -141,13 +152,21 @@ class Pairer:
             game_id = bgame
         else:
             return None  # an ERROR without a readable id: nothing to pair it with
+        if kind == "answer" and self._forgotten:
+            gone = self._forgotten.pop(key, None)
+            if gone is not None and gone != source:
+                return None  # its partner was dropped (a resync, a divergence): not compared
         other = self._waiting.get(key)
-        if other is None or (other.upstream or other.side) == source:
+        if other is not None and (other.upstream or other.side) == source:
+            # A reused request id: this side's answers pair, in order, with the other's.
+            other.more.append(_Waiting(side, frame, at, game_id, conn_id, kind, upstream))
+            return None
+        if other is None:
             self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, upstream)
             if len(self._waiting) > self.remember:
                 self._waiting.popitem(last=False)
             return None
-        del self._waiting[key]
+        self._next(key, other)
         # Roles as the newer frame sees them (the two frames may straddle a flip).
         primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
         answer_conn = conn_id if kind == "answer" else None
@@ -160,7 +179,7 @@ class Pairer:
             key, waiting = next(iter(self._waiting.items()))
             if now - waiting.at <= self.timeout:
                 break
-            del self._waiting[key]
+            self._next(key, waiting)
             primary = waiting.frame if waiting.side == PRIMARY else None
             shadow = waiting.frame if waiting.side == SHADOW else None
             missing = SHADOW if waiting.side == PRIMARY else PRIMARY
@@ -177,10 +196,25 @@ class Pairer:
             )
         return expired
 
+    def _next(self, key: tuple[Any, ...], taken: _Waiting) -> None:
+        """`taken` leaves the queue: the next frame its side sent under the key waits."""
+        del self._waiting[key]
+        if taken.more:
+            following = taken.more.pop(0)
+            following.more = taken.more
+            self._waiting[key] = following
+
     def forget_game(self, game_id: str) -> None:
-        """Drop everything waiting for a game (it stopped being comparable or was resynced)."""
+        """Drop everything waiting for a game (it stopped being comparable or was resynced).
+
+        An answer's partner may still come (a heartbeat answered across a resync has no
+        version for the resync's floor to skip it by): it is remembered, and dropped too."""
         for key in [k for k, w in self._waiting.items() if w.game_id == game_id]:
-            del self._waiting[key]
+            waiting = self._waiting.pop(key)
+            if waiting.kind == "answer":
+                self._forgotten[key] = waiting.upstream or waiting.side
+                if len(self._forgotten) > self.remember:
+                    self._forgotten.popitem(last=False)
 
     def forget_conn(self, conn_id: int) -> None:
         """Drop what waits for a connection (its shadow was lost)."""

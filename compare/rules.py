@@ -137,7 +137,7 @@ def load(path: Path | None) -> Rules:
         return defaults()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RulesError(f"cannot read rules from {path}: {exc}") from exc
     rules = data.get("rules")
     if not isinstance(rules, dict):

@@ -6,6 +6,7 @@ Each finding keeps both sides, the diff, the game, the versions and the time. On
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -25,6 +26,15 @@ CREATE TABLE IF NOT EXISTS findings (
     detail    JSON NOT NULL
 );
 """
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of a finding's sample; integers past 64 bits (the proxy reads literals of any
+    length, as the servers do) are written by the standard library, which orjson refuses."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, default=str)
 
 
 class FindingStore:
@@ -53,8 +63,8 @@ class FindingStore:
                     finding["result"],
                     finding.get("game_id"),
                     1 if finding.get("first") else 0,
-                    orjson.dumps(summary, default=str).decode(),
-                    orjson.dumps(detail, default=str).decode(),
+                    _dumps(summary),
+                    _dumps(detail),
                 ),
             )
             finding_id = int(cursor.lastrowid or 0)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
+
 from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.diffing import Verdict, compare
 from compare.rules import Rules, TypeRules
@@ -138,6 +140,29 @@ def _version(state: Mapping[str, Any] | None) -> int | None:
     return version if type(version) is int else None
 
 
+#: where a STATE frame's rules see the state (sweeps report paths from the state itself)
+STATE_ROOT: Final = "root['state']"
+STATE_ROOT_B: Final = STATE_ROOT.encode()
+
+
+def _compare_states(
+    primary: dict[str, Any] | None, shadow: dict[str, Any] | None, rules: TypeRules
+) -> Verdict:
+    """Two states under the STATE frames' rules, whose paths start at the frame (a rule for
+    `root['state']['settings']['debug']` holds in sweeps as in live comparison); the paths
+    reported start at the state."""
+    verdict = compare(
+        None if primary is None else {"state": primary},
+        None if shadow is None else {"state": shadow},
+        rules,
+    )
+    if not verdict.equal:
+        verdict.paths = sorted({path.replace(STATE_ROOT, "root", 1) for path in verdict.paths})
+        verdict.diff = orjson.loads(orjson.dumps(verdict.diff).replace(STATE_ROOT_B, b"root"))
+        verdict.text = verdict.text.replace(STATE_ROOT, "root")
+    return verdict
+
+
 def assess(
     game_id: str,
     primary: dict[str, Any] | None,
@@ -150,14 +175,14 @@ def assess(
     p_version, s_version = _version(primary), _version(shadow)
     if primary is None or shadow is None:
         missing: Side = "primary" if primary is None else "shadow"
-        verdict = compare(primary, shadow, rules)
+        verdict = _compare_states(primary, shadow, rules)
         finding = SnapshotFinding(
             game_id, p_version, s_version, verdict, primary, shadow, missing=missing
         )
         return Outcome(game_id, finding=finding, transient=True)
     if p_version != s_version:
         return Outcome(game_id, skipped=SKEW, transient=True)
-    verdict = compare(primary, shadow, rules)
+    verdict = _compare_states(primary, shadow, rules)
     if verdict.equal:
         return Outcome(game_id)
     return Outcome(
@@ -190,9 +215,15 @@ async def sweep(
         for game_id in queue:
             outcomes[game_id] = await _read_and_assess(primary, shadow, game_id, type_rules)
 
-    async with asyncio.TaskGroup() as group:  # an unreachable server cancels every worker
-        for _ in range(max(1, min(concurrency, len(game_ids)))):
-            group.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as group:  # an unreachable server cancels every worker
+            for _ in range(max(1, min(concurrency, len(game_ids)))):
+                group.create_task(worker())
+    except ExceptionGroup as group:  # raise what the docstring promises, not the group
+        errors = [exc for exc in group.exceptions if isinstance(exc, AdminError)]
+        if errors:
+            raise errors[0] from None
+        raise
     for game_id in game_ids:
         report.add(outcomes[game_id])
     report.skipped.extend(excluded)

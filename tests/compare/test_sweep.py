@@ -60,6 +60,9 @@ def test_different_scores_at_equal_versions_are_a_finding_with_a_normalised_path
     outcome = assess("g1", state(), state(scores={"alice": 4, "bob": 0}), RULES)
     assert outcome.finding is not None
     assert outcome.finding.verdict.paths == ["root['scores'][*]"]
+    # the diff and its text name the paths as the finding does: from the state
+    assert "root['scores']['alice']" in outcome.finding.verdict.text
+    assert "root['state']" not in str(outcome.finding.verdict.diff)
     assert (outcome.finding.primary_version, outcome.finding.shadow_version) == (4, 4)
     assert outcome.finding.missing is None
     assert not outcome.transient
