@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import BINARY, CONT, PONG, TEXT, Frame
-from websockets.protocol import Event
+from websockets.frames import BINARY, CONT, PING, PONG, TEXT, Frame
+from websockets.protocol import OPEN, Event
 
 from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
@@ -104,6 +104,29 @@ class ClientSide(FrameFeed, ServerConnection):
 
 
 class UpstreamSide(FrameFeed, ClientConnection):
-    """The proxy's connection to an upstream server (frames come unmasked)."""
+    """The proxy's connection to an upstream server (frames come unmasked).
+
+    `on_ping(data)`, when set, answers the server's pings instead of websockets (which
+    answers at once): the relay answers the primary's once the client shows it is alive."""
 
     MASKED = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_ping: Callable[[bytes], None] | None = None
+        answer_now = self.protocol.recv_frame
+
+        def recv_frame(frame: Frame) -> None:
+            on_ping = self.on_ping
+            if frame.opcode is PING and on_ping is not None:
+                on_ping(bytes(frame.data))  # the only thing websockets does with a ping: pong
+            else:
+                answer_now(frame)
+
+        self.protocol.recv_frame = recv_frame  # type: ignore[method-assign]
+
+    def answer_ping(self, data: bytes) -> None:
+        """Answer a ping of the server now (if the connection is still open)."""
+        if self.protocol.state is OPEN:
+            self.protocol.send_pong(data)
+            self.send_data()

@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
@@ -447,7 +447,9 @@ class MirrorProxy:
             additional_headers=[(k, v) for k, v in headers if k != "User-Agent"],
             user_agent_header=user_agent,
             open_timeout=self.settings.open_timeout,
-            max_size=self.settings.max_size,
+            # what the servers send is theirs to size (the client gets it directly, and from
+            # the splice): `max_size` bounds what clients send
+            max_size=None,
             compression=None,
             ping_interval=None,  # the servers ping us; we answer
             close_timeout=2,
@@ -892,6 +894,9 @@ class MirrorProxy:
             await asyncio.wait({drainer})
         code = up.close_code
         client = session.client
+        if code == 1005:  # the primary's close frame had no status code: nor has the client's
+            await close_within(client, self.settings.open_timeout, None)
+            return
         if code is None or code in NO_CLOSE_FRAME:
             if client.transport is not None:
                 client.transport.abort()
@@ -980,6 +985,7 @@ class MirrorProxy:
                 self.flush()
                 backoff = 0.1
             try:
+                up.on_ping = functools.partial(self._upstream_ping, session, name, up)
                 up.attach(functools.partial(self._upstream_frame, session, name))
                 await up.wait_closed()
             finally:
@@ -1016,6 +1022,27 @@ class MirrorProxy:
             revive = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.retry_max)
+
+    def _upstream_ping(self, session: Session, name: str, up: UpstreamSide, data: bytes) -> None:
+        """An upstream's ping. The shadow's is answered now; the primary's once the client
+        answers one of the proxy's: whether the client is alive is the primary's to judge
+        (PROTOCOL.md: a connection silent for the idle period, pongs included, is closed
+        4408), as it would judge it directly. Answered by the proxy, a dead client would
+        keep its seat for ever."""
+        if session.primary != name or session.ended():
+            up.answer_ping(data)
+            return
+        self._spawn(session, self._answer_ping_when_client_pongs(session, up, data))
+
+    async def _answer_ping_when_client_pongs(
+        self, session: Session, up: UpstreamSide, data: bytes
+    ) -> None:
+        try:
+            pong = await session.client.ping()
+            await pong
+        except ConnectionClosed:
+            return
+        up.answer_ping(data)
 
     def _shadow_lost(self, session: Session, name: str, reason: str) -> None:
         self.metrics.connect_failures.labels(name, "shadow", reason).inc()

@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from proxy.metrics import SpliceTally
+from stateshift.wsframes import at_frame_start
 
 #: seconds a side that was told to close may take to flush before it is aborted
 CLOSE_GRACE = 5.0
@@ -37,7 +38,7 @@ CLOSE_GRACE = 5.0
 class _Pipe(asyncio.Protocol):
     """Reads one transport (`own`) and writes what it reads to the other (`peer`)."""
 
-    __slots__ = ("bytes", "lost", "own", "peer", "splice", "stall", "write")
+    __slots__ = ("bytes", "eof", "lost", "own", "peer", "splice", "stall", "write")
 
     def __init__(self, splice: Splice, own: asyncio.Transport, peer: asyncio.Transport) -> None:
         self.splice = splice
@@ -47,6 +48,8 @@ class _Pipe(asyncio.Protocol):
         #: bytes read from `own` (and written to `peer`)
         self.bytes = 0
         self.lost = False
+        #: `own` half-closed (its FIN was passed on to `peer`)
+        self.eof = False
         #: ends the splice if `own` stays unable to take more for the stall timeout
         self.stall: asyncio.TimerHandle | None = None
 
@@ -55,7 +58,7 @@ class _Pipe(asyncio.Protocol):
         self.bytes += len(data)
 
     def eof_received(self) -> bool | None:
-        return None  # the transport closes itself; connection_lost closes the peer
+        return self.splice.half_closed(self)
 
     def pause_writing(self) -> None:
         # `own`'s write buffer is full (it receives what `peer` sends): stop reading `peer`,
@@ -124,6 +127,19 @@ class Splice:
             self.on_stall()
         self.abort()
 
+    def half_closed(self, pipe: _Pipe) -> bool | None:
+        """`pipe.own` sent its FIN: pass it on and keep relaying the other way (a client may
+        shut down its side after its close frame and still read the answer), for at most
+        CLOSE_GRACE seconds. True keeps `pipe.own` open for writing."""
+        pipe.eof = True
+        other = self.from_upstream if pipe is self.from_client else self.from_client
+        peer = pipe.peer
+        if other.eof or peer.is_closing() or not peer.can_write_eof():
+            return None  # the transport closes itself; connection_lost closes the peer
+        peer.write_eof()
+        self._timers.append(asyncio.get_running_loop().call_later(CLOSE_GRACE, self.abort))
+        return True
+
     def side_lost(self, pipe: _Pipe) -> None:
         """One side is gone: flush what is buffered for the other, then close it."""
         self._close(pipe.peer)
@@ -169,6 +185,7 @@ def can_splice(client: ServerConnection, up: ClientConnection) -> bool:
             or conn.protocol.reader.buffer
             or len(conn.recv_messages.frames)
             or getattr(conn, "early", None)  # proxy.frames connections: parsed, not relayed
+            or not at_frame_start(conn.protocol)  # a frame's header read, its rest not yet
         ):
             return False
     return True

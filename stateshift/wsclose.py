@@ -21,13 +21,14 @@ CLOSE_TIMEOUT: Final = 5.0
 
 
 async def close_within(
-    conn: Connection, seconds: float, code: int = 1000, reason: str = ""
+    conn: Connection, seconds: float, code: int | None = 1000, reason: str = ""
 ) -> None:
-    """Close `conn` with `code`; if that takes longer than `seconds` (the peer does not read,
-    or does not answer the close), abort the TCP connection."""
+    """Close `conn` with `code` (None: a close frame without a status code); if that takes
+    longer than `seconds` (the peer does not read, or does not answer the close), abort the
+    TCP connection."""
     try:
         async with asyncio.timeout(seconds):
-            await conn.close(code, reason)
+            await conn.close(code, reason)  # type: ignore[arg-type]  # None is sent as such
     except TimeoutError:
         if conn.transport is not None:
             conn.transport.abort()

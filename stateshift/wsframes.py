@@ -45,11 +45,18 @@ def between_frames(protocol: Protocol) -> bool:
     the OPEN state, with no fragmented message in progress and no extension."""
     if (
         protocol.state is not OPEN
-        or protocol.current_size is not None
         or protocol.extensions
         or protocol.debug
         or protocol.reader.buffer
     ):
+        return False
+    return at_frame_start(protocol)
+
+
+def at_frame_start(protocol: Protocol) -> bool:
+    """True when websockets' parser holds no part of a frame or of a fragmented message:
+    it waits for a frame's first byte."""
+    if protocol.current_size is not None:
         return False
     generator: Any = protocol.parser
     while generator.gi_yieldfrom is not None:
