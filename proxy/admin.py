@@ -115,7 +115,10 @@ class ControlPlane:
         actor: str | None = None
         try:
             async for raw in ws:
-                msg = orjson.loads(raw) if isinstance(raw, str) and raw[:1] == "{" else None
+                try:
+                    msg = orjson.loads(raw) if isinstance(raw, str) and raw[:1] == "{" else None
+                except orjson.JSONDecodeError:
+                    msg = None  # answered BAD_MESSAGE below; the channel stays open
                 if not isinstance(msg, dict) or not isinstance(msg.get("id"), str):
                     await self._error(ws, None, "BAD_MESSAGE", "send a JSON object with an id")
                     continue
@@ -146,7 +149,7 @@ class ControlPlane:
                     await self._error(ws, msg_id, "INTERNAL", f"{type(exc).__name__}: {exc}")
                     continue
                 await self._send(ws, {"type": kind, "re": msg_id, **answer})
-        except (ConnectionClosed, orjson.JSONDecodeError):
+        except ConnectionClosed:
             pass
 
     async def _send(self, ws: ServerConnection, frame: dict[str, Any]) -> None:

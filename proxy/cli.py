@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
@@ -93,13 +94,23 @@ def proxy(
     for option, url in (("--old", old), ("--new", new)):
         if not url.startswith("ws://"):
             raise typer.BadParameter(f"{option} must be a ws:// URL, not {url!r}")
+    if old.rstrip("/") == new.rstrip("/"):
+        raise typer.BadParameter(
+            "--new must name another server than --old (every frame would be applied twice)"
+        )
+    if not isinstance(logging.getLevelName(log_level.upper()), int):
+        raise typer.BadParameter(f"--log-level must be a logging level, not {log_level!r}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     host, port = host_port(listen, "--listen")
     admin_host, admin_port = host_port(admin, "--admin")
-    store = ProxyState(state)
     asked = Route(primary=primary, mirroring=mirror)
-    route = store.load_route(asked)
+    try:
+        store = ProxyState(state)
+        route = store.load_route(asked)
+    except (sqlite3.Error, OSError, ValueError, TypeError, AttributeError) as exc:
+        typer.echo(f"error: --state {state}: cannot use it: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     if route != asked:  # a flip, a ramp or a finalize persisted: it wins over the flags
         typer.echo(f"route from {state}: {route.describe()} (persisted route wins)")
     settings = ProxySettings(
@@ -161,4 +172,9 @@ def proxy(
         typer.echo(f"admin on http://{admin_host}:{control.port}")
         typer.echo(f"hot modules: {native.status()}")
 
-    raise typer.Exit(code=run(serve_until_signalled(start, stop, ready)))
+    try:
+        code = run(serve_until_signalled(start, stop, ready))
+    except OSError as exc:  # an address in use, not ours, or not on this machine
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    raise typer.Exit(code=code)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import connect
@@ -53,6 +54,9 @@ GAME_PATH = re.compile(r"/v1/games/([A-Za-z0-9_.-]{1,64})")
 FORWARDED_HEADERS = ("Authorization", "Cookie", "Origin", "User-Agent")
 #: close codes that cannot be sent in a close frame: the peer vanished
 NO_CLOSE_FRAME = frozenset({1005, 1006, 1015})
+#: a primary's closes that end a session for the server's reasons, not the client's (going
+#: away, restarting, overloaded, bad gateway): counted as lost primaries
+PRIMARY_GONE = frozenset({1001, 1012, 1013, 1014})
 #: most message ids tracked per upstream and connection for answer latency
 MAX_TRACKED = 4096
 #: the longest plain HTTP answer (a health check) relayed from the primary
@@ -402,9 +406,12 @@ class MirrorProxy:
 
     def _publish_route(self) -> None:
         route = self.route
-        for upstream in ("old", "new"):
-            self.metrics.route_primary.labels(upstream).set(1 if route.primary == upstream else 0)
         ramp = route.ramp if route.ramp is not None else (100.0 if route.primary == "new" else 0.0)
+        # the upstream that is primary for all games, or for most of them under a ramp
+        # (`route.primary` is then only the one of connections without a game)
+        most = route.primary if ramp == 50.0 else ("new" if ramp > 50.0 else "old")
+        for upstream in ("old", "new"):
+            self.metrics.route_primary.labels(upstream).set(1 if most == upstream else 0)
         self.metrics.route_ramp.set(ramp)
         self.metrics.mirroring.set(1 if route.mirroring else 0)
 
@@ -505,12 +512,15 @@ class MirrorProxy:
     async def _plain_http(self, ws: ServerConnection, request: Request) -> Response:
         """A plain HTTP request (health checks): ask the primary, relay its answer."""
         primary = self.route.primary_for(None)
-        url = self.urls[primary].replace("ws://", "", 1).split("/", 1)[0]
-        host, _, port = url.rpartition(":")
+        target = urlsplit(self.urls[primary])
         try:
             async with asyncio.timeout(self.settings.open_timeout):
-                reader, writer = await asyncio.open_connection(host, int(port))
-                head = f"GET {request.path} HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n"
+                # hostname: an IPv6 address without its brackets; no port in the URL: 80
+                reader, writer = await asyncio.open_connection(target.hostname, target.port or 80)
+                head = (
+                    f"GET {request.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                    "Connection: close\r\n\r\n"
+                )
                 writer.write(head.encode())
                 raw = await read_until_eof(reader, PLAIN_HTTP_LIMIT)
                 writer.close()
@@ -1004,6 +1014,12 @@ class MirrorProxy:
                 continue
             if session.primary == name:
                 if not session.closed:
+                    lost = up.close_code
+                    # lost under the client: counted (docs/metrics.md), as a shadow's is
+                    if lost is None or lost in NO_CLOSE_FRAME or lost == 1011:
+                        self.metrics.connect_failures.labels(name, "primary", "crash").inc()
+                    elif lost in PRIMARY_GONE:
+                        self.metrics.connect_failures.labels(name, "primary", "closed").inc()
                     await self._relay_close(session, up)
                 return
             code = up.close_code

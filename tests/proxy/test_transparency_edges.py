@@ -243,9 +243,7 @@ async def test_a_client_that_never_pongs_is_still_closed_idle_through_the_mirror
             assert await silent_client_close(spliced.url, "g-spliced") == 4408
         finally:
             await stop_proxy(spliced)
-        mirrored = await start_proxy(
-            tmp_path / "mirrored", old.url, new_server.url, mirroring=True
-        )
+        mirrored = await start_proxy(tmp_path / "mirrored", old.url, new_server.url, mirroring=True)
         try:
             assert mirrored.proxy.route.mirroring
             try:
