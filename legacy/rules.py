@@ -47,7 +47,7 @@ UPDATE_KEYS: Final = frozenset(
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _INITIAL_TIME = re.compile(r"0|[1-9][0-9]*")
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 class GameState(TypedDict):

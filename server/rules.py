@@ -8,6 +8,7 @@ Validation follows PROTOCOL.md and `docs/protocol-notes.md`: a value of the wron
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -56,7 +57,8 @@ UPDATE_KEYS: Final = frozenset(
 )
 #: 19 digits or more: a number orjson may not read as the integer it is
 LONG_NUMBER: Final = re.compile(r"[0-9]{19}")
-TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+#: RFC 3339's digits are ASCII (`\d` would take any Unicode digit, and strptime reads them)
+TIMESTAMP: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 #: Every client message type of PROTOCOL.md.
 MESSAGE_TYPES: Final = frozenset(
@@ -196,13 +198,16 @@ def parse_request(raw: str | bytes) -> Request:
     """
     if isinstance(raw, bytes):
         raise BadMessage("binary frames are not accepted; send JSON in a text frame")
-    if LONG_NUMBER.search(raw) is not None:
-        body = _loads_slow(raw)  # orjson reads integers beyond 64 bits as floats
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = _loads_slow(raw)  # what orjson refuses may still be JSON (1e400, note 30)
     else:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadMessage("the frame is not valid JSON") from exc
+        if LONG_NUMBER.search(raw) is not None:
+            # orjson reads integers beyond 64 bits as floats: read them exactly, unless the
+            # standard library cannot read the frame at all (nesting orjson could read)
+            with contextlib.suppress(BadMessage):
+                body = _loads_slow(raw)
     if not isinstance(body, dict):
         raise BadMessage("a message must be a JSON object")
     msg_id = body.get("id")
@@ -375,15 +380,15 @@ def apply_update(state: GameState, update: Update, now: float) -> GameState:
         new.current_player = player
     if update.scores is not None:
         _check_players("scores", update.scores, state)
-        for player, value in update.scores.items():
-            _check_score(player, value)
-            new.scores[player] = value
+        new.scores.update(update.scores)
     if update.score_deltas is not None:
         _check_players("score_deltas", update.score_deltas, state)
         for player, delta in update.score_deltas.items():
-            value = new.scores[player] + delta
-            _check_score(player, value)
-            new.scores[player] = value
+            new.scores[player] += delta
+    if update.scores is not None or update.score_deltas is not None:
+        # every rule is checked on the result (note 20): a delta may bring a set score back
+        for player in (update.scores or {}).keys() | (update.score_deltas or {}).keys():
+            _check_score(player, new.scores[player])
     if update.timer is not None:
         _check_players("timer", update.timer, state)
         for player, value in update.timer.items():

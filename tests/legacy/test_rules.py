@@ -53,6 +53,9 @@ def test_timestamps_are_rfc3339_utc_with_milliseconds() -> None:
     assert is_timestamp("2026-11-26T10:00:00.123Z")
     assert not is_timestamp("2026-11-26T10:00:00Z")
     assert not is_timestamp("2026-13-26T10:00:00.123Z")
+    assert not is_timestamp(
+        "\u0662\u0660\u0662\u0666-11-26T10:00:00.123Z"
+    )  # RFC 3339 digits: ASCII
     assert not is_timestamp(12)
 
 
