@@ -220,7 +220,11 @@ ALERTS: Final = (
     ),
     Alert(
         "StateshiftProxyRestarted",
-        'sum by (instance) (resets(stateshift_proxy_frames_total{direction="client"}[10m])) > 0',
+        # spliced sessions (after finalize, --no-mirror) count connections, not frames
+        "sum by (instance) (\n"
+        '  resets(stateshift_proxy_frames_total{direction="client"}[10m])\n'
+        "  or resets(stateshift_proxy_spliced_connections_total[10m])\n"
+        ") > 0",
         "info",
         "Proxy {{ $labels.instance }} restarted",
         "Its counters went back to zero: its clients were disconnected and reconnect. The "
@@ -995,7 +999,8 @@ SWITCHOVER: Final = Dashboard(
         ),
         Annotation(
             "Proxy restart",
-            f'resets(stateshift_proxy_frames_total{{{P}, direction="client"}}[1m]) > 0',
+            f'resets(stateshift_proxy_frames_total{{{P}, direction="client"}}[1m]) > 0\n'
+            f"or resets(stateshift_proxy_spliced_connections_total{{{P}}}[1m]) > 0",
             "proxy {{instance}} restarted",
             "red",
         ),
