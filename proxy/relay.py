@@ -31,8 +31,9 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidHeader, InvalidStatus
 from websockets.frames import Frame, Opcode
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
@@ -471,12 +472,16 @@ class MirrorProxy:
         game_id = game_of(request.path)
         primary = self.route.primary_for(game_id)
         headers = self._upstream_headers(ws, request)
-        offered = [
-            Subprotocol(p.strip())
-            for value in request.headers.get_all("Sec-WebSocket-Protocol")
-            for p in value.split(",")
-            if p.strip()
-        ]
+        try:
+            offered = [
+                protocol
+                for value in request.headers.get_all("Sec-WebSocket-Protocol")
+                for protocol in parse_subprotocol(value)
+            ]
+        except InvalidHeader:
+            # Not a header the handshake can pass: websockets refuses it (400) as the
+            # servers would, and no upstream is opened for it.
+            return None
         try:
             up = await self._open(primary, request.path, headers, offered)
         except InvalidStatus as exc:

@@ -293,3 +293,41 @@ async def test_a_spliced_client_that_half_closes_after_its_close_gets_the_close_
             assert await close_then_half_close(under_test.url) == echo_close
         finally:
             await stop_proxy(under_test)
+
+
+# ------------------------------------------------- 6. a malformed Sec-WebSocket-Protocol
+
+
+async def handshake_status(url: str, protocols: str) -> bytes:
+    """A raw handshake offering `protocols` as is; the answer's status line."""
+    host, port = url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            (
+                "GET /v1/games/g HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n"
+            ).encode()
+        )
+        async with asyncio.timeout(timeout()):
+            return (await reader.readline()).strip()
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_subprotocol_header_is_refused_as_the_primary_refuses_it(
+    tmp_path: Path, old_server: LegacyServer, new_server: StateServer
+):
+    """`Sec-WebSocket-Protocol: a b` is not a list of tokens: the servers answer 400. The
+    proxy opened the primary with it first and websockets' client raised ValueError: the
+    client got a 500 and an error was logged."""
+    direct = await handshake_status(old_server.url, "a b")
+    assert direct.startswith(b"HTTP/1.1 400")
+    proxied = await start_proxy(tmp_path, old_server.url, new_server.url, mirroring=True)
+    try:
+        assert await handshake_status(proxied.url, "a b") == direct
+    finally:
+        await stop_proxy(proxied)
