@@ -992,6 +992,7 @@ class MirrorProxy:
                     await close_within(up, self.settings.open_timeout)
                     return
                 session.up[name] = up
+                session.sent[name].clear()  # sent on a connection now gone: never answered
                 now = time.monotonic()
                 if revive:
                     self.order.revive(session.id, session.connect_frame, now, session.connect_id)
@@ -1143,6 +1144,8 @@ class MirrorProxy:
         self._counted[("client", name, "shadow")].inc(len(frames))
         if batch.ids:
             sent = session.sent[name]
+            if len(sent) >= MAX_TRACKED:
+                sent.clear()  # ids a shadow never answered: forget them rather than grow
             for msg_id in batch.ids:
                 sent[msg_id] = now
         if up.transport.get_write_buffer_size() > self.settings.shadow_write_limit:

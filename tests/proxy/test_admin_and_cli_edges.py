@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from legacy.faults import parse_faults
 from legacy.service import Config, LegacyServer
+from proxy.relay import MAX_TRACKED
+from server.app import ServerSettings, StateServer
 from stateshift.control import ControlClient
 from tests.proxy.conftest import (
     Client,
@@ -244,3 +247,43 @@ async def test_an_unknown_log_level_is_a_usage_error_not_a_traceback(tmp_path: P
     )
     assert_clear_error(outcome)
     assert outcome[1] == 2
+
+
+async def test_ids_a_shadow_never_answers_are_not_kept_for_ever(tmp_path: Path):
+    """Answer latency remembers when each id went to each upstream until its answer. The
+    primary's ids were bounded (MAX_TRACKED), the shadow's not: a shadow that answers
+    garbage (or never answers) grew the proxy's memory by every message of the connection."""
+    new = StateServer(
+        ServerSettings(db=tmp_path / "new.db", secret=TEST_SECRET, port=0, rate=1e6, burst=10**6)
+    )
+    await new.start()
+    old = LegacyServer(
+        Config(
+            data=tmp_path / "old.jsonl",
+            secret=TEST_SECRET,
+            port=0,
+            rate=1e6,
+            burst=1e6,
+            faults=parse_faults(["garbage:1"]),
+        )
+    )
+    await old.start()
+    # a buffer larger than the load: the order does not give the shadow up meanwhile
+    under_test = await start_proxy(tmp_path, old.url, new.url, primary="new", shadow_buffer=10**5)
+    try:
+        client = await Client.open(f"{under_test.url}/v1/games/memory")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        beats = MAX_TRACKED + 500
+        for n in range(beats):
+            await client.send(type="HEARTBEAT", id=f"b{n}")
+        await client.until(lambda frame: frame.get("re") == f"b{beats - 1}")
+        (session,) = under_test.proxy.sessions.values()
+        await wait_until(
+            lambda: under_test.proxy.order.pending(session.id) == 0,
+            what="every copy written to the shadow",
+        )
+        assert 0 < len(session.sent["old"]) <= MAX_TRACKED
+    finally:
+        await stop_proxy(under_test)
+        await old.stop()
+        await new.stop()
