@@ -929,6 +929,18 @@ SWITCHOVER: Final = Dashboard(
             "A flip swaps the upstreams under the client sockets: the proxy line must not dip.",
         ),
         Panel(
+            "Proxy connections by state",
+            [
+                Target(
+                    f"sum by (state) (stateshift_proxy_connections{{{P}}})",
+                    "{{state}}",
+                )
+            ],
+            "Client connections on the proxies: mirrored, held (frames held during a flip's "
+            "pause: back to 0 within seconds), relayed (not mirrored), spliced (after "
+            "finalize), handshaking.",
+        ),
+        Panel(
             "Answers by primary upstream",
             [
                 Target(

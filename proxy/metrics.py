@@ -8,7 +8,7 @@ ones: plain numbers read at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -69,6 +69,10 @@ LATENCY_BUCKETS = (
 )
 
 
+#: `stateshift_proxy_connections`' states (every one exported, 0 included)
+CONNECTION_STATES: Final = ("handshaking", "mirrored", "held", "relayed", "spliced")
+
+
 class _Snapshot(Collector):
     """Gauges computed at scrape time from the live proxy (no bookkeeping per frame)."""
 
@@ -87,6 +91,15 @@ class _Snapshot(Collector):
             "Records waiting in the tap for the comparator.",
             value=values.get("tap_backlog", 0.0),
         )
+        states = GaugeMetricFamily(
+            "stateshift_proxy_connections",
+            "Client connections by state: handshaking (the primary being opened), mirrored, "
+            "held (frames held: a flip's pause), relayed (frames, not mirrored), spliced.",
+            labels=["state"],
+        )
+        for state in CONNECTION_STATES:
+            states.add_metric([state], values.get(f"conn:{state}", 0.0))
+        yield states
         # Roles move with flips: counted from the live sessions at scrape time.
         upstreams = GaugeMetricFamily(
             "stateshift_proxy_upstream_connections",

@@ -200,6 +200,8 @@ class Session:
     primary: str
     up: dict[str, UpstreamSide | None] = field(default_factory=dict)
     mirrored: bool = True
+    #: relayed as bytes (proxy/splice.py), not frames
+    spliced: bool = False
     closed: bool = False
     #: upstreams the proxy itself closed (the client left, or mirroring ended): not faults
     deliberate: set[str] = field(default_factory=set)
@@ -421,7 +423,19 @@ class MirrorProxy:
             "buffered": float(self.order.buffered()),
             "tap_backlog": float(len(self.tap)) if self.tap is not None else 0.0,
         }
+        # client connections by state (a partition: they add up to client_connections,
+        # plus the handshakes in progress)
+        values["conn:handshaking"] = float(len(self._handshakes))
         for session in self.sessions.values():
+            if session.spliced:
+                state = "conn:spliced"
+            elif session.held is not None:
+                state = "conn:held"  # frames held: a flip's pause, or a primary not draining
+            elif session.mirrored:
+                state = "conn:mirrored"
+            else:
+                state = "conn:relayed"
+            values[state] = values.get(state, 0.0) + 1.0
             for name, up in session.up.items():
                 if up is not None:
                     role = "primary" if name == session.primary else "shadow"
@@ -562,6 +576,7 @@ class MirrorProxy:
         if not session.mirrored and can_splice(client, up):
             # Not mirrored: relay bytes, not frames, until both sides close (proxy/splice.py).
             # No await may come before this: websockets must not have read anything yet.
+            session.spliced = True
             try:
                 await splice(
                     client,

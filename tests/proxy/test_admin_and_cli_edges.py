@@ -14,7 +14,8 @@ from pathlib import Path
 
 from legacy.faults import parse_faults
 from legacy.service import Config, LegacyServer
-from proxy.relay import MAX_TRACKED
+from proxy.metrics import CONNECTION_STATES
+from proxy.relay import MAX_TRACKED, MirrorProxy
 from server.app import ServerSettings, StateServer
 from stateshift.control import ControlClient
 from tests.proxy.conftest import (
@@ -285,5 +286,55 @@ async def test_ids_a_shadow_never_answers_are_not_kept_for_ever(tmp_path: Path):
         assert 0 < len(session.sent["old"]) <= MAX_TRACKED
     finally:
         await stop_proxy(under_test)
+        await old.stop()
+        await new.stop()
+
+
+def connection_states(proxy: MirrorProxy) -> dict[str, float]:
+    registry = proxy.metrics.registry
+    return {
+        state: registry.get_sample_value("stateshift_proxy_connections", {"state": state}) or 0.0
+        for state in CONNECTION_STATES
+    }
+
+
+async def test_connections_are_exported_by_state(tmp_path: Path):
+    """The issue asks for "connections by state": mirrored, spliced (pass-through), and back
+    to zero when the clients leave; the states add up to the open client connections."""
+    old, new = await start_legacy(tmp_path), await start_new(tmp_path)
+    (tmp_path / "spliced").mkdir()
+    mirroring = await start_proxy(tmp_path, old.url, new.url)
+    passing = await start_proxy(tmp_path / "spliced", old.url, new.url, mirroring=False)
+    try:
+        clients = [
+            await Client.open(f"{mirroring.url}/v1/games/states"),
+            await Client.open(f"{passing.url}/v1/games/states"),
+        ]
+        for n, client in enumerate(clients):
+            await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
+        assert connection_states(mirroring.proxy) == {
+            "handshaking": 0,
+            "mirrored": 1,
+            "held": 0,
+            "relayed": 0,
+            "spliced": 0,
+        }
+        assert connection_states(passing.proxy)["spliced"] == 1
+        for under_test in (mirroring, passing):
+            open_now = under_test.proxy.metrics.registry.get_sample_value(
+                "stateshift_proxy_client_connections"
+            )
+            assert sum(connection_states(under_test.proxy).values()) == open_now == 1
+        for client in clients:
+            await client.ws.close()
+        for proxy in (mirroring.proxy, passing.proxy):
+
+            def all_zero(proxy: MirrorProxy = proxy) -> bool:
+                return not any(connection_states(proxy).values())
+
+            await wait_until(all_zero, what="every state back to zero")
+    finally:
+        await stop_proxy(passing)
+        await stop_proxy(mirroring)
         await old.stop()
         await new.stop()
