@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from compare.admin import AdminClient
 from compare.comparator import StateComparator
@@ -53,6 +53,11 @@ class Prepared:
     paused_at: float
     games_checked: int = 0
     expiry: asyncio.TimerHandle | None = None
+
+
+def number(value: object) -> TypeGuard[int | float]:
+    """A JSON number that is one: finite, and not a boolean (`true` is an int in Python)."""
+    return (type(value) is int or type(value) is float) and math.isfinite(value)
 
 
 class Switchboard:
@@ -409,12 +414,18 @@ class Switchboard:
         target = msg.get("target")
         if not isinstance(target, dict):
             raise CommandError("BAD_MESSAGE", "`target` must be a route object")
+        ramp = target.get("ramp")
+        if ramp is not None and not number(ramp):
+            raise CommandError("BAD_MESSAGE", "`target.ramp` must be a percentage or null")
+        mirroring = target.get("mirroring", self.proxy.route.mirroring)
+        if type(mirroring) is not bool:
+            raise CommandError("BAD_MESSAGE", "`target.mirroring` must be true or false")
         try:
             return replace(
                 self.proxy.route,
                 primary=str(target.get("primary", self.proxy.route.primary)),
-                ramp=target.get("ramp"),
-                mirroring=bool(target.get("mirroring", self.proxy.route.mirroring)),
+                ramp=None if ramp is None else float(ramp),
+                mirroring=mirroring,
             )
         except (ValueError, TypeError) as exc:
             raise CommandError("BAD_MESSAGE", str(exc)) from exc
@@ -458,14 +469,14 @@ class Switchboard:
 
     async def _figures(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         window = msg.get("window", 300)
-        if not isinstance(window, int | float) or window <= 0:
+        if not number(window) or window <= 0:
             raise CommandError("BAD_MESSAGE", "`window` must be a positive number of seconds")
         return {"figures": self.figures(float(window))}
 
     async def _prepare(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         target = self._target(msg)
         hold = msg.get("hold", 10.0)
-        if not isinstance(hold, int | float) or not 0 < hold <= 60:
+        if not number(hold) or not 0 < hold <= 60:
             raise CommandError("BAD_MESSAGE", "`hold` must be 0 < seconds <= 60")
         token = msg.get("token")
         if token is not None and (not isinstance(token, str) or not 8 <= len(token) <= 64):
@@ -530,7 +541,7 @@ class Switchboard:
 
     async def _ramp(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         percent = msg.get("percent")
-        if not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        if not number(percent) or not 0 <= percent <= 100:
             raise CommandError("BAD_MESSAGE", "`percent` must be 0..100")
         target = replace(self.proxy.route, ramp=float(percent))
         return await self._switch(actor, "ramp", target, {"percent": percent})

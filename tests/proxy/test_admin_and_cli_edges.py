@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from legacy.faults import parse_faults
 from legacy.service import Config, LegacyServer
 from proxy.metrics import CONNECTION_STATES
 from proxy.relay import MAX_TRACKED, MirrorProxy
 from server.app import ServerSettings, StateServer
-from stateshift.control import ControlClient
+from stateshift.control import ControlClient, ControlError
 from tests.proxy.conftest import (
     Client,
     start_legacy,
@@ -29,7 +32,7 @@ from tests.proxy.conftest import (
 )
 from tests.support import LISTENING, ROOT, TEST_SECRET, cli_env, proxy_args, timeout, wait_until
 
-ADMIN = token("review-ops", role="admin")
+ADMIN = token("ops", role="admin")
 
 
 # ----------------------------------------------------------------- control channel
@@ -338,3 +341,26 @@ async def test_connections_are_exported_by_state(tmp_path: Path):
         await stop_proxy(mirroring)
         await old.stop()
         await new.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [
+        ("RAMP", {"percent": True}),  # `true` is an int in Python: it was a 1 % ramp
+        ("FIGURES", {"window": True}),
+        ("PREPARE", {"target": {"primary": "new"}, "hold": True}),
+        ("PREPARE", {"target": {"primary": "new", "mirroring": "false"}}),  # bool("false")
+        ("PREPARE", {"target": {"primary": "new", "ramp": True}}),
+    ],
+)
+async def test_booleans_and_strings_are_not_numbers_or_switches(
+    tmp_path: Path, command: str, fields: dict[str, Any]
+):
+    async with start_stack(tmp_path, switchboard=True) as stack:
+        before = stack.proxy.route
+        async with ControlClient(stack.control.url, ADMIN, timeout=timeout()) as control:
+            with pytest.raises(ControlError) as refused:
+                await control.request(command, **fields)
+        assert refused.value.code == "BAD_MESSAGE"
+        assert stack.proxy.route == before
+        assert stack.board.prepared is None
