@@ -7,9 +7,14 @@ target; when the target's state already equals the source's exactly (version and
 state is imported (IMPORT_STATE) and, by default, read back to check it landed exactly.
 
 - **Idempotent**: a rerun copies only what differs, so it is always safe to run again.
-- **Resumable**: a checkpoint file records the last game id such that it and every game
-  before it were copied or found equal; a rerun with the checkpoint continues after it. A
-  game that failed holds the checkpoint back, so a rerun retries it.
+- **Resumable**: a checkpoint file records the last game id such that every game before it
+  was handled, and which of those failed (`retry`); a rerun with the checkpoint retries
+  those first, then continues after it (a game that always fails, e.g. one too large for a
+  frame, no longer holds every later batch back). A run that went through the whole listing
+  with nothing to retry marks the checkpoint `complete`: the next run with it starts again
+  from the first game (a rerun refreshes every game, as the runbooks say).
+- A checkpoint that cannot be written stops the run before anything is copied
+  (`CheckpointError`): a run believed resumable must be.
 - Errors are per game: reported, counted, never fatal. Only losing the source's listing
   stops the run (`AdminUnreachable`), with the checkpoint saved.
 
@@ -20,12 +25,11 @@ Pure core: `Frontier` (the checkpoint's advance over games finished out of order
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -109,42 +113,30 @@ class BackfillReport:
 
 
 class Frontier:
-    """The last game id such that it and every game started before it finished well.
+    """The last game id such that it and every game started before it finished, and the
+    games among them that failed (`retry`: a rerun from the checkpoint retries them first).
 
-    Games are started in id order and finish in any order; a failed game stops the frontier
-    for the rest of the run (a rerun from the checkpoint must retry it).
+    Games are started in id order and finish in any order.
     """
 
-    def __init__(self, after: str | None = None) -> None:
+    def __init__(self, after: str | None = None, retry: list[str] | None = None) -> None:
         self.last: str | None = after
+        self.retry: list[str] = list(retry or [])
         self._started: deque[str] = deque()
-        self._done: set[str] = set()
-        self._failed: set[str] = set()
-        self._stuck = False
+        self._finished: dict[str, bool] = {}
 
     def start(self, game_id: str) -> None:
         """A game was taken, in id order."""
-        if not self._stuck:
-            self._started.append(game_id)
+        self._started.append(game_id)
 
     def finish(self, game_id: str, ok: bool) -> bool:
         """A game finished (well or not); whether the frontier moved."""
-        if self._stuck:
-            return False
-        (self._done if ok else self._failed).add(game_id)
+        self._finished[game_id] = ok
         moved = False
-        while self._started:
-            head = self._started[0]
-            if head in self._failed:
-                # nothing after a failure may be recorded; stop tracking for this run
-                self._stuck = True
-                self._started.clear()
-                self._done.clear()
-                break
-            if head not in self._done:
-                break
-            self._started.popleft()
-            self._done.discard(head)
+        while self._started and self._started[0] in self._finished:
+            head = self._started.popleft()
+            if not self._finished.pop(head):
+                self.retry.append(head)
             self.last = head
             moved = True
         return moved
@@ -152,8 +144,9 @@ class Frontier:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The checkpoint file: JSON `{"source", "target", "after", "saved_at"}`, rewritten
-    atomically. It names its source and target so that it cannot resume another copy."""
+    """The checkpoint file: JSON `{"source", "target", "after", "retry", "complete",
+    "saved_at"}`, rewritten atomically. It names its source and target so that it cannot
+    resume another copy."""
 
     path: Path
     source: str
@@ -161,10 +154,15 @@ class Checkpoint:
 
     def load(self) -> str | None:
         """The game id to resume after (None: start from the first game)."""
+        return self.load_all()[0]
+
+    def load_all(self) -> tuple[str | None, list[str], bool]:
+        """The game id to resume after, the failed games to retry, and whether the run that
+        saved it went through the whole listing."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return None
+            return None, [], False
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from exc
         if not isinstance(data, dict) or not (
@@ -177,19 +175,27 @@ class Checkpoint:
                 f" not from {self.source} to {self.target}"
             )
         after = data.get("after")
-        return after if isinstance(after, str) else None
+        retry = data.get("retry") or []
+        if not isinstance(retry, list) or not all(isinstance(g, str) for g in retry):
+            raise CheckpointError(f"{self.path} is not a backfill checkpoint")
+        return (after if isinstance(after, str) else None), retry, data.get("complete") is True
 
-    def save(self, after: str | None) -> None:
-        """Record `after` (written to a temporary file, then renamed over the old one)."""
-        data = {"source": self.source, "target": self.target, "after": after}
+    def save(self, after: str | None, retry: Sequence[str] = (), complete: bool = False) -> None:
+        """Record `after`, the games to retry and whether the run went through every game
+        (written to a temporary file, then renamed over the old one)."""
+        data: dict[str, Any] = {"source": self.source, "target": self.target, "after": after}
+        data.update(retry=list(retry), complete=complete)
         data["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with temporary.open("w", encoding="utf-8") as file:
-            json.dump(data, file)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
+        try:
+            with temporary.open("w", encoding="utf-8") as file:
+                json.dump(data, file)
+                file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc}") from exc
 
 
 async def copy_game(
@@ -250,9 +256,15 @@ async def backfill(
     `on_result` sees each game's result, `on_listed(n, last)` each listing page's size.
     Losing the source's listing raises `AdminUnreachable` after saving the checkpoint.
     """
-    resumed = checkpoint.load() if checkpoint is not None else None
+    resumed, retry, complete = (
+        checkpoint.load_all() if checkpoint is not None else (None, [], False)
+    )
+    if complete:  # the last run went through every game: a rerun refreshes them all
+        resumed, retry = None, []
     report = BackfillReport(dry_run=dry_run, resumed_after=resumed, checkpoint=resumed)
     frontier = Frontier(resumed)
+    if checkpoint is not None and not dry_run:
+        checkpoint.save(resumed, retry)  # an unwritable checkpoint stops the run before it starts
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(1, concurrency) * 4)
     workers = max(1, concurrency)
     saved_at = time.monotonic()
@@ -262,13 +274,17 @@ async def backfill(
         if checkpoint is None or dry_run or frontier.last == report.checkpoint:
             return
         if force or time.monotonic() - saved_at >= SAVE_EVERY:
-            checkpoint.save(frontier.last)
+            checkpoint.save(frontier.last, frontier.retry)
             report.checkpoint = frontier.last
             saved_at = time.monotonic()
 
     async def produce() -> None:
         after, taken = resumed, 0
         try:
+            for game_id in retry[:limit]:  # the failed games first (before the frontier)
+                taken += 1
+                await queue.put(game_id)
+            frontier.retry.extend(retry[taken:])
             while True:
                 wanted = MAX_PAGE if limit is None else min(MAX_PAGE, limit - taken)
                 if wanted <= 0:
@@ -287,11 +303,16 @@ async def backfill(
             for _ in range(workers):
                 await queue.put(None)
 
+    retrying = set(retry)
+
     async def work() -> None:
         while (game_id := await queue.get()) is not None:
             result = await copy_game(source, target, game_id, dry_run=dry_run, verify=verify)
             report.add(result)
-            if frontier.finish(game_id, result.result != "failed"):
+            if game_id in retrying:
+                if result.result == "failed":
+                    frontier.retry.append(game_id)
+            elif frontier.finish(game_id, result.result != "failed"):
                 save()
             if on_result is not None:
                 on_result(result)
@@ -302,9 +323,12 @@ async def backfill(
             for _ in range(workers):
                 group.create_task(work())
     except BaseExceptionGroup as group_error:
-        # one cause is enough for the caller: the listing failed (the workers never raise)
+        # one cause is enough for the caller: the listing failed, or the checkpoint
         raise group_error.exceptions[0] from None
     finally:
-        with contextlib.suppress(OSError):
-            save(force=True)
+        if checkpoint is not None and not dry_run and frontier.last != report.checkpoint:
+            checkpoint.save(frontier.last, frontier.retry)
+            report.checkpoint = frontier.last
+    if checkpoint is not None and not dry_run and not report.stopped_early:
+        checkpoint.save(frontier.last, frontier.retry, complete=not frontier.retry)
     return report

@@ -181,7 +181,7 @@ def render_rules(rules: Rules, out: Console) -> None:
     table.add_column("kind")
     table.add_column("value", overflow="fold")
     for row in rules.listing():
-        table.add_row(row["type"], row["kind"], row["value"])
+        table.add_row(Text(row["type"]), Text(row["kind"]), Text(row["value"]))
     out.print(table)
     if not rules.listing():
         out.print("[yellow]no rules: every difference counts[/yellow]")
@@ -377,7 +377,7 @@ def render_sweep(report: SweepReport, roles: Mapping[str, str], out: Console) ->
         table.add_column("game")
         table.add_column("reason", overflow="fold")
         for game_id, reason in report.skipped:
-            table.add_row(game_id, reason)
+            table.add_row(game_id, Text(reason))
         out.print(table)
 
 
@@ -405,7 +405,7 @@ def render_backfill(report: BackfillReport, out: Console) -> None:
         table.add_column("game")
         table.add_column("error", overflow="fold")
         for failure in report.failures[:SHOWN_IDS]:
-            table.add_row(failure.game_id, failure.detail)
+            table.add_row(failure.game_id, Text(failure.detail))
         if report.failed > SHOWN_IDS:
             table.add_row("…", f"{report.failed - SHOWN_IDS} more (--json lists all)")
         out.print(table)
@@ -583,7 +583,7 @@ async def _backfill(
         counts[result.result] += 1
         if result.result == "failed":
             progress.console.print(
-                f"[red]failed[/red] {result.game_id}: {result.detail}", highlight=False
+                f"[red]failed[/red] {result.game_id}: {escape(result.detail)}", highlight=False
             )
         copied = "would copy" if dry_run else "copied"
         progress.update(
@@ -637,9 +637,10 @@ def backfill(
     Through both servers' admin paths (GET_STATE, IMPORT_STATE).
 
     Idempotent: a game whose target state already equals the source's exactly is left
-    alone, so a rerun is always safe. Resumable: with --checkpoint a rerun continues after
-    the last game that (with every game before it) was copied. A game's error is reported
-    and counted, never fatal.
+    alone, so a rerun is always safe. Resumable: with --checkpoint a rerun retries the games
+    that failed, then continues after the last game handled; once a run went through every
+    game, the next one starts again from the first. A game's error is reported and counted,
+    never fatal; a checkpoint that cannot be written stops the run before it copies.
 
     Exit codes: 0 nothing failed, 1 some games failed, 2 usage or connection errors.
     """

@@ -59,17 +59,18 @@ def test_frontier_moves_only_over_a_prefix_of_finished_games() -> None:
     assert frontier.last == "c"
 
 
-def test_frontier_stops_before_a_failed_game_for_the_rest_of_the_run() -> None:
+def test_frontier_moves_past_a_failed_game_and_keeps_it_to_retry() -> None:
     frontier = Frontier("0")
     for game_id in ("a", "b", "c"):
         frontier.start(game_id)
     frontier.finish("b", ok=False)
     frontier.finish("c", ok=True)
+    assert frontier.last == "0"  # `a` is not done yet
     frontier.finish("a", ok=True)
-    assert frontier.last == "a"
+    assert (frontier.last, frontier.retry) == ("c", ["b"])
     frontier.start("d")
     frontier.finish("d", ok=True)
-    assert frontier.last == "a"
+    assert (frontier.last, frontier.retry) == ("d", ["b"])
 
 
 def test_checkpoint_round_trips_and_refuses_another_pair_of_servers(tmp_path: Path) -> None:
@@ -218,7 +219,9 @@ async def test_a_failing_game_is_reported_holds_the_checkpoint_and_the_rest_are_
     (failure,) = report.failures
     assert failure.game_id == "g05x"
     assert "1009" in failure.detail
-    assert mark.load() == "g05"  # a rerun from the checkpoint retries the failed game
+    # the checkpoint moved on; a rerun from it retries the failed game first
+    after, retry, complete = mark.load_all()
+    assert (after, retry, complete) == ("g11", ["g05x"], False)
     assert "g05x" not in await states(new.url)
     assert len(seen) == 13
     assert json.loads(json.dumps(report.to_json()))["failed"] == 1
