@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from compare.backfill import Checkpoint, backfill
 from legacy.service import LegacyServer
 from server.app import StateServer
 from tests.compare.test_backfill import play, state
-from tests.proxy.conftest import start_legacy, start_new, token
+from tests.proxy.conftest import token
 from tests.support import ROOT, cli_env, timeout
 
 ADMIN = token("ops", "admin")
@@ -52,16 +51,6 @@ async def seed(url: str, *game_ids: str, version: int = 3, **changes: Any) -> No
 async def states(url: str) -> dict[str, Any]:
     async with AdminClient(url, ADMIN) as admin:
         return {g: await admin.get_state(g) for g in await admin.listing()}
-
-
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[tuple[LegacyServer, StateServer]]:
-    """The reference old server (source) and an empty new server (target)."""
-    old = await start_legacy(tmp_path)
-    new = await start_new(tmp_path)
-    yield old, new
-    await new.stop()
-    await old.stop()
 
 
 # ------------------------------------------------------------------ findings

@@ -3,7 +3,6 @@ real servers fed the same updates, healthy and with a real logic divergence."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +113,6 @@ async def play(url: str, game_id: str) -> None:
     finally:
         await alice.ws.close()
         await bob.ws.close()
-
-
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[tuple[LegacyServer, StateServer]]:
-    old = await start_legacy(tmp_path)
-    new = await start_new(tmp_path)
-    yield old, new
-    await new.stop()
-    await old.stop()
 
 
 async def run_sweep(primary_url: str, shadow_url: str, **kwargs: Any) -> Any:
