@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stateshift.control import ADMIN_TOKEN_ENV, ControlClient, ControlError
 from tests.proxy.conftest import Client, start_stack, token
+from tests.proxy.conftest import Stack as ProxyStack
 from tests.support import ROOT, cli_env, timeout, wait_until
 from tests.switchover.conftest import ADMIN, Stack, cli
 
@@ -213,6 +214,16 @@ async def test_a_nan_number_is_a_usage_error_before_anything_changes(
     assert proxy.route().primary == "old"
 
 
+async def answer_in_flight(stack: ProxyStack) -> Client:
+    """A client whose HEARTBEAT the (slow: 2 s) primary has not answered yet: a PREPARE
+    quiesces for it, as long as the switchboard lets it (30 s here)."""
+    stack.board.quiesce_timeout = timeout(30)
+    client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    await client.send(type="HEARTBEAT", id="in-flight")
+    return client
+
+
 async def test_an_abort_of_a_prepare_still_under_way_is_not_lost(tmp_path: Path):
     """ABORT runs outside the switches' lock and only looks at `prepared`: while a PREPARE
     is still quiescing (its switch not yet `prepared`), an ABORT with its token answers ok
@@ -223,10 +234,7 @@ async def test_an_abort_of_a_prepare_still_under_way_is_not_lost(tmp_path: Path)
     (the proxy's answer to the PREPARE then fails and the queued ABORT is never read)."""
     async with start_stack(tmp_path, "slow:2000", tap=False, switchboard=True) as stack:
         proxy, board = stack.proxy, stack.board
-        board.quiesce_timeout = timeout(30)
-        client = await Client.open(f"{proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        await client.send(type="HEARTBEAT", id="in-flight")  # the primary answers in 2 s
+        client = await answer_in_flight(stack)
         async with (
             ControlClient(stack.control.url, ADMIN, timeout=timeout(30)) as first,
             ControlClient(stack.control.url, ADMIN, timeout=timeout(30)) as second,
@@ -241,7 +249,8 @@ async def test_an_abort_of_a_prepare_still_under_way_is_not_lost(tmp_path: Path)
             await second.request("ABORT", token="coordinator-token", reason="gave up")
             with contextlib.suppress(ControlError):
                 await prepare
-            assert under_way  # else the race was not exercised (a slow machine): no finding
+            if not under_way:  # a machine so slow the prepare ended first: nothing shown
+                pytest.skip("the PREPARE ended before the ABORT arrived")
             assert board.prepared is None, "the aborted switch is prepared"
             assert proxy.gate.is_set(), "clients paused after their switch was aborted"
         with contextlib.suppress(ConnectionClosed):
@@ -256,10 +265,7 @@ async def test_a_flip_whose_prepare_timed_out_leaves_no_client_paused(tmp_path: 
     paused for the whole --hold (60 s here) after the engineer was told nothing changed."""
     async with start_stack(tmp_path, "slow:2000", tap=False, switchboard=True) as stack:
         proxy, board = stack.proxy, stack.board
-        board.quiesce_timeout = timeout(30)
-        client = await Client.open(f"{proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        await client.send(type="HEARTBEAT", id="in-flight")  # the primary answers in 2 s
+        client = await answer_in_flight(stack)
         outcome = await cli(
             "flip", "--proxy", stack.control.url, "--force", "--json",
             "--timeout", "0.5", "--hold", "60",
