@@ -274,8 +274,9 @@ class Switchboard:
             in_flight = sum(
                 len(s.sent[s.primary]) + s.nameless[s.primary]
                 for s in proxy.sessions.values()
-                if s.mirrored
+                if s.mirrored and not s.closed  # a client that left is owed nothing
             )
+            # (what its frames mean for the shadow's order is in `order.idle()`)
             if not in_flight and proxy.order.idle():
                 return
             if time.monotonic() > deadline:
@@ -291,7 +292,11 @@ class Switchboard:
         resync from the current primary when `resync`)."""
         proxy = self.proxy
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
-        missing = [s for s in sessions if proxy.sessions.get(s.id) and not proxy.shadow_ready(s)]
+        missing = [
+            s
+            for s in sessions
+            if not s.closed and proxy.sessions.get(s.id) and not proxy.shadow_ready(s)
+        ]
         if missing:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
