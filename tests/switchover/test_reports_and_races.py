@@ -95,6 +95,28 @@ async def test_ramp_0_is_a_rollback_even_when_a_game_diverged(tmp_path: Path):
             await client.ws.close()
 
 
+async def test_the_ramp_command_down_resyncs_like_a_rollback(tmp_path: Path):
+    """The control channel's RAMP (what a hand-written script or another tool sends) lowered
+    the share without the resync the CLI's ramp does: refused "differs" on a diverged game."""
+    async with start_stack(
+        tmp_path, "score-delta-off-by-one", primary="new", comparator=True, switchboard=True
+    ) as stack:
+        proxy = stack.proxy
+        client = await Client.open(f"{proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
+        assert ack["type"] == "ACK"
+        await wait_until(lambda: proxy.order.idle(), what="the shadow to catch up")
+        async with ControlClient(stack.control.url, ADMIN, timeout=timeout(30)) as control:
+            answer = await control.request("RAMP", percent=0)
+        assert answer["route"]["ramp"] == 0.0
+        assert proxy.route.primary_for("arena") == "old"
+        state = await client.request(type="GET_STATE", id="g")
+        assert state["state"]["scores"] == {"p0": 5}  # what the new primary acknowledged
+        with contextlib.suppress(ConnectionClosed):
+            await client.ws.close()
+
+
 async def test_a_shadow_slower_than_the_top_latency_bucket_fails_the_latency_gate(tmp_path: Path):
     """The shadow answers in 3 s, the primary in about a millisecond. The proxy reads the
     shadow's p99 from the +Inf bucket (above 2.5 s) as `inf`, which JSON carries as null: the
