@@ -181,16 +181,18 @@ ALERTS: Final = (
         f"  ) > {ALERT_ERROR_RATIO_EXCESS}\n"
         "  and on () max(stateshift_route_ramp_percent) > 0\n"
         "  or\n"
-        # not `rejected`: a 4xx to one client's handshake is that client's answer
+        # not `rejected`: a 4xx to one client's handshake is that client's answer; `crash`:
+        # a primary lost under its clients (1006, 1011)
         "  sum(increase(stateshift_proxy_upstream_connect_failures_total"
-        '{role="primary", reason=~"down|refused"}[5m])) > 0\n'
+        '{role="primary", reason=~"down|refused|crash"}[5m])) > 0\n'
         ")\n"
         "and on () max(changes(stateshift_route_ramp_percent[1h])) > 0",
         "critical",
         "Primary errors up after a route change",
         "The route changed in the last hour and since then the new server answers with ERROR "
         "more often than the old one on the same traffic (by more than 1 point), or the "
-        "proxies fail to reach the primary. Clients see these errors.",
+        "proxies fail to reach the primary or lose it under its clients. Clients see these "
+        "errors.",
         "rollback.md",
         "2m",
     ),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from compare.admin import AdminClient
-from compare.backfill import Checkpoint, backfill
+from compare.backfill import Checkpoint, GameResult, backfill
 from legacy.service import LegacyServer
 from server.app import StateServer
 from tests.compare.test_backfill import play, state
@@ -117,6 +117,32 @@ async def test_a_game_that_always_fails_stops_limited_batches_from_ever_continui
     assert [r.failures[0].game_id for r in reports if r.failures][:1] == ["b"]
     copied = await states(new.url)
     assert "e" in copied, [r.to_json() for r in reports]
+
+
+async def test_games_being_retried_when_a_run_stops_stay_in_the_checkpoint(
+    servers: tuple[LegacyServer, StateServer], tmp_path: Path
+) -> None:
+    """The checkpoint's retry list is kept exact while failed games are retried: one that
+    was copied leaves it, one not finished when the run stops stays in it (the list was
+    written from the games that had finished failing only, when the frontier moved: a game
+    still being retried then was before `after` and no later run retried it)."""
+    old, new = servers
+    await seed(old.url, "a", "b", "z")
+    mark = Checkpoint(tmp_path / "backfill.ckpt", old.url, new.url)
+    mark.save("y", ["a", "b"])  # a and b failed in an earlier run; it stopped after y
+
+    class Stopped(Exception):
+        """The run stops after the first retried game (as when the listing is lost)."""
+
+    def interrupt(result: GameResult) -> None:
+        raise Stopped
+
+    async with AdminClient(old.url, ADMIN) as s, AdminClient(new.url, ADMIN) as t:
+        with pytest.raises(Stopped):
+            await backfill(s, t, checkpoint=mark, concurrency=1, on_result=interrupt)
+    after, retry, complete = mark.load_all()
+    assert (after, retry, complete) == ("y", ["b"], False)  # a was copied, b still to retry
+    assert "a" in await states(new.url)
 
 
 @pytest.mark.parametrize(
