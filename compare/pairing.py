@@ -104,7 +104,8 @@ class Pairer:
         self._not_mirrored: set[tuple[int, str]] = set()
         #: answers dropped by `forget_game` (a resync, a divergence) -> their side: a partner
         #: arriving after that has nothing to be compared with
-        self._forgotten: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+        #: (with how many of its answers: a reused id's chain is dropped whole)
+        self._forgotten: OrderedDict[tuple[Any, ...], tuple[str, int]] = OrderedDict()
 
     def not_mirrored(self, conn_id: int, msg_id: str) -> None:
         """The proxy will never send this client frame to the shadow: expect no pair."""
@@ -154,7 +155,9 @@ class Pairer:
             return None  # an ERROR without a readable id: nothing to pair it with
         if kind == "answer" and self._forgotten:
             gone = self._forgotten.pop(key, None)
-            if gone is not None and gone != source:
+            if gone is not None and gone[0] != source:
+                if gone[1] > 1:  # a reused id: more partners of the dropped chain to come
+                    self._forgotten[key] = (gone[0], gone[1] - 1)
                 return None  # its partner was dropped (a resync, a divergence): not compared
         other = self._waiting.get(key)
         if other is not None and (other.upstream or other.side) == source:
@@ -212,7 +215,7 @@ class Pairer:
         for key in [k for k, w in self._waiting.items() if w.game_id == game_id]:
             waiting = self._waiting.pop(key)
             if waiting.kind == "answer":
-                self._forgotten[key] = waiting.upstream or waiting.side
+                self._forgotten[key] = (waiting.upstream or waiting.side, 1 + len(waiting.more))
                 if len(self._forgotten) > self.remember:
                     self._forgotten.popitem(last=False)
 

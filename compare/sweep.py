@@ -145,7 +145,7 @@ STATE_ROOT: Final = "root['state']"
 STATE_ROOT_B: Final = STATE_ROOT.encode()
 
 
-def _compare_states(
+def compare_states(
     primary: dict[str, Any] | None, shadow: dict[str, Any] | None, rules: TypeRules
 ) -> Verdict:
     """Two states under the STATE frames' rules, whose paths start at the frame (a rule for
@@ -175,14 +175,14 @@ def assess(
     p_version, s_version = _version(primary), _version(shadow)
     if primary is None or shadow is None:
         missing: Side = "primary" if primary is None else "shadow"
-        verdict = _compare_states(primary, shadow, rules)
+        verdict = compare_states(primary, shadow, rules)
         finding = SnapshotFinding(
             game_id, p_version, s_version, verdict, primary, shadow, missing=missing
         )
         return Outcome(game_id, finding=finding, transient=True)
     if p_version != s_version:
         return Outcome(game_id, skipped=SKEW, transient=True)
-    verdict = _compare_states(primary, shadow, rules)
+    verdict = compare_states(primary, shadow, rules)
     if verdict.equal:
         return Outcome(game_id)
     return Outcome(

@@ -427,6 +427,8 @@ class MirrorProxy:
         # plus the handshakes in progress)
         values["conn:handshaking"] = float(len(self._handshakes))
         for session in self.sessions.values():
+            if session.closed:
+                continue  # the client left; its shadow finishing is not a client connection
             if session.spliced:
                 state = "conn:spliced"
             elif session.held is not None:
@@ -1061,12 +1063,18 @@ class MirrorProxy:
             backoff = min(backoff * 2, self.settings.retry_max)
 
     def _upstream_ping(self, session: Session, name: str, up: UpstreamSide, data: bytes) -> None:
-        """An upstream's ping. The shadow's is answered now; the primary's once the client
-        answers one of the proxy's: whether the client is alive is the primary's to judge
-        (PROTOCOL.md: a connection silent for the idle period, pongs included, is closed
-        4408), as it would judge it directly. Answered by the proxy, a dead client would
-        keep its seat for ever."""
+        """An upstream's ping. The shadow's is answered now; the primary's when the client
+        shows it is alive: at once if it sent anything since the primary's last ping, else
+        once it answers a ping of the proxy. Whether the client is alive is the primary's to
+        judge (PROTOCOL.md: a connection silent for the idle period, pongs included, is
+        closed 4408), as it would judge it directly; answered by the proxy regardless, a
+        dead client would keep its seat for ever."""
+        client = session.client
         if session.primary != name or session.ended():
+            up.answer_ping(data)
+            return
+        if client.heard:
+            client.heard = False  # the next ping asks again
             up.answer_ping(data)
             return
         self._spawn(session, self._answer_ping_when_client_pongs(session, up, data))

@@ -24,8 +24,8 @@ from typing import Any, TypeGuard
 
 from compare.admin import AdminClient
 from compare.comparator import StateComparator
-from compare.diffing import compare
 from compare.rules import Rules
+from compare.sweep import compare_states
 from proxy.admin import CommandError, ControlPlane
 from proxy.relay import MirrorProxy
 from proxy.route import Route
@@ -312,11 +312,11 @@ class Switchboard:
                 if states[0] is None or states[1] is None:
                     side = "old" if states[0] is None else "new"
                     raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")
-                verdict = compare(states[0], states[1], rules)
+                verdict = compare_states(states[0], states[1], rules)
                 if not verdict.equal and resync and self.resync is not None:
                     await self.resync(game_id)
                     states = await asyncio.gather(old.get_state(game_id), new.get_state(game_id))
-                    verdict = compare(states[0], states[1], rules)
+                    verdict = compare_states(states[0], states[1], rules)
                 if not verdict.equal:
                     raise SwitchError(
                         "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
