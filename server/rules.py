@@ -385,10 +385,14 @@ def apply_update(state: GameState, update: Update, now: float) -> GameState:
         _check_players("score_deltas", update.score_deltas, state)
         for player, delta in update.score_deltas.items():
             new.scores[player] += delta
-    if update.scores is not None or update.score_deltas is not None:
-        # every rule is checked on the result (note 20): a delta may bring a set score back
-        for player in (update.scores or {}).keys() | (update.score_deltas or {}).keys():
+    # every rule is checked on the result (note 20): a delta may bring a set score back
+    if update.scores is not None:
+        for player in update.scores:
             _check_score(player, new.scores[player])
+    if update.score_deltas is not None:
+        for player in update.score_deltas:
+            if update.scores is None or player not in update.scores:
+                _check_score(player, new.scores[player])
     if update.timer is not None:
         _check_players("timer", update.timer, state)
         for player, value in update.timer.items():
