@@ -268,13 +268,20 @@ async def backfill(
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max(1, concurrency) * 4)
     workers = max(1, concurrency)
     saved_at = time.monotonic()
+    #: games being retried that have not finished: the checkpoint keeps them until they do
+    pending = list(retry if limit is None else retry[:limit])
+    saved: tuple[str | None, list[str]] = (resumed, list(retry))
 
     def save(force: bool = False) -> None:
-        nonlocal saved_at
-        if checkpoint is None or dry_run or frontier.last == report.checkpoint:
+        nonlocal saved_at, saved
+        if checkpoint is None or dry_run:
+            return
+        now = (frontier.last, [*pending, *frontier.retry])
+        if now == saved:
             return
         if force or time.monotonic() - saved_at >= SAVE_EVERY:
-            checkpoint.save(frontier.last, frontier.retry)
+            checkpoint.save(*now)
+            saved = now
             report.checkpoint = frontier.last
             saved_at = time.monotonic()
 
@@ -310,8 +317,10 @@ async def backfill(
             result = await copy_game(source, target, game_id, dry_run=dry_run, verify=verify)
             report.add(result)
             if game_id in retrying:
+                pending.remove(game_id)
                 if result.result == "failed":
                     frontier.retry.append(game_id)
+                save()
             elif frontier.finish(game_id, result.result != "failed"):
                 save()
             if on_result is not None:
@@ -326,9 +335,7 @@ async def backfill(
         # one cause is enough for the caller: the listing failed, or the checkpoint
         raise group_error.exceptions[0] from None
     finally:
-        if checkpoint is not None and not dry_run and frontier.last != report.checkpoint:
-            checkpoint.save(frontier.last, frontier.retry)
-            report.checkpoint = frontier.last
+        save(force=True)  # a retried game not finished stays in the checkpoint's list
     if checkpoint is not None and not dry_run and not report.stopped_early:
         checkpoint.save(frontier.last, frontier.retry, complete=not frontier.retry)
     return report
