@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import BINARY, CONT, PING, PONG, TEXT, Frame
-from websockets.protocol import OPEN, Event
+from websockets.protocol import CLOSING, OPEN, Event
 
 from stateshift.wsframes import Fragments, ParserWatch, TooManyFragments, take_simple_frames
 
@@ -51,6 +51,8 @@ class FrameFeed(Connection):
         self.early: list[tuple[bool, bytes, bytes]] = []
         self._fragments = Fragments()
         self._parser = ParserWatch()
+        #: the peer sent something (a frame, a pong) since the relay last cleared this
+        self.heard = False
 
     def attach(self, on_frame: FrameHandler) -> None:
         """Start delivering data messages to `on_frame`, first those already received."""
@@ -60,6 +62,7 @@ class FrameFeed(Connection):
             on_frame(is_text, payload, raw)
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         on_frame = self._on_frame
         if on_frame is not None and self._parser.between_frames(self.protocol):
             data = take_simple_frames(data, self.MASKED, self.protocol, on_frame)
@@ -126,7 +129,7 @@ class UpstreamSide(FrameFeed, ClientConnection):
         self.protocol.recv_frame = recv_frame  # type: ignore[method-assign]
 
     def answer_ping(self, data: bytes) -> None:
-        """Answer a ping of the server now (if the connection is still open)."""
-        if self.protocol.state is OPEN:
+        """Answer a ping of the server now (if the connection is still open or closing)."""
+        if self.protocol.state is OPEN or self.protocol.state is CLOSING:
             self.protocol.send_pong(data)
             self.send_data()
