@@ -304,7 +304,10 @@ class Fleet:
             f"{o.url}: {o.error}" for o in outcomes.values() if o.state in ("failed", "unknown")
         )
         for url in committed + unknown:
-            back = await self._one_switch(url, as_target(before[url]), hold)
+            if url in unknown:
+                back = await self._revert_unknown(url, prepared[url], before[url], hold, reason)
+            else:
+                back = await self._one_switch(url, as_target(before[url]), hold)
             outcomes[url].state = "reverted" if back is None else "mixed"
             outcomes[url].error = back
         mixed = [o.url for o in outcomes.values() if o.state == "mixed"]
@@ -351,9 +354,26 @@ class Fleet:
         except ControlError:
             pass  # the proxy's hold expires on its own
 
-    async def _one_switch(self, url: str, wanted: dict[str, Any], hold: float) -> str | None:
+    async def _revert_unknown(
+        self, url: str, switch_token: str, before: Mapping[str, Any], hold: float, reason: str
+    ) -> str | None:
+        """A proxy whose COMMIT timed out or lost its answer: abort its switch by token (if
+        the commit never started, its clients resume now), then switch it to `before` on a
+        connection of its own (the first may be dead): the PREPARE waits for a commit still
+        under way (both take the proxy's switch lock), and on a proxy already back it only
+        pauses and resumes. None when it is on `before`, else the error."""
+        await self._abort_apart(url, switch_token, f"{reason}: commit unanswered")
+        try:
+            async with ControlClient(url, self.token, timeout=self.timeout) as client:
+                return await self._one_switch(url, as_target(before), hold, client)
+        except ControlError as exc:
+            return _failure(exc)
+
+    async def _one_switch(
+        self, url: str, wanted: dict[str, Any], hold: float, client: ControlClient | None = None
+    ) -> str | None:
         """Switch one proxy (used to revert); None on success, else the error."""
-        client = self.clients[url]
+        client = client or self.clients[url]
         try:
             answer = await client.request("PREPARE", target=wanted, hold=hold, resync=True)
             await client.request("COMMIT", token=answer["prepared"]["token"])
