@@ -1167,9 +1167,9 @@ class MirrorProxy:
         self._counted[("client", name, "shadow")].inc(len(frames))
         if batch.ids:
             sent = session.sent[name]
-            if len(sent) >= MAX_TRACKED:
-                sent.clear()  # ids a shadow never answered: forget them rather than grow
             for msg_id in batch.ids:
+                if len(sent) >= MAX_TRACKED:
+                    sent.clear()  # ids a shadow never answered: forget them rather than grow
                 sent[msg_id] = now
         if up.transport.get_write_buffer_size() > self.settings.shadow_write_limit:
             self.order.shadow_lost(session.id, "stall", now)
