@@ -303,16 +303,20 @@ class Fleet:
         why = "; ".join(
             f"{o.url}: {o.error}" for o in outcomes.values() if o.state in ("failed", "unknown")
         )
-        for url in committed + unknown:
-            if url in unknown:
-                back = await self._revert_unknown(url, prepared[url], before[url], hold, reason)
-            else:
-                back = await self._one_switch(url, as_target(before[url]), hold)
+        for url in committed:
+            back = await self._one_switch(url, as_target(before[url]), hold)
             outcomes[url].state = "reverted" if back is None else "mixed"
             outcomes[url].error = back
-        mixed = [o.url for o in outcomes.values() if o.state == "mixed"]
+        for url in unknown:
+            # Its commit may still be under way (it waits for a resync) or may have landed:
+            # an ABORT by token stops it if it never started; switching it back now could
+            # leave a PREPARE nobody commits, pausing its clients for the hold. Said so.
+            await self._abort_apart(url, prepared[url], f"{reason}: commit unanswered")
+            outcomes[url].error = "COMMIT unanswered: its route is not known"
+        mixed = [o.url for o in outcomes.values() if o.state in ("mixed", "unknown")]
         report.message = f"commit failed ({why}); " + (
-            f"COULD NOT REVERT {', '.join(mixed)}: the fleet has mixed routes"
+            f"COULD NOT REVERT {', '.join(mixed)}: the fleet may have mixed routes, check "
+            "`stateshift switchover status` and repeat the command"
             if mixed
             else "the committed proxies were switched back"
         )
@@ -354,26 +358,9 @@ class Fleet:
         except ControlError:
             pass  # the proxy's hold expires on its own
 
-    async def _revert_unknown(
-        self, url: str, switch_token: str, before: Mapping[str, Any], hold: float, reason: str
-    ) -> str | None:
-        """A proxy whose COMMIT timed out or lost its answer: abort its switch by token (if
-        the commit never started, its clients resume now), then switch it to `before` on a
-        connection of its own (the first may be dead): the PREPARE waits for a commit still
-        under way (both take the proxy's switch lock), and on a proxy already back it only
-        pauses and resumes. None when it is on `before`, else the error."""
-        await self._abort_apart(url, switch_token, f"{reason}: commit unanswered")
-        try:
-            async with ControlClient(url, self.token, timeout=self.timeout) as client:
-                return await self._one_switch(url, as_target(before), hold, client)
-        except ControlError as exc:
-            return _failure(exc)
-
-    async def _one_switch(
-        self, url: str, wanted: dict[str, Any], hold: float, client: ControlClient | None = None
-    ) -> str | None:
+    async def _one_switch(self, url: str, wanted: dict[str, Any], hold: float) -> str | None:
         """Switch one proxy (used to revert); None on success, else the error."""
-        client = client or self.clients[url]
+        client = self.clients[url]
         try:
             answer = await client.request("PREPARE", target=wanted, hold=hold, resync=True)
             await client.request("COMMIT", token=answer["prepared"]["token"])
