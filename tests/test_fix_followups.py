@@ -15,23 +15,11 @@ from compare.rules import load
 from proxy.route import Route
 from proxy.switch import Switchboard
 from stateshift.tokens import mint_token
+from tests.compare.test_correlation_and_sweeps import game_state
 from tests.proxy.conftest import Client, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
 
 ADMIN = mint_token(TEST_SECRET, "ops", "admin")
-
-
-def game_state(game_id: str, **settings: str) -> dict[str, Any]:
-    return {
-        "game_id": game_id,
-        "status": "waiting",
-        "current_player": None,
-        "scores": {"p": 1},
-        "timer": {"p": 1000},
-        "settings": settings,
-        "version": 3,
-        "updated_at": "2026-11-26T10:00:00.000Z",
-    }
 
 
 async def test_a_flip_honours_the_state_rules_paths_as_sweeps_and_live_comparison_do(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,10 +38,10 @@ from tests.proxy.conftest import Stack, proxy_settings, start_new
 from tests.proxy.test_switch_chaos import (
     ADMIN,
     Ledger,
-    Player,
-    check_transcript,
     games_split,
+    players_for,
     server_state,
+    stop_players,
 )
 from tests.support import TEST_SECRET, ServerProcess, timeout, wait_until
 
@@ -200,17 +199,7 @@ async def shadow_scenario(
     ledger = Ledger()
     started = time.monotonic()
     async with shadow_stack(tmp_path, fault, **overrides) as stack:
-        rng = random.Random(seed)
-        players = [
-            Player(
-                stack.proxy.url,
-                games[n % len(games)] if n < 3 else rng.choice(games),
-                f"p{n}",
-                rng.randrange(1 << 30),
-                ledger,
-            )
-            for n in range(clients)
-        ]
+        players = players_for(stack.proxy.url, games, clients, seed, ledger)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(p.run(stop)) for p in players]
         results: list[str] = []
@@ -219,16 +208,8 @@ async def shadow_scenario(
             if steps:
                 await switch_steps(stack, ledger, steps, results)
         finally:
-            stop.set()
-            done = await asyncio.wait_for(
-                asyncio.gather(*tasks, return_exceptions=True), timeout(40)
-            )
-        errors = [d for d in done if isinstance(d, BaseException)]
-        assert not errors, errors
-        problems = list(ledger.problems)
-        for p in players:
-            for t in p.transcripts:
-                problems += check_transcript(t, ledger)
+            transcripts = await stop_players(players, tasks, stop, timeout(40))
+        problems = [*ledger.problems, *transcripts]
         problems += [
             r for r in results if "took" in r and float(r.split("took ")[1]) > SWITCH_BOUND
         ]

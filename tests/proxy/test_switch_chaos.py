@@ -254,6 +254,38 @@ def check_transcript(t: Transcript, ledger: Ledger) -> list[str]:
 FULL_CYCLE = [("FLIP", {}), ("ROLLBACK", {}), ("RAMP", {"percent": 50}), ("RAMP", {"percent": 0})]
 
 
+def players_for(
+    url: str, games: list[str], clients: int, seed: int, ledger: Ledger
+) -> list[Player]:
+    """`clients` players: the first three one per game, the others on games `seed` picks."""
+    rng = random.Random(seed)
+    return [
+        Player(
+            url,
+            games[n % len(games)] if n < 3 else rng.choice(games),
+            f"p{n}",
+            rng.randrange(1 << 30),
+            ledger,
+        )
+        for n in range(clients)
+    ]
+
+
+async def stop_players(
+    players: list[Player], tasks: list[asyncio.Task[Any]], stop: asyncio.Event, within: float
+) -> list[str]:
+    """Stop the players (none may have failed); what their transcripts show wrong."""
+    stop.set()
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), within)
+    errors = [d for d in done if isinstance(d, BaseException)]
+    assert not errors, errors
+    problems: list[str] = []
+    for p in players:
+        for t in p.transcripts:
+            problems += check_transcript(t, p.ledger)
+    return problems
+
+
 async def control_steps(
     stack: Stack, ledger: Ledger, steps: int, results: list[str], cycle: list = FULL_CYCLE
 ) -> None:
@@ -304,33 +336,15 @@ async def scenario(
         pair_timeout=timeout(3),
         primary=primary,
     ) as stack:
-        rng = random.Random(seed)
-        players = [
-            Player(
-                stack.proxy.url,
-                games[n % len(games)] if n < 3 else rng.choice(games),
-                f"p{n}",
-                rng.randrange(1 << 30),
-                ledger,
-            )
-            for n in range(clients)
-        ]
+        players = players_for(stack.proxy.url, games, clients, seed, ledger)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(p.run(stop)) for p in players]
         results: list[str] = []
         try:
             await control_steps(stack, ledger, steps, results, cycle)
         finally:
-            stop.set()
-            done = await asyncio.wait_for(
-                asyncio.gather(*tasks, return_exceptions=True), timeout(30)
-            )
-        errors = [d for d in done if isinstance(d, BaseException)]
-        assert not errors, errors
-        problems = list(ledger.problems)
-        for p in players:
-            for t in p.transcripts:
-                problems += check_transcript(t, ledger)
+            transcripts = await stop_players(players, tasks, stop, timeout(30))
+        problems = [*ledger.problems, *transcripts]
         problems += [r for r in results if "FAILED 10 times" in r]
         if expect_flips_ok:
             problems += [r for r in results if "refused" in r]

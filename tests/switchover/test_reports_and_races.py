@@ -71,6 +71,17 @@ async def test_a_commit_that_times_out_but_goes_through_is_not_reported_as_switc
     )
 
 
+async def diverged_on_the_old_server(stack: ProxyStack) -> Client:
+    """A client of `arena` whose score change the old server (the shadow, off by one)
+    applied differently: the game diverged there."""
+    client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
+    assert ack["type"] == "ACK"
+    await wait_until(lambda: stack.proxy.order.idle(), what="the shadow to catch up")
+    return client
+
+
 async def test_ramp_0_is_a_rollback_even_when_a_game_diverged(tmp_path: Path):
     """`ramp --help`: "lowering it does not [need the check] (like rollback) … 0 a rollback".
     After a flip, the old server (now the shadow) diverged on a game: `rollback` resyncs it
@@ -81,11 +92,7 @@ async def test_ramp_0_is_a_rollback_even_when_a_game_diverged(tmp_path: Path):
         tmp_path, "score-delta-off-by-one", primary="new", comparator=True, switchboard=True
     ) as stack:
         proxy = stack.proxy
-        client = await Client.open(f"{proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
-        assert ack["type"] == "ACK"
-        await wait_until(lambda: proxy.order.idle(), what="the shadow to catch up")
+        client = await diverged_on_the_old_server(stack)
         outcome = await cli("ramp", "0", "--proxy", stack.control.url, "--json")
         assert outcome.code == 0, outcome.doc.get("switch", outcome.doc).get("message")
         assert proxy.route.primary == "old"
@@ -102,11 +109,7 @@ async def test_the_ramp_command_down_resyncs_like_a_rollback(tmp_path: Path):
         tmp_path, "score-delta-off-by-one", primary="new", comparator=True, switchboard=True
     ) as stack:
         proxy = stack.proxy
-        client = await Client.open(f"{proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        ack = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 5}})
-        assert ack["type"] == "ACK"
-        await wait_until(lambda: proxy.order.idle(), what="the shadow to catch up")
+        client = await diverged_on_the_old_server(stack)
         async with ControlClient(stack.control.url, ADMIN, timeout=timeout(30)) as control:
             answer = await control.request("RAMP", percent=0)
         assert answer["route"]["ramp"] == 0.0
