@@ -114,6 +114,11 @@ def parse(is_text: bool, payload: bytes) -> dict[str, Any] | None:
     return msg if isinstance(msg, dict) else None
 
 
+def crashed(code: int | None) -> bool:
+    """An upstream's close that is a crash: no close frame, or 1011 (an internal error)."""
+    return code is None or code in NO_CLOSE_FRAME or code == 1011
+
+
 def writable(conn: Connection) -> bool:
     """Whether a frame can be written to `conn` now without awaiting: it is open and its
     peer keeps up (its write buffer is below websockets' high-water mark). When it is open
@@ -409,7 +414,7 @@ class MirrorProxy:
 
     def _publish_route(self) -> None:
         route = self.route
-        ramp = route.ramp if route.ramp is not None else (100.0 if route.primary == "new" else 0.0)
+        ramp = route.share()
         # the upstream that is primary for all games, or for most of them under a ramp
         # (`route.primary` is then only the one of connections without a game)
         most = route.primary if ramp == 50.0 else ("new" if ramp > 50.0 else "old")
@@ -1039,7 +1044,7 @@ class MirrorProxy:
                 if not session.closed:
                     lost = up.close_code
                     # lost under the client: counted (docs/metrics.md), as a shadow's is
-                    if lost is None or lost in NO_CLOSE_FRAME or lost == 1011:
+                    if crashed(lost):
                         self.metrics.connect_failures.labels(name, "primary", "crash").inc()
                     elif lost in PRIMARY_GONE:
                         self.metrics.connect_failures.labels(name, "primary", "closed").inc()
@@ -1050,7 +1055,7 @@ class MirrorProxy:
                 return  # the shadow's answer to the client's DISCONNECT, not a fault
             if code in (4401, 4403):
                 reason = "refused"
-            elif code is None or code in NO_CLOSE_FRAME or code == 1011:
+            elif crashed(code):
                 reason = "crash"
             else:
                 reason = "closed"

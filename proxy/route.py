@@ -46,6 +46,12 @@ class Route:
             return self.primary
         return "new" if ramp_bucket(game_id) < self.ramp * 100 else "old"
 
+    def share(self) -> float:
+        """Percent of games whose primary is the new server (100 after a full flip)."""
+        if self.ramp is not None:
+            return self.ramp
+        return 100.0 if self.primary == "new" else 0.0
+
     def describe(self) -> str:
         """For people: `primary is new, ramp 10% to new, mirroring`."""
         text = f"primary is {self.primary}"

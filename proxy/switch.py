@@ -549,12 +549,11 @@ class Switchboard:
         if not number(percent) or not 0 <= percent <= 100:
             raise CommandError("BAD_MESSAGE", "`percent` must be 0..100")
         route = self.proxy.route
-        share = route.ramp if route.ramp is not None else (100.0 if route.primary == "new" else 0)
         target = replace(route, ramp=float(percent))
         # lowering the share moves games back to the old server: a rollback for them, with
         # its resync (as `stateshift switchover ramp` does)
         return await self._switch(
-            actor, "ramp", target, {"percent": percent}, resync=percent < share
+            actor, "ramp", target, {"percent": percent}, resync=percent < route.share()
         )
 
     async def _finalize(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
