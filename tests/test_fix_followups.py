@@ -85,17 +85,14 @@ async def test_connections_by_state_do_not_count_a_client_that_left(tmp_path: Pa
     `proxy.sessions` while `_end` lets its shadow finish (up to answer_timeout), with
     `client_connections` already decremented: it is still exported as `mirrored` (the same
     closed sessions 5ec8c99 stopped counting in a flip's quiesce/verify)."""
-    from tests.compare.test_live import GameGate
+    from tests.compare.test_live import GameGate, joined_behind
 
     async with (
         start_stack(tmp_path, tap=False, answer_timeout=timeout(30)) as stack,
         GameGate(stack.new.port) as gate,
     ):
-        stack.proxy.urls["new"] = gate.url  # the shadow, behind the gate
         order = stack.proxy.order
-        client = await Client.open(f"{stack.proxy.url}/v1/games/left")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        await wait_until(lambda: not order.busy("left"), what="the shadow's join")
+        client = await joined_behind(gate, stack, "left")
         (session,) = stack.proxy.sessions.values()
         gate.closed = True  # the shadow is slow to read what comes next
         answer = await client.request(

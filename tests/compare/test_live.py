@@ -18,7 +18,7 @@ from compare.live import LiveComparison, ResyncRefused
 from proxy.admin import CommandError
 from proxy.relay import MirrorProxy
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Client, start_stack, token
+from tests.proxy.conftest import Client, Stack, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
 
 Harness = Callable[..., Awaitable[tuple[MirrorProxy, LiveComparison]]]
@@ -231,6 +231,16 @@ class GameGate:
             await asyncio.gather(pump(reader, up_writer, game), pump(up_reader, writer, False))
 
 
+async def joined_behind(gate: GameGate, stack: Stack, game: str) -> Client:
+    """Put the stack's shadow (the new server) behind `gate`; a client of `game` that
+    joined, the shadow's join answered (nothing in flight to it)."""
+    stack.proxy.urls["new"] = gate.url
+    client = await Client.open(f"{stack.proxy.url}/v1/games/{game}")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    await wait_until(lambda: not stack.proxy.order.busy(game), what="the shadow's join")
+    return client
+
+
 async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -243,11 +253,8 @@ async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
         start_stack(tmp_path, comparator=True) as stack,
         GameGate(stack.new.port) as gate,
     ):
-        stack.proxy.urls["new"] = gate.url  # the shadow, behind the gate
         order = stack.proxy.order
-        client = await Client.open(f"{stack.proxy.url}/v1/games/late")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        await wait_until(lambda: not order.busy("late"), what="the shadow's join")
+        client = await joined_behind(gate, stack, "late")
         gate.closed = True  # the shadow is slow to read what comes next
         answer = await client.request(
             type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
