@@ -58,6 +58,8 @@ NO_CLOSE_FRAME = frozenset({1005, 1006, 1015})
 #: a primary's closes that end a session for the server's reasons, not the client's (going
 #: away, restarting, overloaded, bad gateway): counted as lost primaries
 PRIMARY_GONE = frozenset({1001, 1012, 1013, 1014})
+#: the protocol's close for a missing or bad CONNECT (PROTOCOL.md, close codes)
+CLOSE_UNAUTHENTICATED = 4401
 #: most message ids tracked per upstream and connection for answer latency
 MAX_TRACKED = 4096
 #: the longest plain HTTP answer (a health check) relayed from the primary
@@ -1053,7 +1055,19 @@ class MirrorProxy:
             code = up.close_code
             if code == 1000 and session.disconnecting:
                 return  # the shadow's answer to the client's DISCONNECT, not a fault
-            if code in (4401, 4403):
+            if (
+                code == CLOSE_UNAUTHENTICATED
+                and session.connect_frame is None
+                and self.order.shadow_closed(session.id)
+            ):
+                # The shadow's deadline for a CONNECT the client has not sent (shorter than
+                # the primary's, which may still take a late one): nothing was lost, so no
+                # loss; a fresh connection takes the client's frames (paced by the backoff,
+                # reset when it opens, should the shadow cut every connection at once).
+                up = None
+                await asyncio.sleep(backoff)
+                continue
+            if code in (CLOSE_UNAUTHENTICATED, 4403):
                 reason = "refused"
             elif crashed(code):
                 reason = "crash"

@@ -196,6 +196,21 @@ class ShadowOrder:
             conn.shadow_open = True
             self._pump(conn, now)
 
+    def shadow_closed(self, conn_id: int) -> bool:
+        """The connection's shadow upstream closed without a fault of its own (its deadline
+        for a `CONNECT` the client has not sent yet): if nothing sent to it is unanswered,
+        the connection's frames wait for the next one, nothing is lost, and True is
+        returned. False (nothing changed) when something in flight would be lost: that is
+        a loss (`shadow_lost`)."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.dead:
+            return False
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        if conn.unanswered or conn.nulls or (game is not None and game.busy_conn is conn):
+            return False
+        conn.shadow_open = False
+        return True
+
     def shadow_lost(self, conn_id: int, reason: str, now: float) -> None:
         """The shadow of this connection is gone (refused, crashed, overflow, stalled…):
         drop what it holds, count it, and let the game's order move on without it."""
