@@ -1064,7 +1064,9 @@ class MirrorProxy:
                 # the primary's, which may still take a late one): nothing was lost, so no
                 # loss; a fresh connection takes the client's frames (paced by the backoff,
                 # reset when it opens, should the shadow cut every connection at once).
+                # Opened again, it is not a revival (that would drop what waits for it).
                 up = None
+                revive = False
                 await asyncio.sleep(backoff)
                 continue
             if code in (CLOSE_UNAUTHENTICATED, 4403):
