@@ -9,7 +9,7 @@ shadow's copy was dropped) are announced with `not_mirrored` and expect no pair.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -61,6 +61,12 @@ class Pair:
 
 @dataclass(slots=True, init=False)
 class _Waiting:
+    """One frame waiting for its partner."""
+
+    #: what it pairs by: ("answer", connection, `re`) or ("broadcast", game, version)
+    key: tuple[Any, ...]
+    #: its arrival number: its place in the queue that expiry walks (oldest first)
+    seq: int
     side: str
     frame: dict[str, Any]
     at: float
@@ -69,11 +75,13 @@ class _Waiting:
     kind: str
     upstream: str
     #: later frames of the same side under the same key (a reused request id), oldest first:
-    #: each pairs, in order, with the other side's
-    more: list[_Waiting]
+    #: each pairs, in order, with the other side's (None until there is one)
+    more: deque[_Waiting] | None
 
     def __init__(
         self,
+        key: tuple[Any, ...],
+        seq: int,
         side: str,
         frame: dict[str, Any],
         at: float,
@@ -82,6 +90,8 @@ class _Waiting:
         kind: str,
         upstream: str = "",
     ) -> None:
+        self.key = key
+        self.seq = seq
         self.side = side
         self.frame = frame
         self.at = at
@@ -89,21 +99,34 @@ class _Waiting:
         self.conn_id = conn_id
         self.kind = kind
         self.upstream = upstream
-        self.more = []
+        self.more = None
 
 
 class Pairer:
-    """Matches primary and shadow frames; reports the ones left alone."""
+    """Matches primary and shadow frames; reports the ones left alone.
+
+    Every waiting frame, a reused request id's later ones included, is in one queue in
+    arrival order: expiry walks it from the oldest (each frame expires on its own age), and
+    `remember` bounds it (past the bound the oldest frame is dropped, and its partner with
+    it when it is an answer)."""
 
     def __init__(self, timeout: float = 10.0, remember: int = 100_000) -> None:
         self.timeout = timeout
         self.remember = remember
-        self._waiting: OrderedDict[tuple[Any, ...], _Waiting] = OrderedDict()
+        #: key -> the frame that pairs next under it (the first of its `more`)
+        self._waiting: dict[tuple[Any, ...], _Waiting] = {}
+        #: every frame waiting for its partner, `more` included, by arrival number (oldest
+        #: first): a key's frames are in it in their order, so the oldest is a first one
+        self._queue: OrderedDict[int, _Waiting] = OrderedDict()
+        self._arrivals = 0
+        #: frames dropped unpaired to keep within `remember` (not findings: `_drop_oldest`)
+        self.dropped = 0
         #: broadcasts already taken per side (later copies of the same broadcast are ignored)
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
-        self._not_mirrored: set[tuple[int, str]] = set()
-        #: answers dropped by `forget_game` (a resync, a divergence) -> their side: a partner
-        #: arriving after that has nothing to be compared with
+        #: primary answers announced as never mirrored and not seen yet (bounded like the rest)
+        self._not_mirrored: OrderedDict[tuple[int, str], None] = OrderedDict()
+        #: answers dropped by `forget_game` (a resync, a divergence) or for the bound -> their
+        #: side: a partner arriving after that has nothing to be compared with
         #: (with how many of its answers: a reused id's chain is dropped whole)
         self._forgotten: OrderedDict[tuple[Any, ...], tuple[str, int]] = OrderedDict()
 
@@ -111,10 +134,15 @@ class Pairer:
         """The proxy will never send this client frame to the shadow: expect no pair."""
         key = ("answer", conn_id, msg_id)
         waiting = self._waiting.get(key)
-        if waiting is not None and waiting.side == PRIMARY and waiting.more:
-            waiting.more.pop()  # a reused id: the newest of the primary's answers is this one
-        elif self._waiting.pop(key, None) is None:
-            self._not_mirrored.add((conn_id, msg_id))
+        if waiting is None:
+            self._not_mirrored[(conn_id, msg_id)] = None
+            if len(self._not_mirrored) > self.remember:
+                self._not_mirrored.popitem(last=False)
+        elif waiting.side == PRIMARY and waiting.more:
+            # a reused id: the newest of the primary's answers is this one
+            del self._queue[waiting.more.pop().seq]
+        else:
+            self._drop(key)
 
     def add(
         self,
@@ -134,7 +162,7 @@ class Pairer:
         re_id = frame.get("re")
         if isinstance(re_id, str):
             if side == PRIMARY and (conn_id, re_id) in self._not_mirrored:
-                self._not_mirrored.discard((conn_id, re_id))
+                del self._not_mirrored[(conn_id, re_id)]
                 return None
             key: tuple[Any, ...] = ("answer", conn_id, re_id)
             kind = "answer"
@@ -154,35 +182,47 @@ class Pairer:
         else:
             return None  # an ERROR without a readable id: nothing to pair it with
         if kind == "answer" and self._forgotten:
-            gone = self._forgotten.pop(key, None)
+            # (A frame of the dropped side does not cancel the record: the partners of the
+            # dropped frames come first, whatever that side sends meanwhile.)
+            gone = self._forgotten.get(key)
             if gone is not None and gone[0] != source:
                 if gone[1] > 1:  # a reused id: more partners of the dropped chain to come
                     self._forgotten[key] = (gone[0], gone[1] - 1)
-                return None  # its partner was dropped (a resync, a divergence): not compared
+                else:
+                    del self._forgotten[key]
+                return None  # its partner was dropped (a resync, the bound): not compared
         other = self._waiting.get(key)
-        if other is not None and (other.upstream or other.side) == source:
-            # A reused request id: this side's answers pair, in order, with the other's.
-            other.more.append(_Waiting(side, frame, at, game_id, conn_id, kind, upstream))
-            return None
+        if other is not None and (other.upstream or other.side) != source:
+            del self._queue[other.seq]
+            self._next(other)
+            # Roles as the newer frame sees them (the two frames may straddle a flip).
+            primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
+            answer_conn = conn_id if kind == "answer" else None
+            return Pair(kind, game_id, answer_conn, str(key[2]), primary, shadow)
+        waiting = _Waiting(key, self._arrivals, side, frame, at, game_id, conn_id, kind, upstream)
+        self._arrivals += 1
         if other is None:
-            self._waiting[key] = _Waiting(side, frame, at, game_id, conn_id, kind, upstream)
-            if len(self._waiting) > self.remember:
-                self._waiting.popitem(last=False)
-            return None
-        self._next(key, other)
-        # Roles as the newer frame sees them (the two frames may straddle a flip).
-        primary, shadow = (frame, other.frame) if side == PRIMARY else (other.frame, frame)
-        answer_conn = conn_id if kind == "answer" else None
-        return Pair(kind, game_id, answer_conn, str(key[2]), primary, shadow)
+            self._waiting[key] = waiting
+        elif other.more is None:
+            # A reused request id: this side's answers pair, in order, with the other's.
+            other.more = deque((waiting,))
+        else:
+            other.more.append(waiting)
+        self._queue[waiting.seq] = waiting
+        if len(self._queue) > self.remember:
+            self._drop_oldest()
+        return None
 
     def expire(self, now: float) -> list[Pair]:
         """Frames alone for longer than the timeout, as unpaired findings (oldest first)."""
         expired: list[Pair] = []
-        while self._waiting:
-            key, waiting = next(iter(self._waiting.items()))
+        queue = self._queue
+        while queue:
+            seq, waiting = next(iter(queue.items()))
             if now - waiting.at <= self.timeout:
                 break
-            self._next(key, waiting)
+            del queue[seq]
+            self._next(waiting)
             primary = waiting.frame if waiting.side == PRIMARY else None
             shadow = waiting.frame if waiting.side == SHADOW else None
             missing = SHADOW if waiting.side == PRIMARY else PRIMARY
@@ -191,7 +231,7 @@ class Pairer:
                     waiting.kind,
                     waiting.game_id,
                     waiting.conn_id,
-                    str(key[2]),
+                    str(waiting.key[2]),
                     primary,
                     shadow,
                     missing,
@@ -199,13 +239,44 @@ class Pairer:
             )
         return expired
 
-    def _next(self, key: tuple[Any, ...], taken: _Waiting) -> None:
-        """`taken` leaves the queue: the next frame its side sent under the key waits."""
-        del self._waiting[key]
-        if taken.more:
-            following = taken.more.pop(0)
-            following.more = taken.more
-            self._waiting[key] = following
+    def _next(self, taken: _Waiting) -> None:
+        """`taken`, the first under its key, left the queue: the next frame its side sent
+        under the key pairs next (it keeps its own place in the queue, by its own age)."""
+        more = taken.more
+        if more:
+            following = more.popleft()
+            following.more = more if more else None
+            self._waiting[taken.key] = following
+        else:
+            del self._waiting[taken.key]
+
+    def _drop_oldest(self) -> None:
+        """Past `remember`: the oldest frame is dropped. Not a finding (its partner may well be
+        on its way, only late under a flood); an answer's partner is dropped too when it comes
+        (`_forgotten`): it would otherwise pair with the next answer of a reused id, and every
+        later answer of that id with the wrong partner."""
+        _, oldest = self._queue.popitem(last=False)
+        self._next(oldest)
+        self.dropped += 1
+        if oldest.kind == "answer":
+            self._forget(oldest.key, oldest.upstream or oldest.side, 1)
+
+    def _drop(self, key: tuple[Any, ...]) -> _Waiting:
+        """Drop every frame waiting under a key (the first is returned, with its `more`)."""
+        first = self._waiting.pop(key)
+        del self._queue[first.seq]
+        if first.more:
+            for waiting in first.more:
+                del self._queue[waiting.seq]
+        return first
+
+    def _forget(self, key: tuple[Any, ...], source: str, count: int) -> None:
+        gone = self._forgotten.get(key)
+        if gone is not None and gone[0] == source:
+            count += gone[1]
+        self._forgotten[key] = (source, count)
+        if len(self._forgotten) > self.remember:
+            self._forgotten.popitem(last=False)
 
     def forget_game(self, game_id: str) -> None:
         """Drop everything waiting for a game (it stopped being comparable or was resynced).
@@ -213,19 +284,21 @@ class Pairer:
         An answer's partner may still come (a heartbeat answered across a resync has no
         version for the resync's floor to skip it by): it is remembered, and dropped too."""
         for key in [k for k, w in self._waiting.items() if w.game_id == game_id]:
-            waiting = self._waiting.pop(key)
-            if waiting.kind == "answer":
-                self._forgotten[key] = (waiting.upstream or waiting.side, 1 + len(waiting.more))
-                if len(self._forgotten) > self.remember:
-                    self._forgotten.popitem(last=False)
+            first = self._drop(key)
+            if first.kind == "answer":
+                count = 1 + (len(first.more) if first.more else 0)
+                self._forget(key, first.upstream or first.side, count)
 
     def forget_conn(self, conn_id: int) -> None:
         """Drop what waits for a connection (its shadow was lost)."""
         for key in [
             k for k, w in self._waiting.items() if w.conn_id == conn_id and w.kind == "answer"
         ]:
-            del self._waiting[key]
-        self._not_mirrored = {item for item in self._not_mirrored if item[0] != conn_id}
+            self._drop(key)
+        self._not_mirrored = OrderedDict(
+            (item, None) for item in self._not_mirrored if item[0] != conn_id
+        )
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        """Frames waiting for their partner (a reused id's later ones included)."""
+        return len(self._queue)

@@ -15,11 +15,10 @@ the two states). `sweep` only does the reading, a bounded number of games at a t
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
-
-import orjson
 
 from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.diffing import Verdict, compare
@@ -142,7 +141,11 @@ def _version(state: Mapping[str, Any] | None) -> int | None:
 
 #: where a STATE frame's rules see the state (sweeps report paths from the state itself)
 STATE_ROOT: Final = "root['state']"
-STATE_ROOT_B: Final = STATE_ROOT.encode()
+#: how DeepDiff's text starts each change's line, naming its path (`pretty()`)
+_TEXT_PATH = re.compile(
+    r"^(Type of |Value of |Item |Attribute |Repetition change for item )" + re.escape(STATE_ROOT),
+    re.MULTILINE,
+)
 
 
 def compare_states(
@@ -150,17 +153,33 @@ def compare_states(
 ) -> Verdict:
     """Two states under the STATE frames' rules, whose paths start at the frame (a rule for
     `root['state']['settings']['debug']` holds in sweeps as in live comparison); the paths
-    reported start at the state."""
-    verdict = compare(
-        None if primary is None else {"state": primary},
-        None if shadow is None else {"state": shadow},
-        rules,
-    )
+    reported start at the state. Only paths: a value that reads `root['state']` is left as
+    it is."""
+    if primary is None or shadow is None:
+        # one side lacks the game: the difference is the whole state, shown as it is
+        return compare(primary, shadow, rules)
+    verdict = compare({"state": primary}, {"state": shadow}, rules)
     if not verdict.equal:
-        verdict.paths = sorted({path.replace(STATE_ROOT, "root", 1) for path in verdict.paths})
-        verdict.diff = orjson.loads(orjson.dumps(verdict.diff).replace(STATE_ROOT_B, b"root"))
-        verdict.text = verdict.text.replace(STATE_ROOT, "root")
+        verdict.paths = sorted({_rebase(path) for path in verdict.paths})
+        verdict.diff = {
+            report: _rebase_changes(changes) for report, changes in verdict.diff.items()
+        }
+        verdict.text = _TEXT_PATH.sub(r"\1root", verdict.text)
     return verdict
+
+
+def _rebase(path: str) -> str:
+    """`root['state']['scores']` -> `root['scores']` (the prefix only)."""
+    return "root" + path[len(STATE_ROOT) :] if path.startswith(STATE_ROOT) else path
+
+
+def _rebase_changes(changes: Any) -> Any:
+    """One kind of change of a DeepDiff result: paths -> details, or a list of paths."""
+    if isinstance(changes, dict):
+        return {_rebase(path): detail for path, detail in changes.items()}
+    if isinstance(changes, list):
+        return [_rebase(path) if isinstance(path, str) else path for path in changes]
+    return changes
 
 
 def assess(

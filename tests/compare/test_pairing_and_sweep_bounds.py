@@ -1,0 +1,287 @@
+"""Pairing's bounds and expiry order with reused request ids (pure: `expire` is driven with
+explicit times), and what sweeps report: paths rewritten from the state, values left as they
+are (two real servers), each game's own primary under a ramp (the whole stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compare.admin import AdminClient
+from compare.pairing import Pair, Pairer
+from compare.rules import defaults
+from compare.sweep import assess, sweep
+from legacy.service import LegacyServer
+from proxy.route import Route
+from server.app import StateServer
+from tests.proxy.conftest import start_stack, token
+
+ADMIN = token("ops", "admin")
+RULES = defaults().for_type("STATE")
+#: what a sweep's paths are rewritten from: a string a game may hold as a value, too
+WRAPPED = "root['state']"
+
+
+def heartbeat_ack(n: int) -> dict[str, Any]:
+    """The answer to the n-th heartbeat of a client that sends every one with id `hb`."""
+    return {"type": "HEARTBEAT_ACK", "re": "hb", "server_time": f"2026-11-26T10:00:{n:02}.000Z"}
+
+
+def ack(re_id: str, version: int) -> dict[str, Any]:
+    return {"type": "ACK", "re": re_id, "version": version}
+
+
+def primaries(pairs: list[Pair]) -> list[dict[str, Any] | None]:
+    return [pair.primary for pair in pairs]
+
+
+# ------------------------------------------------------------------ pairing: the bound
+
+
+def test_a_reused_id_whose_partner_never_answers_is_bounded_by_remember() -> None:
+    """A client sends every heartbeat with id "hb" and its shadow never answers: each
+    answer of the primary queued behind the first (`_Waiting.more`), outside `remember`,
+    so the pairer grew with every heartbeat (and `len`, the pending gauge, said 1)."""
+    pairer = Pairer(timeout=10.0, remember=4)
+    answers = [heartbeat_ack(n) for n in range(12)]
+    for n, answer in enumerate(answers):
+        assert pairer.add("primary", answer, n * 0.1, "g1", 1) is None
+    assert len(pairer) == 4
+    assert pairer.dropped == 8
+    # the oldest were dropped; the newest still wait and expire as unpaired, oldest first
+    expired = pairer.expire(100.0)
+    assert primaries(expired) == answers[8:]
+    assert {pair.missing for pair in expired} == {"shadow"}
+    assert len(pairer) == 0
+
+
+def test_the_bound_counts_every_waiting_frame_and_drops_the_oldest_first() -> None:
+    """Frames of a reused id and of other ids share one bound; the oldest go first."""
+    pairer = Pairer(timeout=10.0, remember=3)
+    pairer.add("primary", heartbeat_ack(0), 0.0, "g1", 1)
+    pairer.add("primary", ack("u1", 2), 0.1, "g1", 1)
+    pairer.add("primary", heartbeat_ack(1), 0.2, "g1", 1)  # "hb" reused
+    pairer.add("primary", ack("u2", 3), 0.3, "g1", 1)
+    assert len(pairer) == 3
+    assert primaries(pairer.expire(100.0)) == [ack("u1", 2), heartbeat_ack(1), ack("u2", 3)]
+
+
+def test_answers_dropped_for_the_bound_take_their_late_partners_with_them() -> None:
+    """The shadow lags five answers of a reused id behind under a bound of three: the two
+    oldest primary answers are dropped, and the shadow's first two answers with them (not
+    paired with the primary's third, which would pair every later answer of the id with
+    the wrong partner and call the two servers different)."""
+    pairer = Pairer(timeout=10.0, remember=3)
+    for version in range(5):
+        assert pairer.add("primary", ack("u", version), version * 0.1, "g1", 1) is None
+    pairs = [pairer.add("shadow", ack("u", version), 1.0, "g1", 1) for version in range(5)]
+    assert pairs[:2] == [None, None]
+    assert [(p.primary, p.shadow) for p in pairs[2:] if p is not None] == [
+        (ack("u", version), ack("u", version)) for version in (2, 3, 4)
+    ]
+    assert pairer.expire(100.0) == []
+    assert len(pairer) == 0
+
+
+def test_a_flood_of_not_mirrored_notices_is_bounded_by_remember() -> None:
+    """Notices whose primary answer never comes (it was dropped with its game by a resync
+    before the notice) were kept forever: the set of expected-unmirrored answers is bounded
+    like the rest, the oldest forgotten first."""
+    pairer = Pairer(timeout=10.0, remember=3)
+    for n in range(6):
+        pairer.not_mirrored(1, f"skipped{n}")
+    # the newest three are still expected without a pair
+    for n in range(3, 6):
+        assert pairer.add("primary", ack(f"skipped{n}", n), 0.0, "g1", 1) is None
+    assert len(pairer) == 0
+    # the oldest were forgotten: an answer to one of them waits for a partner again
+    pairer.add("primary", ack("skipped0", 0), 0.0, "g1", 1)
+    assert len(pairer) == 1
+
+
+def test_a_reused_ids_partner_dropped_by_a_resync_is_dropped_even_after_another_answer() -> None:
+    """A resync drops the primary's answer to heartbeat 1 (`forget_game`); the primary
+    answers heartbeat 2 before the shadow answers heartbeat 1. That second primary answer
+    cancelled the record of the dropped one: the shadow's late answer to heartbeat 1 paired
+    with the primary's to heartbeat 2, and the shadow's answer to heartbeat 2 waited alone
+    and expired as a false `unpaired` finding (the primary "never sent it")."""
+    pairer = Pairer(timeout=10.0)
+    pairer.add("primary", heartbeat_ack(1), 0.0, "g1", 1)
+    pairer.forget_game("g1")
+    assert pairer.add("primary", heartbeat_ack(2), 1.0, "g1", 1) is None
+    assert pairer.add("shadow", heartbeat_ack(1), 1.1, "g1", 1) is None  # its partner is gone
+    pair = pairer.add("shadow", heartbeat_ack(2), 1.2, "g1", 1)
+    assert pair is not None
+    assert (pair.primary, pair.shadow) == (heartbeat_ack(2), heartbeat_ack(2))
+    assert pairer.expire(100.0) == []
+
+
+# ------------------------------------------------------------------ pairing: expiry order
+
+
+def test_the_next_answer_of_a_reused_id_expires_on_its_own_age() -> None:
+    """When the first answer of a reused id expired, the next one was moved to the end of
+    the queue, behind younger frames of other ids: `expire` stops at the first young frame,
+    so an answer 10.5 s alone under a 10 s timeout was not reported."""
+    pairer = Pairer(timeout=10.0)
+    pairer.add("primary", heartbeat_ack(0), 0.0, "g1", 1)
+    pairer.add("primary", heartbeat_ack(1), 1.0, "g1", 1)  # "hb" reused
+    pairer.add("primary", ack("u", 2), 5.0, "g1", 1)
+    assert primaries(pairer.expire(10.5)) == [heartbeat_ack(0)]
+    assert primaries(pairer.expire(11.5)) == [heartbeat_ack(1)]
+    assert pairer.expire(15.0) == []  # alone for exactly the timeout: not yet
+    assert primaries(pairer.expire(15.5)) == [ack("u", 2)]
+
+
+def test_unpaired_frames_are_reported_oldest_first_across_reused_ids() -> None:
+    pairer = Pairer(timeout=10.0)
+    pairer.add("primary", heartbeat_ack(0), 0.0, "g1", 1)
+    pairer.add("shadow", ack("u", 2), 0.5, "g1", 1)
+    pairer.add("primary", heartbeat_ack(1), 1.0, "g1", 1)  # "hb" reused
+    pairer.add("shadow", ack("v", 3), 2.0, "g1", 1)
+    expired = pairer.expire(100.0)
+    assert [(pair.key, pair.primary or pair.shadow) for pair in expired] == [
+        ("hb", heartbeat_ack(0)),
+        ("u", ack("u", 2)),
+        ("hb", heartbeat_ack(1)),
+        ("v", ack("v", 3)),
+    ]
+    assert [pair.missing for pair in expired] == ["shadow", "primary", "shadow", "primary"]
+
+
+def test_a_reused_id_still_pairs_in_order_after_its_first_answer_expired() -> None:
+    pairer = Pairer(timeout=10.0)
+    pairer.add("primary", ack("u", 2), 0.0, "g1", 1)
+    pairer.add("primary", ack("u", 3), 5.0, "g1", 1)  # "u" reused
+    assert primaries(pairer.expire(12.0)) == [ack("u", 2)]
+    pair = pairer.add("shadow", ack("u", 3), 12.1, "g1", 1)
+    assert pair is not None
+    assert (pair.primary, pair.shadow) == (ack("u", 3), ack("u", 3))
+    assert len(pairer) == 0
+
+
+# ------------------------------------------------------------------ sweeps: paths, not values
+
+
+def game(game_id: str, **settings: str) -> dict[str, Any]:
+    return {
+        "game_id": game_id,
+        "status": "waiting",
+        "current_player": None,
+        "scores": {"alice": 1},
+        "timer": {"alice": 1000},
+        "settings": settings,
+        "version": 3,
+        "updated_at": "2026-11-26T10:00:00.000Z",
+    }
+
+
+def test_a_value_reading_like_a_path_is_not_rewritten() -> None:
+    """Paths are rewritten from the frame to the state; a setting whose value (or key)
+    reads `root['state']` was rewritten too, so the finding misquoted the game."""
+    primary = game("g1", note=WRAPPED, **{WRAPPED: "a"})
+    shadow = game("g1", note="plain", **{WRAPPED: "b"})
+    outcome = assess("g1", primary, shadow, RULES)
+    assert outcome.finding is not None
+    verdict = outcome.finding.verdict
+    assert verdict.paths == ["root['settings'][*]"]
+    changed = verdict.diff["values_changed"]
+    assert changed["root['settings']['note']"] == {"old_value": WRAPPED, "new_value": "plain"}
+    assert changed[f"root['settings'][\"{WRAPPED}\"]"] == {"old_value": "a", "new_value": "b"}
+    assert verdict.text.splitlines() == [
+        f"Value of root['settings']['note'] changed from \"{WRAPPED}\" to \"plain\".",
+        f'Value of root[\'settings\']["{WRAPPED}"] changed from "a" to "b".',
+    ]
+
+
+def test_a_game_on_one_side_only_is_shown_as_the_state_not_its_frame() -> None:
+    """The state was compared inside a frame (`{"state": …}`): a game one side lacks was
+    shown as that wrapper, not as the game."""
+    only = game("g1", note=WRAPPED)
+    for primary, shadow, key in ((only, None, "old_value"), (None, only, "new_value")):
+        outcome = assess("g1", primary, shadow, RULES)
+        assert outcome.finding is not None
+        verdict = outcome.finding.verdict
+        assert verdict.paths == ["root"]
+        assert verdict.diff["type_changes"]["root"][key] == only
+        assert "{'state'" not in verdict.text
+        assert f'"{WRAPPED}"' in verdict.text
+
+
+async def test_a_sweep_of_real_servers_reports_a_games_values_as_they_are(
+    servers: tuple[LegacyServer, StateServer],
+) -> None:
+    """Both servers hold a game whose settings mention `root['state']` and differ, and a
+    game only the new server has: the findings' diffs and texts quote the games exactly."""
+    old, new = servers
+    async with AdminClient(old.url, ADMIN) as admin:
+        await admin.import_state(game("g1", note=WRAPPED, mode="blitz"))
+    async with AdminClient(new.url, ADMIN) as admin:
+        await admin.import_state(game("g1", note=WRAPPED, mode="classic"))
+        await admin.import_state(game("g2", note=f"see {WRAPPED}['scores']"))
+    async with AdminClient(old.url, ADMIN) as p, AdminClient(new.url, ADMIN) as s:
+        report = await sweep(p, s, defaults())
+    findings = {finding.game_id: finding for finding in report.findings}
+    assert set(findings) == {"g1", "g2"}
+    g1 = findings["g1"]
+    assert g1.verdict.paths == ["root['settings'][*]"]
+    assert g1.verdict.diff == {
+        "values_changed": {
+            "root['settings']['mode']": {"old_value": "blitz", "new_value": "classic"}
+        }
+    }
+    assert g1.primary_state is not None
+    assert g1.primary_state["settings"]["note"] == WRAPPED
+    g2 = findings["g2"]
+    assert g2.missing == "primary"
+    assert g2.shadow_state is not None
+    assert g2.shadow_state["settings"]["note"] == f"see {WRAPPED}['scores']"
+    assert g2.verdict.diff["type_changes"]["root"]["new_value"] == g2.shadow_state
+    assert f"see {WRAPPED}['scores']" in g2.verdict.text
+    assert report.to_json()["findings"][1]["diff"] == g2.verdict.diff
+
+
+# ------------------------------------------------------------------ sweeps under a ramp
+
+
+@pytest.mark.parametrize(
+    ("route", "games_primary"),
+    [
+        (Route(primary="old"), "old"),
+        (Route(primary="old", ramp=100.0), "new"),
+        (Route(primary="new", ramp=0.0), "old"),
+    ],
+    ids=["no-ramp", "ramp-all-to-new", "primary-new-ramp-none-to-new"],
+)
+async def test_a_proxy_sweep_names_each_divergent_games_own_primary_once(
+    tmp_path: Path, route: Route, games_primary: str
+) -> None:
+    """`LiveComparison.sweep_now` reads every game with `route.primary` as the primary
+    (`sweep` knows no ramp) and swaps a finding's sides once, for games whose own primary
+    is the other server: no finding is swapped twice, whatever the route."""
+    async with start_stack(tmp_path, comparator=True) as stack:
+        stack.proxy.set_route(route)
+        assert stack.proxy.route.primary_for("r1") == games_primary
+        states = {"old": game("r1", mode="blitz"), "new": game("r1", mode="classic")}
+        async with AdminClient(stack.old.url, ADMIN) as admin:
+            await admin.import_state(states["old"])
+        async with AdminClient(stack.new.url, ADMIN) as admin:
+            await admin.import_state(states["new"])
+        sweep_summary = await stack.live.sweep_now()
+        assert sweep_summary["findings"] == 1
+        (summary,) = stack.live.comparator.store.latest()
+        finding = stack.live.comparator.store.get(summary["id"])
+    assert finding is not None
+    shadow_of_game = "new" if games_primary == "old" else "old"
+    assert finding["primary"] == states[games_primary]
+    assert finding["shadow"] == states[shadow_of_game]
+    assert finding["diff"] == {
+        "values_changed": {
+            "root['settings']['mode']": {
+                "old_value": states[games_primary]["settings"]["mode"],
+                "new_value": states[shadow_of_game]["settings"]["mode"],
+            }
+        }
+    }
