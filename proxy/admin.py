@@ -1,6 +1,17 @@
 """The proxy's control plane on `--admin`: `/healthz`, `/metrics`, and the admin WebSocket
 `/v1/control`.
 
+`/healthz` says whether this proxy can serve clients, for a load balancer or an orchestrator:
+503 while it is shutting down (its client port no longer accepts), or while an upstream that
+the route makes primary (for some games) cannot be reached; 200 otherwise. Reachable means
+that a connection to the upstream, made by the check itself, got an HTTP answer (any status:
+a primary that answers its own `/healthz` 503 fails every proxy alike, so that is reported,
+not judged); one probe at a time per upstream, its verdict shared by the checks of the next
+`PROBE_TTL` seconds. The shadow is reported, never judged: a shadow fault must not take the
+proxy out of a load balancer (clients never see the shadow). The first line of the body is
+the verdict (`ok`, `shutting down`, `primary upstream unreachable`), the next ones the
+figures behind it.
+
 The control protocol follows the game protocol's conventions: JSON objects with `type` and
 `id`, answers with `re`, `ERROR {re, code, message}`; the first message must be `CONNECT`
 with an admin JWT (same secret as the servers). Commands are registered by name, so the
@@ -9,11 +20,15 @@ comparator and the switchover add theirs without touching this module.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +38,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from proxy.auth import ControlAuthError, verify_admin
-from proxy.relay import MirrorProxy
+from proxy.relay import MirrorProxy, plain_response, read_until_eof
+from proxy.route import Route
 from proxy.state import ProxyState
 from stateshift.runtime import bound_port
 
@@ -33,6 +49,154 @@ CONTROL_PATH = "/v1/control"
 
 #: a command gets (the admin's id, the message) and returns the answer's fields
 Command = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+#: seconds a probe's verdict on an upstream answers the health checks that follow it (many
+#: checkers, one connection to the primary a second at most)
+PROBE_TTL = 1.0
+#: the longest a probe waits for an upstream's answer (capped by the proxy's open_timeout):
+#: a load balancer's health-check timeout should be longer
+PROBE_TIMEOUT = 2.0
+#: the most of an upstream's `/healthz` answer a probe reads
+PROBE_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One attempt to reach an upstream: `reachable` when it answered HTTP at all."""
+
+    reachable: bool
+    #: what it answered (`200 ok`), or why it could not be reached (`connection refused`)
+    detail: str
+    #: time.monotonic() when the attempt ended
+    at: float
+    #: time.monotonic() since when the upstream has been reachable (or not) without a break
+    since: float
+
+
+async def probe(url: str, within: float) -> tuple[bool, str]:
+    """Ask the upstream at `url` (`ws://host:port`) for its `/healthz` over plain HTTP:
+    (reachable, what it answered or why not)."""
+    target = urlsplit(url)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(target.hostname, target.port or 80)
+            writer.write(
+                f"GET /healthz HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            raw = await read_until_eof(reader, PROBE_LIMIT)
+    except TimeoutError:
+        return False, f"no answer within {within:g} s"
+    except ConnectionRefusedError:
+        return False, "connection refused"
+    except (OSError, ValueError) as exc:  # ValueError: an answer past PROBE_LIMIT
+        return False, str(exc) or type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+    if not raw.startswith(b"HTTP/"):
+        return False, "answered something that is not HTTP" if raw else "closed without answering"
+    try:
+        answer = plain_response(raw)
+    except (ValueError, IndexError):
+        return True, "answered HTTP"
+    first = answer.body.decode("utf-8", "replace").strip().partition("\n")[0][:80]
+    return True, f"its /healthz: {answer.status_code} {first}".rstrip()
+
+
+class UpstreamWatch:
+    """Whether each upstream can be reached, probed when a health check asks (never in the
+    background: no connection to an upstream nobody asked about), one probe at a time per
+    upstream, its verdict shared for `ttl` seconds."""
+
+    def __init__(self, urls: dict[str, str], ttl: float, within: float) -> None:
+        self.urls = urls
+        self.ttl = ttl
+        self.within = within
+        self.last: dict[str, Probe] = {}
+        self._running: dict[str, asyncio.Task[Probe]] = {}
+
+    async def check(self, name: str) -> Probe:
+        """The upstream's reachability: probed now, unless a probe is under way (its
+        verdict is awaited) or ended less than `ttl` seconds ago."""
+        last = self.last.get(name)
+        if last is not None and time.monotonic() - last.at < self.ttl:
+            return last
+        task = self._running.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._probe(name))
+            self._running[name] = task
+            task.add_done_callback(lambda _: self._running.pop(name, None))
+        # shielded: a checker that hangs up must not cancel the probe the others wait for
+        return await asyncio.shield(task)
+
+    async def _probe(self, name: str) -> Probe:
+        reachable, detail = await probe(self.urls[name], self.within)
+        now = time.monotonic()
+        last = self.last.get(name)
+        since = last.since if last is not None and last.reachable == reachable else now
+        self.last[name] = result = Probe(reachable, detail, now, since)
+        return result
+
+    async def stop(self) -> None:
+        """Cancel the probes under way."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def primaries(route: Route) -> list[str]:
+    """The upstreams the route makes primary for some clients: `route.primary` (connections
+    without a game, and every game without a ramp), and under a ramp each side with a share."""
+    names = [route.primary]
+    if route.ramp is not None:
+        for name, share in (("old", 100.0 - route.ramp), ("new", route.ramp)):
+            if share > 0 and name not in names:
+                names.append(name)
+    return names
+
+
+def health(
+    serving: bool,
+    route: Route,
+    urls: dict[str, str],
+    probes: dict[str, Probe],
+    status: dict[str, Any],
+    now: float,
+) -> tuple[HTTPStatus, str]:
+    """The health answer (pure): the status and a body whose first line is the verdict."""
+    if not serving:
+        return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\nclient port closed\n"
+    lines: list[str] = []
+    unreachable = False
+    ramp = route.ramp
+    for name in primaries(route):
+        found = probes[name]
+        where = f"primary {name} ({urls[name]}"
+        if ramp is not None:
+            where += f", {ramp if name == 'new' else 100.0 - ramp:g}% of games"
+        where += ")"
+        if found.reachable:
+            lines.append(f"{where}: reachable, {found.detail}")
+        else:
+            unreachable = True
+            lines.append(f"{where}: unreachable for {now - found.since:.0f} s: {found.detail}")
+    if route.mirroring:
+        lines.append(
+            f"shadow: {status['shadow_connected']} of {status['mirrored_connections']} mirrored "
+            "connections connected (reported, not judged)"
+        )
+    else:
+        lines.append("shadow: none (mirroring finalized)")
+    if status["paused"]:
+        lines.append("paused: a switchover holds client frames")
+    verdict = "primary upstream unreachable" if unreachable else "ok"
+    code = HTTPStatus.SERVICE_UNAVAILABLE if unreachable else HTTPStatus.OK
+    return code, "\n".join([verdict, *lines]) + "\n"
 
 
 class CommandError(Exception):
@@ -63,6 +227,10 @@ class ControlPlane:
         self.port_wanted = port
         self.commands: dict[str, Command] = {}
         self._server: Server | None = None
+        self._stopping = False
+        self.upstreams = UpstreamWatch(
+            proxy.urls, PROBE_TTL, min(PROBE_TIMEOUT, proxy.settings.open_timeout)
+        )
         self.register("STATUS", self._status)
         self.register("ROUTE", self._route)
         self.register("HISTORY", self._history)
@@ -82,6 +250,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Listen on the admin address."""
+        self._stopping = False
         self._server = await serve(
             self._handle,
             self.host,
@@ -92,16 +261,36 @@ class ControlPlane:
         )
 
     async def stop(self) -> None:
-        """Close the control plane."""
+        """Close the control plane (health checks racing the close are told 503)."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        await self.upstreams.stop()
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def serving(self) -> bool:
+        """Whether the proxy accepts clients: its client port is open, and neither it nor
+        this control plane is stopping."""
+        return not self._stopping and self.proxy.serving
+
+    async def healthz(self) -> tuple[HTTPStatus, str]:
+        """The health answer: status and body (see the module's docstring)."""
+        route = self.proxy.route
+        serving = self.serving()
+        probes: dict[str, Probe] = {}
+        if serving:
+            names = primaries(route)
+            found = await asyncio.gather(*(self.upstreams.check(name) for name in names))
+            probes = dict(zip(names, found, strict=True))
+            serving = self.serving()  # it may have begun to stop while the probes ran
+        return health(serving, route, self.proxy.urls, probes, self.status(), time.monotonic())
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return ws.respond(HTTPStatus.OK, "ok\n")
+            code, text = await self.healthz()
+            return ws.respond(code, text)
         if path == "/metrics":
             body = generate_latest(self.proxy.metrics.registry)
             headers = Headers([("Content-Type", CONTENT_TYPE_LATEST)])

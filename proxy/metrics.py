@@ -241,7 +241,8 @@ class ProxyMetrics:
         self.client_drops.labels("slow")
         self.tap_dropped = Counter(
             "stateshift_proxy_tap_dropped_total",
-            "Tap records dropped because the comparator fell behind.",
+            "Tap records dropped: over the tap's capacity offered in one event-loop turn "
+            "(a stalled loop).",
             registry=r,
         )
         self.spliced = SpliceTally()

@@ -346,6 +346,13 @@ class MirrorProxy:
     def url(self) -> str:
         return f"ws://{self.settings.host}:{self.port}"
 
+    @property
+    def serving(self) -> bool:
+        """Whether the client port accepts connections: started, and `stop` not begun
+        (websockets closes the listener one loop turn after `close()`)."""
+        server = self._server
+        return server is not None and server.close_task is None and server.is_serving()
+
     async def start(self) -> None:
         """Listen for clients."""
         self._server = await serve(
