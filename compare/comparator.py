@@ -15,11 +15,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from compare.diffing import Verdict, compare, quick_equal
 from compare.pairing import PRIMARY, SHADOW, Pair, Pairer
@@ -36,6 +38,20 @@ SKIP_REASONS = ("version_skew", "not_comparable", "resync")
 
 #: resync one game: returns the version the shadow now has (the primary's)
 Resync = Callable[[str], Awaitable[int]]
+
+
+class ReadCounter:
+    """A counter read from its owner when scraped (nothing to update per frame): `read`,
+    set by the owner, returns its value."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], int] = lambda: 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class CompareMetrics:
@@ -97,6 +113,12 @@ class CompareMetrics:
             "Frames waiting for their partner.",
             registry=registry,
         )
+        self.pairs_dropped = ReadCounter(
+            "stateshift_compare_dropped",
+            "Frames dropped unpaired to keep the pairer within its bound (never compared, "
+            "not findings).",
+            registry,
+        )
         for kind in KINDS:
             self.findings.labels(kind)
             for result in RESULTS:
@@ -126,6 +148,7 @@ class StateComparator:
         self.metrics.lag.set_function(self.lag)
         self.metrics.pending.set_function(lambda: len(self.pairer))
         self.pairer = Pairer(pair_timeout)
+        self.metrics.pairs_dropped.read = lambda: self.pairer.dropped
         self.resync_game = resync
         #: game id -> why it diverged (the finding id)
         self.diverged: dict[str, int] = {}
@@ -395,6 +418,7 @@ class StateComparator:
             "diverged": sorted(self.diverged),
             "not_comparable": sorted(self.not_comparable),
             "resyncs": self.resyncs,
+            "pairs_dropped": self.pairer.dropped,
             "lag_seconds": max(0.0, time.time() - self.last_at) if self.last_at else 0.0,
             "findings": self.store.count(),
         }

@@ -753,10 +753,16 @@ PARALLEL_RUN: Final = Dashboard(
                     f"[{RATE}]))",
                     "tap dropped {{instance}}",
                 ),
+                Target(
+                    f"sum by (instance) (increase(stateshift_compare_dropped_total{{{P}}}"
+                    f"[{RATE}]))",
+                    "pairer dropped {{instance}}",
+                ),
             ],
             "Frames waiting for their partner (a slow shadow: unpaired after the pair timeout). "
             "The tap is emptied in the turn that fills it: its backlog is ~0 when scraped, and it "
-            "drops records only when one turn reads over 65,536 upstream frames (a stalled loop).",
+            "drops records only when one turn reads over 65,536 upstream frames (a stalled loop). "
+            "Past 100,000 waiting frames the pairer drops the oldest, uncompared.",
             width=6,
         ),
         Row("Servers"),

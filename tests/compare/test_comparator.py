@@ -178,3 +178,15 @@ def test_frames_straddling_a_flip_still_pair_old_with_new():
     assert pair is not None
     assert pair.kind == "broadcast"
     assert pairer.expire(100.0) == []
+
+
+def test_frames_dropped_for_the_pairers_bound_are_exported(tmp_path: Path):
+    """Past `remember` waiting frames the pairer drops the oldest, uncompared: on-call sees
+    how many (`stateshift_compare_dropped_total`, and `pairs_dropped` in the status)."""
+    registry = CollectorRegistry()
+    comparator = StateComparator(Tap(), defaults(), FindingStore(tmp_path / "f.db"), registry)
+    comparator.pairer.remember = 3
+    for n in range(5):  # answers whose partner never comes
+        comparator.process(record("primary", {"type": "HEARTBEAT_ACK", "re": f"h{n}"}))
+    assert registry.get_sample_value("stateshift_compare_dropped_total") == 2
+    assert comparator.status()["pairs_dropped"] == 2
