@@ -1000,10 +1000,19 @@ class MirrorProxy:
         the connection is retried with backoff. Roles may swap (a flip) at any time.
         """
         backoff = 0.1
+        #: the delay before reopening after the shadow's CONNECT deadline, doubled by each
+        #: such close and not reset by an opening (they all come before the client's CONNECT):
+        #: a shadow that cuts every connection at once must not be reopened ten times a second
+        deadline_backoff = 0.1
         revive = False
         while True:
             if up is None:
-                if session.ended() or not session.mirrored or name in session.deliberate:
+                if not session.mirrored or name in session.deliberate:
+                    return
+                if session.ended() and not self.order.pending(session.id):
+                    # The client left. Frames still waiting for a fresh connection (its
+                    # CONNECT, after the shadow's deadline) are what `_end` waits for: they
+                    # go, or `_end` counts them lost; with none, nothing needs a connection.
                     return
                 reason = "down"
                 try:
@@ -1018,8 +1027,9 @@ class MirrorProxy:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.settings.retry_max)
                     continue
-                if session.ended() or not session.mirrored:
-                    # the client left, or mirroring ended (finalize) while this connected
+                if not session.mirrored or (session.ended() and not self.order.pending(session.id)):
+                    # the client left (nothing waits to be sent), or mirroring ended
+                    # (finalize) while this connected
                     await close_within(up, self.settings.open_timeout)
                     return
                 session.up[name] = up
@@ -1069,12 +1079,12 @@ class MirrorProxy:
             ):
                 # The shadow's deadline for a CONNECT the client has not sent (shorter than
                 # the primary's, which may still take a late one): nothing was lost, so no
-                # loss; a fresh connection takes the client's frames (paced by the backoff,
-                # reset when it opens, should the shadow cut every connection at once).
-                # Opened again, it is not a revival (that would drop what waits for it).
+                # loss; a fresh connection takes the client's frames. Opened again, it is
+                # not a revival (that would drop what waits for it).
                 up = None
                 revive = False
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(deadline_backoff)
+                deadline_backoff = min(deadline_backoff * 2, self.settings.retry_max)
                 continue
             if code in (CLOSE_UNAUTHENTICATED, 4403):
                 reason = "refused"
