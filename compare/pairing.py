@@ -128,7 +128,8 @@ class Pairer:
         #: answers dropped by `forget_game` (a resync, a divergence) or for the bound -> their
         #: side: a partner arriving after that has nothing to be compared with
         #: (with how many of its answers: a reused id's chain is dropped whole)
-        self._forgotten: OrderedDict[tuple[Any, ...], tuple[str, int]] = OrderedDict()
+        #: (and the side the dropped frames were on: a lost shadow's answers never come)
+        self._forgotten: OrderedDict[tuple[Any, ...], tuple[str, int, str]] = OrderedDict()
 
     def not_mirrored(self, conn_id: int, msg_id: str) -> None:
         """The proxy will never send this client frame to the shadow: expect no pair."""
@@ -181,13 +182,13 @@ class Pairer:
             game_id = bgame
         else:
             return None  # an ERROR without a readable id: nothing to pair it with
-        if kind == "answer" and self._forgotten:
+        if self._forgotten:
             # (A frame of the dropped side does not cancel the record: the partners of the
             # dropped frames come first, whatever that side sends meanwhile.)
             gone = self._forgotten.get(key)
             if gone is not None and gone[0] != source:
                 if gone[1] > 1:  # a reused id: more partners of the dropped chain to come
-                    self._forgotten[key] = (gone[0], gone[1] - 1)
+                    self._forgotten[key] = (gone[0], gone[1] - 1, gone[2])
                 else:
                     del self._forgotten[key]
                 return None  # its partner was dropped (a resync, the bound): not compared
@@ -252,14 +253,13 @@ class Pairer:
 
     def _drop_oldest(self) -> None:
         """Past `remember`: the oldest frame is dropped. Not a finding (its partner may well be
-        on its way, only late under a flood); an answer's partner is dropped too when it comes
-        (`_forgotten`): it would otherwise pair with the next answer of a reused id, and every
-        later answer of that id with the wrong partner."""
+        on its way, only late under a flood); its partner is dropped too when it comes
+        (`_forgotten`): alone it would expire as an unpaired finding, and an answer's would
+        pair with the next answer of a reused id (and every later one with the wrong partner)."""
         _, oldest = self._queue.popitem(last=False)
         self._next(oldest)
         self.dropped += 1
-        if oldest.kind == "answer":
-            self._forget(oldest.key, oldest.upstream or oldest.side, 1)
+        self._forget(oldest.key, oldest.upstream or oldest.side, 1, oldest.side)
 
     def _drop(self, key: tuple[Any, ...]) -> _Waiting:
         """Drop every frame waiting under a key (the first is returned, with its `more`)."""
@@ -270,11 +270,11 @@ class Pairer:
                 del self._queue[waiting.seq]
         return first
 
-    def _forget(self, key: tuple[Any, ...], source: str, count: int) -> None:
+    def _forget(self, key: tuple[Any, ...], source: str, count: int, side: str) -> None:
         gone = self._forgotten.get(key)
         if gone is not None and gone[0] == source:
             count += gone[1]
-        self._forgotten[key] = (source, count)
+        self._forgotten[key] = (source, count, side)
         if len(self._forgotten) > self.remember:
             self._forgotten.popitem(last=False)
 
@@ -287,7 +287,7 @@ class Pairer:
             first = self._drop(key)
             if first.kind == "answer":
                 count = 1 + (len(first.more) if first.more else 0)
-                self._forget(key, first.upstream or first.side, count)
+                self._forget(key, first.upstream or first.side, count, first.side)
 
     def forget_conn(self, conn_id: int) -> None:
         """Drop what waits for a connection (its shadow was lost)."""
@@ -297,6 +297,14 @@ class Pairer:
             self._drop(key)
         self._not_mirrored = OrderedDict(
             (item, None) for item in self._not_mirrored if item[0] != conn_id
+        )
+        # The lost shadow connection will never answer what it was sent: the primary's
+        # answers dropped earlier (`forget_game`, the bound) wait for no partner any more,
+        # and a record of them would swallow the revived shadow's answer to a reused id.
+        self._forgotten = OrderedDict(
+            (key, gone)
+            for key, gone in self._forgotten.items()
+            if not (key[0] == "answer" and key[1] == conn_id and gone[2] == PRIMARY)
         )
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from compare.admin import AdminClient
-from compare.pairing import Pair, Pairer
+from compare.pairing import PRIMARY, SHADOW, Pair, Pairer
 from compare.rules import defaults
 from compare.sweep import assess, sweep
 from legacy.service import LegacyServer
@@ -285,3 +285,45 @@ async def test_a_proxy_sweep_names_each_divergent_games_own_primary_once(
             }
         }
     }
+
+
+def test_an_answer_forgotten_before_its_shadow_was_lost_does_not_swallow_the_next_of_its_id():
+    """`forget_game` (a gap, a divergence, a resync) drops the primary's answer to `u` and
+    remembers that the shadow's answer to it is still to come, to drop it too. Then the
+    connection's shadow is lost (`forget_conn`): that answer will never come. The shadow is
+    revived and the game resynced; the client reuses its id `u`. Under review the stale
+    record swallowed the revived shadow's first answer: the primary's was reported unpaired
+    (a false finding) and every later answer of `u` paired with the wrong partner."""
+    pairer = Pairer(timeout=10.0)
+    assert pairer.add(PRIMARY, ack("u", 3), 0.0, "g", 1, "old") is None
+    pairer.forget_game("g")
+    pairer.forget_conn(1)
+    assert pairer.add(PRIMARY, ack("u", 5), 1.0, "g", 1, "old") is None
+    assert pairer.add(PRIMARY, ack("u", 6), 1.0, "g", 1, "old") is None
+    first = pairer.add(SHADOW, ack("u", 5), 1.0, "g", 1, "new")
+    second = pairer.add(SHADOW, ack("u", 6), 1.0, "g", 1, "new")
+    assert first is not None, "the revived shadow's answer was swallowed"
+    assert second is not None
+    assert (first.version(PRIMARY), first.version(SHADOW)) == (5, 5)
+    assert (second.version(PRIMARY), second.version(SHADOW)) == (6, 6)
+    assert pairer.expire(100.0) == []
+
+
+def broadcast(version: int) -> dict[str, Any]:
+    body = {"game_id": "g", "version": version, "scores": {"alice": version}}
+    return {"type": "STATE", "game_id": "g", "version": version, "state": body}
+
+
+def test_the_late_partner_of_a_broadcast_dropped_for_the_bound_is_not_a_finding():
+    """Past `remember` the oldest waiting frame is dropped, 'not a finding (its partner may
+    well be on its way, only late under a flood)'. For an answer the late partner is dropped
+    too; under review a broadcast's was kept, waited alone, and expired as an unpaired
+    finding (missing primary): the game diverged for a frame the pairer itself threw away."""
+    pairer = Pairer(timeout=1.0, remember=3)
+    for version in (1, 2, 3, 4):
+        assert pairer.add(PRIMARY, broadcast(version), 0.0, "g", 1, "old") is None
+    assert pairer.dropped == 1  # the primary's v1
+    for version in (2, 3, 4):
+        assert pairer.add(SHADOW, broadcast(version), 0.5, "g", 1, "new") is not None
+    assert pairer.add(SHADOW, broadcast(1), 0.5, "g", 1, "new") is None  # late, under the flood
+    assert pairer.expire(100.0) == [], "the dropped broadcast's partner became a finding"
