@@ -113,6 +113,12 @@ class CompareMetrics:
             "Frames waiting for their partner.",
             registry=registry,
         )
+        self.busy = PromCounter(
+            "stateshift_compare_busy_seconds",
+            "Seconds the comparator held the event loop (pairing, comparing, recording "
+            "findings, expiry): taken from relaying.",
+            registry=registry,
+        )
         self.pairs_dropped = ReadCounter(
             "stateshift_compare_dropped",
             "Frames dropped unpaired to keep the pairer within its bound (never compared, "
@@ -187,12 +193,15 @@ class StateComparator:
 
     def take(self, items: Iterable[TapRecord | TapNotice]) -> None:
         """Judge what the tap poured (nothing but the records here: this runs once per
-        event-loop turn with traffic)."""
+        event-loop turn with traffic). The time it takes is counted: it is taken from
+        relaying (`stateshift_compare_busy_seconds_total`)."""
+        started = time.perf_counter()
         for item in items:
             try:
                 self.process(item)
             except Exception:  # one odd frame must not stop the comparator
                 log.exception("comparing a tap record failed")
+        self.metrics.busy.inc(time.perf_counter() - started)
 
     async def _tick(self) -> None:
         while True:
@@ -239,8 +248,10 @@ class StateComparator:
 
     def expire(self, now: float) -> None:
         """Turn frames left alone too long into unpaired results."""
+        started = time.perf_counter()
         for pair in self.pairer.expire(now):
             self.judge(pair)
+        self.metrics.busy.inc(time.perf_counter() - started)
 
     def judge(self, pair: Pair) -> None:
         """Compare a pair (or count an unpaired frame) and record what it shows."""

@@ -158,7 +158,7 @@ ALERTS: Final = (
     # does is take the relay's time: that is what this alert measures.
     Alert(
         "StateshiftComparatorExpensive",
-        "sum by (instance) (rate(stateshift_compare_seconds_sum[5m]))"
+        "sum by (instance) (rate(stateshift_compare_busy_seconds_total[5m]))"
         f" > {ALERT_COMPARE_CORE_SHARE}",
         "warning",
         "Comparator on proxy {{ $labels.instance }} takes {{ $value | humanizePercentage }} "
@@ -708,12 +708,14 @@ PARALLEL_RUN: Final = Dashboard(
             "Comparator share of the core",
             [
                 Target(
-                    f"sum by (instance) (rate(stateshift_compare_seconds_sum{{{P}}}[{RATE}]))",
+                    f"sum by (instance) (rate(stateshift_compare_busy_seconds_total{{{P}}}"
+                    f"[{RATE}]))",
                     "{{instance}}",
                 ),
             ],
-            "Seconds spent comparing per second: the share of the proxy's one core (its event "
-            "loop) taken from relaying. Line: the StateshiftComparatorExpensive alert (25%).",
+            "Seconds the comparator held the event loop per second (pairing, comparing, "
+            "recording findings, expiry): the share of the proxy's one core taken from relaying. "
+            "Line: the StateshiftComparatorExpensive alert (25%).",
             unit="percentunit",
             width=6,
             thresholds=[ALERT_COMPARE_CORE_SHARE],
