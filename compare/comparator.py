@@ -47,7 +47,7 @@ class ReadCounter:
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
         self.name = name
         self.documentation = documentation
-        self.read: Callable[[], int] = lambda: 0
+        self.read: Callable[[], float] = lambda: 0.0
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
@@ -113,11 +113,11 @@ class CompareMetrics:
             "Frames waiting for their partner.",
             registry=registry,
         )
-        self.busy = PromCounter(
+        self.busy = ReadCounter(
             "stateshift_compare_busy_seconds",
             "Seconds the comparator held the event loop (pairing, comparing, recording "
             "findings, expiry): taken from relaying.",
-            registry=registry,
+            registry,
         )
         self.pairs_dropped = ReadCounter(
             "stateshift_compare_dropped",
@@ -155,6 +155,9 @@ class StateComparator:
         self.metrics.pending.set_function(lambda: len(self.pairer))
         self.pairer = Pairer(pair_timeout)
         self.metrics.pairs_dropped.read = lambda: self.pairer.dropped
+        #: seconds spent in `take` and `expire` (a plain sum: read when scraped)
+        self.busy_seconds = 0.0
+        self.metrics.busy.read = lambda: self.busy_seconds
         self.resync_game = resync
         #: game id -> why it diverged (the finding id)
         self.diverged: dict[str, int] = {}
@@ -201,7 +204,7 @@ class StateComparator:
                 self.process(item)
             except Exception:  # one odd frame must not stop the comparator
                 log.exception("comparing a tap record failed")
-        self.metrics.busy.inc(time.perf_counter() - started)
+        self.busy_seconds += time.perf_counter() - started
 
     async def _tick(self) -> None:
         while True:
@@ -251,7 +254,7 @@ class StateComparator:
         started = time.perf_counter()
         for pair in self.pairer.expire(now):
             self.judge(pair)
-        self.metrics.busy.inc(time.perf_counter() - started)
+        self.busy_seconds += time.perf_counter() - started
 
     def judge(self, pair: Pair) -> None:
         """Compare a pair (or count an unpaired frame) and record what it shows."""
