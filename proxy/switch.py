@@ -8,6 +8,19 @@ then confirms that every active game has the same state (versions included) on b
 and that every client has its shadow connected. `commit` swaps and resumes; `abort` resumes
 with the route unchanged. Several proxies are flipped by preparing all, then committing all
 (or aborting all): the CLI drives that over the control plane.
+
+Clients must not notice a switch that cannot succeed. What the proxy already knows is checked
+before they are paused: a shadow it gave up, or one that owes an answer for longer than
+`stall_timeout` (connected, but stalled), refuses the switch at once. Those checks cost no
+time on purpose: while they ran, the primary would keep answering and a shadow that lags
+would fall further behind, all of which the pause must then drain. Once paused, no server is
+waited on for longer than `stall_timeout` (a shadow answer owed during the quiesce, each
+admin request of the verification): a server that stalls refuses the switch then, not at the
+quiesce's or the verification's bound.
+
+A refusal names its `reason` (`shadow`, `stalled`, `unreachable`, `quiesce`, `unequal`,
+`verify`, …) and says how long it held the clients (`paused_ms`: 0 when refused before
+pausing them).
 """
 
 from __future__ import annotations
@@ -18,11 +31,11 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
-from compare.admin import AdminClient
+from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.comparator import StateComparator
 from compare.rules import Rules
 from compare.sweep import compare_states
@@ -43,6 +56,13 @@ class SwitchError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        #: how long a refused PREPARE held the clients' frames (0.0: refused before pausing
+        #: them); None where it does not apply (a COMMIT's refusal)
+        self.paused_ms: float | None = None
+
+    def pause(self) -> dict[str, float]:
+        """`paused_ms` as the fields of an answer or a history record (none if unknown)."""
+        return {} if self.paused_ms is None else {"paused_ms": self.paused_ms}
 
 
 @dataclass(slots=True)
@@ -74,6 +94,7 @@ class Switchboard:
         resync: Callable[[str], Awaitable[int]] | None = None,
         quiesce_timeout: float = 5.0,
         verify_timeout: float = 10.0,
+        stall_timeout: float = 1.0,
     ) -> None:
         self.proxy = proxy
         self.control = control
@@ -83,6 +104,10 @@ class Switchboard:
         self.resync = resync
         self.quiesce_timeout = quiesce_timeout
         self.verify_timeout = verify_timeout
+        #: a server that owes an answer for longer than this is stalled (or too slow to
+        #: switch without holding the clients): the switch is refused, before the clients
+        #: are paused when it already shows, else as soon as it does
+        self.stall_timeout = stall_timeout
         self.prepared: Prepared | None = None
         #: the token of a PREPARE still quiescing or verifying, and whether it was aborted
         self._preparing: str | None = None
@@ -129,7 +154,10 @@ class Switchboard:
         token: str | None = None,
         resync: bool = False,
     ) -> Prepared:
-        """Pause, quiesce and verify for `target`; stay paused until commit or abort.
+        """Check, pause, quiesce and verify for `target`; stay paused until commit or abort.
+
+        What the proxy knows already is checked before pausing the clients
+        (`_check_shadows`): a switch that cannot succeed is refused while they carry on.
 
         With `resync` (the way back, a rollback), a game whose states differ is first copied
         from the current primary into the shadow, so the route can change without losing
@@ -142,26 +170,38 @@ class Switchboard:
             raise SwitchError("not_mirroring", "mirroring is off (finalized): no switch back")
         if target.mirroring != previous.mirroring:
             raise SwitchError("mirroring", "a switch keeps mirroring as it is (FINALIZE ends it)")
-        proxy.gate.clear()
-        paused_at = time.monotonic()
         self._preparing, self._aborted = token, False
+        paused_at: float | None = None
         try:
+            self._check_shadows()  # no await before the pause: see the module's docstring
+            proxy.gate.clear()
+            paused_at = time.monotonic()
             await self._quiesce()
             checked = await self._verify(target, resync)
             if self._aborted:
                 raise SwitchError("aborted", "aborted while it was being prepared")
-        except SwitchError:
-            proxy.gate.set()
+        except SwitchError as exc:
+            self._refused(exc, paused_at)
             raise
         except Exception as exc:
-            proxy.gate.set()
-            raise SwitchError("error", f"{type(exc).__name__}: {exc}") from exc
+            failure = SwitchError("error", f"{type(exc).__name__}: {exc}")
+            self._refused(failure, paused_at)
+            raise failure from exc
         finally:
             self._preparing = None
+        assert paused_at is not None
         prepared = Prepared(token or secrets.token_hex(8), target, previous, paused_at, checked)
         prepared.expiry = asyncio.get_running_loop().call_later(hold, self._expire, prepared)
         self.prepared = prepared
         return prepared
+
+    def _refused(self, exc: SwitchError, paused_at: float | None) -> None:
+        """A PREPARE refused: resume the clients if it had paused them; say for how long."""
+        if paused_at is None:
+            exc.paused_ms = 0.0
+            return
+        self.proxy.gate.set()
+        exc.paused_ms = (time.monotonic() - paused_at) * 1000
 
     def _expire(self, prepared: Prepared) -> None:
         if self.prepared is prepared:
@@ -264,8 +304,123 @@ class Switchboard:
         self.proxy.set_route(route)
         self.proxy.gate.set()
 
+    async def _servers(self, exits: contextlib.AsyncExitStack) -> tuple[AdminClient, AdminClient]:
+        """Admin connections to the old and the new server (closed with `exits`), each
+        answered within `stall_timeout`, else SwitchError (`stalled`, `unreachable`)."""
+        token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
+        opened = await asyncio.gather(
+            *(self._connect(name, token, exits) for name in ("old", "new")),
+            return_exceptions=True,  # both end before `exits` closes what they opened
+        )
+        for result in opened:
+            if isinstance(result, BaseException):
+                raise result
+        old, new = opened
+        assert isinstance(old, AdminClient)
+        assert isinstance(new, AdminClient)
+        return old, new
+
+    async def _connect(
+        self, name: str, token: str, exits: contextlib.AsyncExitStack
+    ) -> AdminClient:
+        """An open admin connection to server `name` (closed with `exits`), or SwitchError."""
+        admin = AdminClient(self.proxy.urls[name], token)
+        exits.push_async_callback(admin.close)  # idempotent: whatever happens below
+        try:
+            async with self._answering(name, "an admin CONNECT"):
+                await admin.__aenter__()
+        except AdminError as exc:
+            raise SwitchError(
+                "error", f"the {name} server refused the switch's admin connection: {exc}"
+            ) from exc
+        return admin
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, name: str, what: str) -> AsyncIterator[None]:
+        """A request to server `name` while the clients are paused: bounded by
+        `stall_timeout`, else SwitchError("stalled"); a server that cannot be reached (or
+        was lost) is SwitchError("unreachable")."""
+        stalled = SwitchError(
+            "stalled",
+            f"the {name} server did not answer {what} within {self.stall_timeout:g} s: "
+            "it is stalled or too slow to switch without holding the clients",
+        )
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                yield
+        except TimeoutError as exc:
+            raise stalled from exc
+        except AdminUnreachable as exc:
+            if exc.code == "TIMEOUT":  # the client's own bound (not under stall_timeout)
+                raise stalled from exc
+            raise SwitchError(
+                "unreachable", f"the {name} server cannot be reached: {exc.message}"
+            ) from exc
+
+    async def _states(
+        self, old: AdminClient, new: AdminClient, game_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The game's state on the old and on the new server (each bounded: `_answering`)."""
+
+        async def one(name: str, admin: AdminClient) -> dict[str, Any] | None:
+            async with self._answering(name, f"GET_STATE of game {game_id}"):
+                return await admin.get_state(game_id)
+
+        return await asyncio.gather(one("old", old), one("new", new))
+
+    def _check_shadows(self) -> None:
+        """Refuse (SwitchError) while a client's shadow is given up by the proxy (down,
+        refused, crashed, stalled or overflowed, and not back yet: `shadow`), or owes an
+        answer for longer than `stall_timeout` (`stalled`). Shadows still opening are the
+        verification's business (they usually are open by then)."""
+        given_up = 0
+        for session in list(self.proxy.sessions.values()):
+            if not session.mirrored or session.closed:
+                continue  # a client that left is owed nothing
+            conn = self.proxy.order.conns.get(session.id)
+            if conn is not None and conn.dead:
+                given_up += 1
+        if given_up:
+            raise SwitchError(
+                "shadow",
+                f"{given_up} clients have no shadow connection (the proxy gave it up: see "
+                "the shadow drops by reason); refused before pausing any client",
+            )
+        stalled = self._stalled()
+        if stalled is not None:
+            raise stalled
+
+    def _stalled(self) -> SwitchError | None:
+        """A refusal when some client's shadow owes an answer for longer than
+        `stall_timeout` (connected, but not answering: the order would declare it stalled
+        only after `answer_timeout`), else None."""
+        now = time.monotonic()
+        oldest: dict[str, float] = {}
+        waiting: dict[str, int] = {}
+        for session in list(self.proxy.sessions.values()):
+            if not session.mirrored or session.closed:
+                continue
+            conn = self.proxy.order.conns.get(session.id)
+            if conn is None or conn.dead or not conn.unanswered:
+                continue
+            age = now - conn.unanswered[0][1]  # released in order: the first is the oldest
+            if age > self.stall_timeout:
+                name = session.shadow
+                oldest[name] = max(age, oldest.get(name, 0.0))
+                waiting[name] = waiting.get(name, 0) + 1
+        if not oldest:
+            return None
+        name = max(oldest, key=oldest.__getitem__)
+        return SwitchError(
+            "stalled",
+            f"the {name} server (shadow) has owed an answer for {oldest[name]:.1f} s "
+            f"(clients waiting on it: {waiting[name]}; bound {self.stall_timeout:g} s): it "
+            "is stalled or too slow to switch without holding the clients",
+        )
+
     async def _quiesce(self) -> None:
-        """Wait until the primary answered every forwarded frame and the shadow caught up."""
+        """Wait until the primary answered every forwarded frame and the shadow caught up;
+        refuse as soon as the shadow stalls (`_stalled`) rather than at the bound."""
         proxy = self.proxy
         deadline = time.monotonic() + self.quiesce_timeout
         while True:
@@ -279,17 +434,25 @@ class Switchboard:
             # (what its frames mean for the shadow's order is in `order.idle()`)
             if not in_flight and proxy.order.idle():
                 return
+            stalled = self._stalled()
+            if stalled is not None:
+                raise stalled
             if time.monotonic() > deadline:
+                owed = sum(
+                    len(conn.unanswered) for conn in proxy.order.conns.values() if not conn.dead
+                )
                 raise SwitchError(
                     "quiesce",
                     f"not quiet after {self.quiesce_timeout} s: {in_flight} answers in flight, "
+                    f"{owed} answers owed by the shadow, "
                     f"{proxy.order.buffered()} frames waiting for the shadow",
                 )
             await asyncio.sleep(0.005)
 
     async def _verify(self, target: Route, resync: bool = False) -> int:
         """Every client has its shadow; every active game is equal on both servers (after a
-        resync from the current primary when `resync`)."""
+        resync from the current primary when `resync`). No server is waited on for longer
+        than `stall_timeout` at a time (`_answering`)."""
         proxy = self.proxy
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
         missing = [
@@ -300,27 +463,31 @@ class Switchboard:
         if missing:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
-        token = mint_token(proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
         rules = self.rules.for_type("STATE")
-        async with (
-            asyncio.timeout(self.verify_timeout),
-            AdminClient(proxy.urls["old"], token) as old,
-            AdminClient(proxy.urls["new"], token) as new,
-        ):
-            for game_id in games:
-                states = await asyncio.gather(old.get_state(game_id), new.get_state(game_id))
-                if states[0] is None or states[1] is None:
-                    side = "old" if states[0] is None else "new"
-                    raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")
-                verdict = compare_states(states[0], states[1], rules)
-                if not verdict.equal and resync and self.resync is not None:
-                    await self.resync(game_id)
-                    states = await asyncio.gather(old.get_state(game_id), new.get_state(game_id))
+        try:
+            async with asyncio.timeout(self.verify_timeout), contextlib.AsyncExitStack() as exits:
+                old, new = await self._servers(exits)
+                for game_id in games:
+                    states = await self._states(old, new, game_id)
+                    if states[0] is None or states[1] is None:
+                        side = "old" if states[0] is None else "new"
+                        raise SwitchError(
+                            "unequal", f"game {game_id} is missing on the {side} server"
+                        )
                     verdict = compare_states(states[0], states[1], rules)
-                if not verdict.equal:
-                    raise SwitchError(
-                        "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
-                    )
+                    if not verdict.equal and resync and self.resync is not None:
+                        await self.resync(game_id)
+                        states = await self._states(old, new, game_id)
+                        verdict = compare_states(states[0], states[1], rules)
+                    if not verdict.equal:
+                        raise SwitchError(
+                            "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
+                        )
+        except TimeoutError as exc:
+            raise SwitchError(
+                "verify",
+                f"comparing {len(games)} games took longer than {self.verify_timeout:g} s",
+            ) from exc
         return len(games)
 
     async def _remember(self, actor: str, kind: str, result: str, details: dict[str, Any]) -> int:
@@ -450,6 +617,7 @@ class Switchboard:
                 prepared = await self.prepare(target, resync=resync)
                 route, paused = await self.commit(prepared.token)
             except SwitchError as exc:
+                held = exc.pause()
                 await self._remember(
                     actor,
                     kind,
@@ -459,10 +627,15 @@ class Switchboard:
                         "reason": exc.reason,
                         "message": exc.message,
                         "route": before.to_dict(),
+                        **held,
                     },
                 )
                 raise CommandError(
-                    "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
+                    "FAILED",
+                    exc.message,
+                    reason=exc.reason,
+                    route=self.proxy.route.to_dict(),
+                    **held,
                 ) from exc
             await self._remember(
                 actor,
@@ -493,9 +666,16 @@ class Switchboard:
             )
         except SwitchError as exc:
             self._lock.release()
-            await self._remember(actor, "prepare", "failed", {"reason": exc.reason})
+            held = exc.pause()
+            await self._remember(
+                actor, "prepare", "failed", {"reason": exc.reason, "message": exc.message, **held}
+            )
             raise CommandError(
-                "FAILED", exc.message, reason=exc.reason, route=self.proxy.route.to_dict()
+                "FAILED",
+                exc.message,
+                reason=exc.reason,
+                route=self.proxy.route.to_dict(),
+                **held,
             ) from exc
         self._lock.release()
         paused = (time.monotonic() - prepared.paused_at) * 1000

@@ -110,6 +110,13 @@ def _failure(exc: ControlError) -> str:
     return f"{exc.code}: {exc.message}" + (f" ({reason})" if reason else "")
 
 
+def _millis(value: object) -> float | None:
+    """A duration in milliseconds from a proxy's answer (None when it gave none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 class Fleet:
     """Control-plane connections to every proxy (`async with Fleet(urls, token) as fleet`).
 
@@ -240,6 +247,9 @@ class Fleet:
                 if isinstance(answer, ControlError):
                     outcome.state, outcome.error = "failed", _failure(answer)
                     outcome.reason = answer.extra.get("reason")
+                    # how long its refused PREPARE held its clients (0: refused before
+                    # pausing them, e.g. a stalled shadow)
+                    outcome.paused_ms = _millis(answer.extra.get("paused_ms"))
                     if answer.code == "TIMEOUT":
                         timed_out.append(url)
                 else:
