@@ -56,8 +56,9 @@ class SwitchError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-        #: how long a refused PREPARE held the clients' frames (0.0: refused before pausing
-        #: them); None where it does not apply (a COMMIT's refusal)
+        #: how long a refused switch held the clients' frames (0.0: its PREPARE refused
+        #: before pausing them; a COMMIT's refusal: since its PREPARE paused them); None
+        #: where it is not known
         self.paused_ms: float | None = None
 
     def pause(self) -> dict[str, float]:
@@ -218,6 +219,14 @@ class Switchboard:
         cannot stay on the previous primary (its game would be on two servers) and has no
         connection to the new one."""
         prepared = self._take(token)
+        try:
+            return await self._swap(prepared)
+        except SwitchError as exc:
+            # refused after the clients were paused (by its PREPARE): say for how long
+            exc.paused_ms = (time.monotonic() - prepared.paused_at) * 1000
+            raise
+
+    async def _swap(self, prepared: Prepared) -> tuple[Route, float]:
         proxy = self.proxy
         # No resync reads one server and writes the other across the swap (`swap_lock`);
         # one under way is waited for, as long as a client may stay paused.
@@ -366,7 +375,16 @@ class Switchboard:
             async with self._answering(name, f"GET_STATE of game {game_id}"):
                 return await admin.get_state(game_id)
 
-        return await asyncio.gather(one("old", old), one("new", new))
+        # Both end (each within `stall_timeout`) before a failure is raised: one left
+        # running would outlive its connection's close and resend on a new one.
+        states = await asyncio.gather(one("old", old), one("new", new), return_exceptions=True)
+        for result in states:
+            if isinstance(result, BaseException):
+                raise result
+        old_state, new_state = states
+        assert not isinstance(old_state, BaseException)
+        assert not isinstance(new_state, BaseException)
+        return old_state, new_state
 
     def _check_shadows(self) -> None:
         """Refuse (SwitchError) while a client's shadow is given up by the proxy (down,
@@ -397,12 +415,20 @@ class Switchboard:
         now = time.monotonic()
         oldest: dict[str, float] = {}
         waiting: dict[str, int] = {}
+        order = self.proxy.order
         for session in list(self.proxy.sessions.values()):
-            if not session.mirrored or session.closed:
+            if not session.mirrored:
                 continue
-            conn = self.proxy.order.conns.get(session.id)
+            conn = order.conns.get(session.id)
             if conn is None or conn.dead or not conn.unanswered:
                 continue
+            if session.closed:
+                # A client that left is owed nothing, but while `_end` waits for its
+                # shadow, a change of its still in flight keeps its game's order busy: the
+                # quiesce (`order.idle()`) waits for that answer like any other.
+                game = order.games.get(conn.game_id) if conn.game_id is not None else None
+                if game is None or game.busy_conn is not conn:
+                    continue
             age = now - conn.unanswered[0][1]  # released in order: the first is the oldest
             if age > self.stall_timeout:
                 name = session.shadow
@@ -695,7 +721,7 @@ class Switchboard:
             try:
                 route, paused = await self.commit(str(msg.get("token")))
             except SwitchError as exc:
-                raise CommandError("FAILED", exc.message, reason=exc.reason) from exc
+                raise CommandError("FAILED", exc.message, reason=exc.reason, **exc.pause()) from exc
         await self._remember(
             actor,
             "commit",

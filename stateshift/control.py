@@ -118,7 +118,22 @@ class Channel:
         except ControlError:
             await self.close()
             raise
+        except BaseException:
+            # Interrupted (a caller's own bound: cancelled): nothing may be awaited now, and
+            # a stalled peer would not answer a closing handshake. Cut the connection.
+            self._abandon()
+            raise
         return self.connected
+
+    def _abandon(self) -> None:
+        """Drop the connection at once (no closing handshake, nothing awaited)."""
+        ws, self._ws = self._ws, None
+        if ws is not None and ws.transport is not None:
+            ws.transport.abort()
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self._fail_pending(ControlError("UNREACHABLE", "the connection was abandoned"))
 
     async def close(self) -> None:
         """Close the connection (idempotent); pending requests fail with UNREACHABLE."""

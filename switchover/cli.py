@@ -656,7 +656,9 @@ def _details_text(details: Any) -> str:
         ]
         parts.append("; ".join(not_passing) if not_passing else "every gate passes")
     for key in ("reason", "message", "force", "percent", "failures", "paused_ms"):
-        if details.get(key) not in (None, "", False):
+        value = details.get(key)
+        # `0.0 == False`: a pause of 0 ms (refused before pausing) is shown, not dropped
+        if value is not None and value != "" and value is not False:
             parts.append(f"{key}={_fmt(details[key])}")
     if isinstance(details.get("to"), dict):
         parts.append(f"to: {_route_text(details['to'])}")
