@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from compare.comparator import StateComparator
 from compare.rules import defaults
 from dashboards import build
 from proxy.tap import Tap, TapRecord
+from tests.dashboards.conftest import Servers
 from tests.proxy.conftest import Client, token
 from tests.support import ServerProcess, admin_url, proxy_args, timeout, wait_until
 
@@ -64,13 +64,6 @@ COMPARATOR_ALERTS = 'alertname=~"StateshiftComparator.*"'
 
 
 @dataclass
-class Servers:
-    old: ServerProcess
-    new: ServerProcess
-    tmp: Path
-
-
-@dataclass
 class Window:
     """Two scrapes of a proxy's `/metrics` around a burst, and the seconds between them."""
 
@@ -80,23 +73,6 @@ class Window:
 
     def rate(self, series: str) -> float:
         return (self.after.get(series, 0.0) - self.before.get(series, 0.0)) / self.seconds
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    old = ServerProcess(
-        ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl")], tmp_path / "old.log"
-    )
-    new = ServerProcess(
-        ["serve", "--port", "0", "--db", str(tmp_path / "new.db")], tmp_path / "new.log"
-    )
-    try:
-        old.start()
-        new.start()
-        yield Servers(old, new, tmp_path)
-    finally:
-        new.stop()
-        old.stop()
 
 
 def samples(exposition: str) -> dict[str, float]:

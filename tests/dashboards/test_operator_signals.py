@@ -16,22 +16,19 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dashboards import build
 from stateshift.tokens import mint_token
+from tests.dashboards.conftest import Servers
 from tests.proxy.conftest import Client, token
 from tests.support import (
     ROOT,
     TEST_SECRET,
-    ServerProcess,
     admin_url,
     cli_env,
-    proxy_args,
     timeout,
 )
 
@@ -79,39 +76,6 @@ def value(exposition: str, series: str) -> float:
     found = samples(exposition)
     assert series in found, f"{series} not exported"
     return found[series]
-
-
-@dataclass
-class Servers:
-    old: ServerProcess
-    new: ServerProcess
-    tmp: Path
-
-    def proxy(self, name: str, *extra: str) -> ServerProcess:
-        """A `stateshift proxy` (not started) in front of both servers, state in tmp."""
-        return ServerProcess(
-            proxy_args(
-                self.old.url, self.new.url, self.tmp / f"{name}.db", "--sweep-interval", "0", *extra
-            ),
-            self.tmp / f"{name}.log",
-        )
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    old = ServerProcess(
-        ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl")], tmp_path / "old.log"
-    )
-    new = ServerProcess(
-        ["serve", "--port", "0", "--db", str(tmp_path / "new.db")], tmp_path / "new.log"
-    )
-    try:
-        old.start()
-        new.start()
-        yield Servers(old, new, tmp_path)
-    finally:
-        new.stop()
-        old.stop()
 
 
 async def play(url: str, game: str, player: str, updates: int = 5) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from websockets.exceptions import ConnectionClosed
 
 from legacy.service import Config, LegacyServer
 from server.app import ServerSettings, StateServer
-from tests.proxy.conftest import Client, start_new, start_proxy, stop_proxy, token
+from tests.proxy.conftest import (
+    Client,
+    ProxyUnderTest,
+    start_new,
+    start_proxy,
+    stop_proxy,
+    token,
+)
 from tests.support import TEST_SECRET, timeout, wait_until
 
 DROPS = "stateshift_proxy_shadow_drops_total"
@@ -142,29 +150,45 @@ class DeadlineShadow:
                 task.cancel()
 
 
+@contextlib.asynccontextmanager
+async def behind_a_deadline_shadow(
+    tmp_path: Path, fake_cut: set[int] | None = None, **settings: Any
+) -> AsyncIterator[tuple[ProxyUnderTest, DeadlineShadow]]:
+    """A proxy with the old server as primary (a CONNECT deadline of 10 minutes) and a
+    `DeadlineShadow` in front of the new server as shadow."""
+    old = LegacyServer(
+        Config(data=tmp_path / "old.jsonl", secret=TEST_SECRET, port=0, connect_timeout=600.0)
+    )
+    await old.start()
+    new = await start_new(tmp_path)
+    fake = DeadlineShadow(new.url, fake_cut)
+    shadow = await serve(fake.handler, "127.0.0.1", 0, process_request=fake.hold)
+    port = shadow.sockets[0].getsockname()[1] if shadow.sockets else 0
+    under_test = await start_proxy(
+        tmp_path, old.url, f"ws://127.0.0.1:{port}", primary="old", **settings
+    )
+    try:
+        yield under_test, fake
+    finally:
+        await stop_proxy(under_test)
+        shadow.close()
+        await shadow.wait_closed()
+        await new.stop()
+        await old.stop()
+
+
 async def test_a_client_leaving_while_its_shadow_reconnects_after_the_deadline_loses_nothing(
     tmp_path: Path,
 ):
     """The shadow closed at its CONNECT deadline (no loss: the frames wait for a fresh
     connection); the client sends CONNECT while that connection opens, then leaves. The
     CONNECT (a join: a version of the game) must still reach the shadow, and the session end;
-    the code under review let the reconnection give up once the client was gone, so `_end`
+    the reconnection used to give up once the client was gone, so `_end`
     waited `answer_timeout` for frames nobody would send, then counted a `stall` loss (and
     the game not comparable)."""
-    old = LegacyServer(
-        Config(data=tmp_path / "old.jsonl", secret=TEST_SECRET, port=0, connect_timeout=600.0)
-    )
-    await old.start()
-    new = await start_new(tmp_path)
-    fake = DeadlineShadow(new.url)
-    shadow = await serve(fake.handler, "127.0.0.1", 0, process_request=fake.hold)
-    port = shadow.sockets[0].getsockname()[1] if shadow.sockets else 0
-    under_test = await start_proxy(
-        tmp_path, old.url, f"ws://127.0.0.1:{port}", primary="old", open_timeout=timeout(30)
-    )
-    proxy = under_test.proxy
-    registry = proxy.metrics.registry
-    try:
+    async with behind_a_deadline_shadow(tmp_path, open_timeout=timeout(30)) as (under_test, fake):
+        proxy = under_test.proxy
+        registry = proxy.metrics.registry
         client = await Client.open(f"{under_test.url}/v1/games/leaver")
         (session,) = proxy.sessions.values()
         # the first shadow connection was cut at its opening; the second one is opening
@@ -190,12 +214,6 @@ async def test_a_client_leaving_while_its_shadow_reconnects_after_the_deadline_l
             record.role == "shadow" and record.msg is not None and record.msg.get("re") == "c"
             for record in under_test.recorder.records
         ), "the shadow never got the client's CONNECT"
-    finally:
-        await stop_proxy(under_test)
-        shadow.close()
-        await shadow.wait_closed()
-        await new.stop()
-        await old.stop()
 
 
 async def test_a_shadow_cutting_every_connection_at_once_is_reopened_with_a_growing_backoff(
@@ -205,16 +223,7 @@ async def test_a_shadow_cutting_every_connection_at_once_is_reopened_with_a_grow
     the deadline path each time: no loss is counted, and the reopenings back off (0.1, 0.2,
     0.4, 0.8 s…), not reopened every 0.1 s for as long as the client stays (a handshake storm
     that no metric shows). Checked by a lower bound only: a sleep never ends early."""
-    old = LegacyServer(
-        Config(data=tmp_path / "old.jsonl", secret=TEST_SECRET, port=0, connect_timeout=600.0)
-    )
-    await old.start()
-    new = await start_new(tmp_path)
-    fake = DeadlineShadow(new.url, cut=set(range(1, 1000)))
-    shadow = await serve(fake.handler, "127.0.0.1", 0, process_request=fake.hold)
-    port = shadow.sockets[0].getsockname()[1] if shadow.sockets else 0
-    under_test = await start_proxy(tmp_path, old.url, f"ws://127.0.0.1:{port}", primary="old")
-    try:
+    async with behind_a_deadline_shadow(tmp_path, set(range(1, 1000))) as (under_test, fake):
         client = await Client.open(f"{under_test.url}/v1/games/idle")
         await wait_until(lambda: fake.opened >= 5, within=timeout(30), what="five cut openings")
         assert drops(under_test.proxy.metrics.registry) == {}
@@ -222,9 +231,3 @@ async def test_a_shadow_cutting_every_connection_at_once_is_reopened_with_a_grow
         # 0.8 s after the fourth cut (at most a timer's resolution early): 0.1 s before
         assert at[4] - at[3] >= 0.5, f"the reopenings do not back off: {at}"
         await client.ws.close()
-    finally:
-        await stop_proxy(under_test)
-        shadow.close()
-        await shadow.wait_closed()
-        await new.stop()
-        await old.stop()
