@@ -75,6 +75,23 @@ def proxy(
     pair_timeout: Annotated[
         float, typer.Option(help="Seconds before a frame without its partner is unpaired.")
     ] = 10.0,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds a switch waits on a server that owes an answer (the shadow's to a "
+            "client, or the switch's own request) before it refuses ('stalled') rather than "
+            "hold the clients longer.",
+        ),
+    ] = 1.0,
+    quiesce_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds a switch, clients paused, waits for the answers in flight before it "
+            "refuses ('quiesce').",
+        ),
+    ] = 5.0,
     secret: Annotated[
         str,
         typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
@@ -153,6 +170,8 @@ def proxy(
         ignore_rules,
         comparison.comparator,
         resync=comparison.resync_now,
+        quiesce_timeout=quiesce_timeout,
+        stall_timeout=stall_timeout,
     )
 
     async def start() -> None:

@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from proxy.relay import MirrorProxy
 from stateshift.control import ControlClient, ControlError
 from tests.proxy.conftest import Client, Stack, start_stack, token
-from tests.support import timeout, wait_until
+from tests.support import ServerProcess, admin_url, proxy_args, timeout, wait_until
 from tests.switchover.conftest import cli
 
 ADMIN = token("ops", role="admin")
@@ -293,3 +293,46 @@ async def test_the_cli_shows_a_stalled_shadow_refusal_and_that_no_client_was_pau
         assert proxy.route.primary == "new"
         await carries_on(client, "after")
         await leave(client)
+
+
+async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
+    """`stateshift proxy --stall-timeout --quiesce-timeout`: with the stall bound set past
+    the quiesce bound, a stalled shadow is refused by the quiesce's bound (`quiesce`); with
+    the defaults (1 s and 5 s) it would be `stalled`."""
+    old = ServerProcess(
+        ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl"), "--fault",
+         "stall-after:2"],
+        tmp_path / "old.log",
+    )  # fmt: skip
+    new = ServerProcess(
+        ["serve", "--port", "0", "--db", str(tmp_path / "new.db")], tmp_path / "new.log"
+    )
+    proxy = ServerProcess(
+        proxy_args(
+            old.start(), new.start(), tmp_path / "proxy.db", "--primary", "new",
+            "--answer-timeout", "600", "--sweep-interval", "0",
+            "--stall-timeout", "600", "--quiesce-timeout", "0.3",
+        ),
+        tmp_path / "proxy.log",
+    )  # fmt: skip
+    try:
+        url = proxy.start()
+        client = await Client.open(f"{url}/v1/games/arena")
+        connected = await client.request(type="CONNECT", id="c", token=token("p0"))
+        assert connected["type"] == "CONNECTED", connected  # the shadow's message 1
+        await carries_on(client, "answered")  # message 2
+        # message 3, a change: the shadow owes its answer from now on, the game's order waits
+        await client.send(type="STATE_UPDATE", id="owed", updates={"status": "active"})
+        ack = await client.until(lambda frame: frame.get("re") == "owed")
+        assert ack["type"] == "ACK", ack
+        control_url = admin_url(proxy).replace("http://", "ws://", 1)  # `/v1/control`
+        async with ControlClient(control_url, ADMIN, timeout=timeout(60)) as control:
+            with pytest.raises(ControlError) as refused:
+                await control.request("ROLLBACK", reason="the switch's bounds as options")
+        assert refused.value.extra.get("reason") == "quiesce", refused.value
+        await carries_on(client, "after")
+        await leave(client)
+    finally:
+        proxy.stop()
+        old.stop()
+        new.stop()
