@@ -39,7 +39,7 @@ from websockets.http11 import Request, Response
 
 from proxy.auth import ControlAuthError, verify_admin
 from proxy.relay import MirrorProxy, plain_response, read_until_eof
-from proxy.route import Route
+from proxy.route import Route, other
 from proxy.state import ProxyState
 from stateshift.runtime import bound_port
 
@@ -153,10 +153,8 @@ def primaries(route: Route) -> list[str]:
     """The upstreams the route makes primary for some clients: `route.primary` (connections
     without a game, and every game without a ramp), and under a ramp each side with a share."""
     names = [route.primary]
-    if route.ramp is not None:
-        for name, share in (("old", 100.0 - route.ramp), ("new", route.ramp)):
-            if share > 0 and name not in names:
-                names.append(name)
+    if route.share_of(other(route.primary)) > 0:  # only under a ramp
+        names.append(other(route.primary))
     return names
 
 
@@ -178,7 +176,7 @@ def health(
         found = probes[name]
         where = f"primary {name} ({urls[name]}"
         if ramp is not None:
-            where += f", {ramp if name == 'new' else 100.0 - ramp:g}% of games"
+            where += f", {route.share_of(name):g}% of games"
         where += ")"
         if found.reachable:
             lines.append(f"{where}: reachable, {found.detail}")

@@ -52,6 +52,10 @@ class Route:
             return self.ramp
         return 100.0 if self.primary == "new" else 0.0
 
+    def share_of(self, upstream: str) -> float:
+        """Percent of games whose primary is `upstream` ("old" or "new")."""
+        return self.share() if upstream == "new" else 100.0 - self.share()
+
     def describe(self) -> str:
         """For people: `primary is new, ramp 10% to new, mirroring`."""
         text = f"primary is {self.primary}"
