@@ -15,7 +15,7 @@ from compare.rules import load
 from proxy.route import Route
 from proxy.switch import Switchboard
 from stateshift.tokens import mint_token
-from tests.compare.test_correlation_and_sweeps import game_state
+from tests.compare.conftest import game_state
 from tests.proxy.conftest import Client, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
 

@@ -26,6 +26,7 @@ from compare.store import FindingStore
 from proxy.route import Route
 from proxy.tap import Tap, TapRecord
 from stateshift.cli import app
+from tests.compare.conftest import game_state
 from tests.proxy.conftest import start_legacy, start_new, start_stack, token
 from tests.support import TEST_SECRET, wait_until
 
@@ -75,19 +76,6 @@ async def invoke(*args: str) -> tuple[int, str, str]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         err += f"\nTraceback: {result.exception!r}"
     return result.exit_code, result.stdout, err
-
-
-def game_state(game_id: str, **settings: str) -> dict[str, Any]:
-    return {
-        "game_id": game_id,
-        "status": "waiting",
-        "current_player": None,
-        "scores": {"p": 1},
-        "timer": {"p": 1000},
-        "settings": settings,
-        "version": 3,
-        "updated_at": "2026-11-26T10:00:00.000Z",
-    }
 
 
 # ------------------------------------------------------------------ correlation

@@ -16,6 +16,7 @@ from compare.sweep import assess, sweep
 from legacy.service import LegacyServer
 from proxy.route import Route
 from server.app import StateServer
+from tests.compare.conftest import game_state
 from tests.proxy.conftest import start_stack, token
 
 ADMIN = token("ops", "admin")
@@ -165,24 +166,11 @@ def test_a_reused_id_still_pairs_in_order_after_its_first_answer_expired() -> No
 # ------------------------------------------------------------------ sweeps: paths, not values
 
 
-def game(game_id: str, **settings: str) -> dict[str, Any]:
-    return {
-        "game_id": game_id,
-        "status": "waiting",
-        "current_player": None,
-        "scores": {"alice": 1},
-        "timer": {"alice": 1000},
-        "settings": settings,
-        "version": 3,
-        "updated_at": "2026-11-26T10:00:00.000Z",
-    }
-
-
 def test_a_value_reading_like_a_path_is_not_rewritten() -> None:
     """Paths are rewritten from the frame to the state; a setting whose value (or key)
     reads `root['state']` was rewritten too, so the finding misquoted the game."""
-    primary = game("g1", note=WRAPPED, **{WRAPPED: "a"})
-    shadow = game("g1", note="plain", **{WRAPPED: "b"})
+    primary = game_state("g1", note=WRAPPED, **{WRAPPED: "a"})
+    shadow = game_state("g1", note="plain", **{WRAPPED: "b"})
     outcome = assess("g1", primary, shadow, RULES)
     assert outcome.finding is not None
     verdict = outcome.finding.verdict
@@ -199,7 +187,7 @@ def test_a_value_reading_like_a_path_is_not_rewritten() -> None:
 def test_a_game_on_one_side_only_is_shown_as_the_state_not_its_frame() -> None:
     """The state was compared inside a frame (`{"state": …}`): a game one side lacks was
     shown as that wrapper, not as the game."""
-    only = game("g1", note=WRAPPED)
+    only = game_state("g1", note=WRAPPED)
     for primary, shadow, key in ((only, None, "old_value"), (None, only, "new_value")):
         outcome = assess("g1", primary, shadow, RULES)
         assert outcome.finding is not None
@@ -217,10 +205,10 @@ async def test_a_sweep_of_real_servers_reports_a_games_values_as_they_are(
     game only the new server has: the findings' diffs and texts quote the games exactly."""
     old, new = servers
     async with AdminClient(old.url, ADMIN) as admin:
-        await admin.import_state(game("g1", note=WRAPPED, mode="blitz"))
+        await admin.import_state(game_state("g1", note=WRAPPED, mode="blitz"))
     async with AdminClient(new.url, ADMIN) as admin:
-        await admin.import_state(game("g1", note=WRAPPED, mode="classic"))
-        await admin.import_state(game("g2", note=f"see {WRAPPED}['scores']"))
+        await admin.import_state(game_state("g1", note=WRAPPED, mode="classic"))
+        await admin.import_state(game_state("g2", note=f"see {WRAPPED}['scores']"))
     async with AdminClient(old.url, ADMIN) as p, AdminClient(new.url, ADMIN) as s:
         report = await sweep(p, s, defaults())
     findings = {finding.game_id: finding for finding in report.findings}
@@ -264,7 +252,7 @@ async def test_a_proxy_sweep_names_each_divergent_games_own_primary_once(
     async with start_stack(tmp_path, comparator=True) as stack:
         stack.proxy.set_route(route)
         assert stack.proxy.route.primary_for("r1") == games_primary
-        states = {"old": game("r1", mode="blitz"), "new": game("r1", mode="classic")}
+        states = {"old": game_state("r1", mode="blitz"), "new": game_state("r1", mode="classic")}
         async with AdminClient(stack.old.url, ADMIN) as admin:
             await admin.import_state(states["old"])
         async with AdminClient(stack.new.url, ADMIN) as admin:
