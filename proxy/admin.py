@@ -2,15 +2,17 @@
 `/v1/control`.
 
 `/healthz` says whether this proxy can serve clients, for a load balancer or an orchestrator:
-503 while it is shutting down (its client port no longer accepts), or while an upstream that
-the route makes primary (for some games) cannot be reached; 200 otherwise. Reachable means
+503 while it drains before a stop (`--drain-timeout`: clients are still served, new ones
+too, but a load balancer should send no more), while it is shutting down (its client port no
+longer accepts), or while an upstream that the route makes primary (for some games) cannot be
+reached; 200 otherwise. Reachable means
 that a connection to the upstream, made by the check itself, got an HTTP answer (any status:
 a primary that answers its own `/healthz` 503 fails every proxy alike, so that is reported,
 not judged); one probe at a time per upstream, its verdict shared by the checks of the next
 `PROBE_TTL` seconds. The shadow is reported, never judged: a shadow fault must not take the
 proxy out of a load balancer (clients never see the shadow). The first line of the body is
-the verdict (`ok`, `shutting down`, `primary upstream unreachable`), the next ones the
-figures behind it.
+the verdict (`ok`, `draining`, `shutting down`, `primary upstream unreachable`), the next
+ones the figures behind it.
 
 The control protocol follows the game protocol's conventions: JSON objects with `type` and
 `id`, answers with `re`, `ERROR {re, code, message}`; the first message must be `CONNECT`
@@ -165,10 +167,18 @@ def health(
     probes: dict[str, Probe],
     status: dict[str, Any],
     now: float,
+    drain_ends: float | None = None,
 ) -> tuple[HTTPStatus, str]:
-    """The health answer (pure): the status and a body whose first line is the verdict."""
+    """The health answer (pure): the status and a body whose first line is the verdict.
+    `drain_ends`: when a drain under way closes the clients left (same clock as `now`)."""
     if not serving:
         return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\nclient port closed\n"
+    if drain_ends is not None:
+        return HTTPStatus.SERVICE_UNAVAILABLE, (
+            f"draining\nconnected clients: {status['connections']}, still served; the proxy "
+            f"stops once they have left, or in {max(0.0, drain_ends - now):.0f} s (the rest "
+            "are closed with 1012)\n"
+        )
     lines: list[str] = []
     unreachable = False
     ramp = route.ramp
@@ -226,6 +236,8 @@ class ControlPlane:
         self.commands: dict[str, Command] = {}
         self._server: Server | None = None
         self._stopping = False
+        #: when a drain under way ends (monotonic), if one is
+        self._drain_ends: float | None = None
         self.upstreams = UpstreamWatch(
             proxy.urls, PROBE_TTL, min(PROBE_TIMEOUT, proxy.settings.open_timeout)
         )
@@ -267,6 +279,21 @@ class ControlPlane:
             self._server = None
         await self.upstreams.stop()
 
+    async def drain(self, within: float) -> None:
+        """Let the clients leave before a stop, for `within` seconds at most: `/healthz`
+        answers 503 `draining`, so that a load balancer sends no new clients, while every
+        connection (a new one too) is still served. Returns once no client is connected."""
+        if within <= 0:
+            return
+        self._drain_ends = time.monotonic() + within
+        log.info(
+            "draining: connected clients: %d; stopping once they have left, or in %g s",
+            len(self.proxy.sessions),
+            within,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proxy.vacated.wait(), within)
+
     def serving(self) -> bool:
         """Whether the proxy accepts clients: its client port is open, and neither it nor
         this control plane is stopping."""
@@ -277,12 +304,15 @@ class ControlPlane:
         route = self.proxy.route
         serving = self.serving()
         probes: dict[str, Probe] = {}
-        if serving:
+        drain_ends = self._drain_ends
+        if serving and drain_ends is None:
             names = primaries(route)
             found = await asyncio.gather(*(self.upstreams.check(name) for name in names))
             probes = dict(zip(names, found, strict=True))
             serving = self.serving()  # it may have begun to stop while the probes ran
-        return health(serving, route, self.proxy.urls, probes, self.status(), time.monotonic())
+        return health(
+            serving, route, self.proxy.urls, probes, self.status(), time.monotonic(), drain_ends
+        )
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

@@ -92,6 +92,16 @@ def proxy(
             "refuses ('quiesce').",
         ),
     ] = 5.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a SIGTERM lets the clients leave before the proxy stops: /healthz "
+            "answers 503 'draining' (the load balancer sends no new clients) while every "
+            "client is still served; then the ones left are closed with 1012 (reconnect). "
+            "A second signal stops at once. 0: stop at once.",
+        ),
+    ] = 0.0,
     secret: Annotated[
         str,
         typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
@@ -180,11 +190,16 @@ def proxy(
         comparison.start()
         switchboard.start()
 
+    async def drain() -> None:
+        await control.drain(drain_timeout)
+
     async def stop() -> None:
         await switchboard.stop()
-        await control.stop()
+        # the relay before the control plane: until the client port is closed, a health
+        # check gets 503 `shutting down` rather than a refused connection
         await relay.stop()
-        await comparison.stop()
+        await control.stop()
+        await comparison.stop()  # after the commands that read it
 
     def ready() -> None:
         typer.echo(f"listening on {relay.url}")
@@ -192,7 +207,7 @@ def proxy(
         typer.echo(f"hot modules: {native.status()}")
 
     try:
-        code = run(serve_until_signalled(start, stop, ready))
+        code = run(serve_until_signalled(start, stop, ready, drain))
     except OSError as exc:  # an address in use, not ours, or not on this machine
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

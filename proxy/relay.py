@@ -299,6 +299,9 @@ class MirrorProxy:
             answer_timeout=settings.answer_timeout,
         )
         self.sessions: dict[int, Session] = {}
+        #: set while no client is connected (what a drain waits for)
+        self.vacated = asyncio.Event()
+        self.vacated.set()
         #: open while client frames may flow upstream; cleared during a flip
         self.gate = asyncio.Event()
         self.gate.set()
@@ -585,6 +588,7 @@ class MirrorProxy:
         session.up[primary] = up
         session.sent = {"old": {}, "new": {}}
         self.sessions[session.id] = session
+        self.vacated.clear()
         self.metrics.client_connections.inc()
         if session.mirrored:
             self.order.add_conn(session.id, session.game_id)
@@ -603,7 +607,7 @@ class MirrorProxy:
                 )
             finally:
                 session.closed = True
-                self.sessions.pop(session.id, None)
+                self._forget(session)
                 self.metrics.client_connections.dec()
             return
         client.attach(functools.partial(self._client_frame, session))
@@ -983,11 +987,16 @@ class MirrorProxy:
             task.cancel()
         # Only now: until here its shadow still receives what the order releases for it.
         self.settle()
-        self.sessions.pop(session.id, None)
+        self._forget(session)
         self.order.remove_conn(session.id, time.monotonic())
         self.flush()
         if self.tap is not None:
             self.tap.offer(TapNotice("conn_closed", "client closed", session.game_id, session.id))
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        if not self.sessions:
+            self.vacated.set()
 
     # ----------------------------------------------------------------- upstreams
 

@@ -21,8 +21,12 @@ async def serve_until_signalled(
     start: Callable[[], Awaitable[None]],
     stop: Callable[[], Awaitable[None]],
     on_ready: Callable[[], None],
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Start a service, call `on_ready`, wait for SIGTERM or SIGINT, then stop it gracefully."""
+    """Start a service, call `on_ready`, wait for SIGTERM or SIGINT, then stop it gracefully.
+
+    With `drain`, a signal first runs it (a service letting its clients leave while it still
+    serves them); `stop` follows when it returns, or at once on a second signal."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -31,9 +35,23 @@ async def serve_until_signalled(
     on_ready()
     try:
         await stopping.wait()
+        if drain is not None:
+            stopping.clear()
+            await first_of(drain(), stopping.wait())
     finally:
         await stop()
     return 0
+
+
+async def first_of(*awaitables: Awaitable[Any]) -> None:
+    """Wait until one of `awaitables` ends, then cancel the others (and wait for them)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def bound_port(server: Any) -> int:
