@@ -31,13 +31,13 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
 from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.comparator import StateComparator
-from compare.rules import Rules
+from compare.rules import Rules, TypeRules
 from compare.sweep import compare_states
 from proxy.admin import CommandError, ControlPlane
 from proxy.relay import MirrorProxy
@@ -47,6 +47,17 @@ from stateshift.tokens import mint_token
 
 #: a sample of the figures readiness is judged on, every SAMPLE_EVERY seconds
 SAMPLE_EVERY = 2.0
+#: games the verification reads over one admin connection to each server: within the
+#: protocol's burst (100 messages per connection, 50 a second after it), its CONNECT and a
+#: resync's second read included, so that no read waits for the rate limit with the clients
+#: paused (300 games read over one connection paused them 4 s)
+GAMES_PER_CONNECTION = 48
+#: the most admin connections a verification opens to each server (past
+#: MAX_CONNECTIONS x GAMES_PER_CONNECTION games, reads may wait for the rate limit)
+MAX_CONNECTIONS = 64
+#: games compared at once (a GET_STATE to each server each): enough to keep both servers
+#: busy, few enough that a read's wait in their queues stays far below `stall_timeout`
+IN_FLIGHT = 64
 
 
 class SwitchError(Exception):
@@ -74,6 +85,24 @@ class Prepared:
     paused_at: float
     games_checked: int = 0
     expiry: asyncio.TimerHandle | None = None
+
+
+async def all_or_first_error(awaitables: Iterable[Awaitable[None]]) -> None:
+    """Run `awaitables` concurrently until all have ended, or one fails: then the others
+    are cancelled (and waited for: none outlives the connections it uses) and the failure
+    of the first in their order among those that failed is raised."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            raise failure
 
 
 def number(value: object) -> TypeGuard[int | float]:
@@ -313,21 +342,23 @@ class Switchboard:
         self.proxy.set_route(route)
         self.proxy.gate.set()
 
-    async def _servers(self, exits: contextlib.AsyncExitStack) -> tuple[AdminClient, AdminClient]:
-        """Admin connections to the old and the new server (closed with `exits`), each
-        answered within `stall_timeout`, else SwitchError (`stalled`, `unreachable`)."""
+    async def _servers(
+        self, exits: contextlib.AsyncExitStack, count: int = 1
+    ) -> list[tuple[AdminClient, AdminClient]]:
+        """`count` pairs of admin connections to the old and the new server (closed with
+        `exits`), each answered within `stall_timeout`, else SwitchError (`stalled`,
+        `unreachable`)."""
         token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
         opened = await asyncio.gather(
-            *(self._connect(name, token, exits) for name in ("old", "new")),
-            return_exceptions=True,  # both end before `exits` closes what they opened
+            *(self._connect(name, token, exits) for _ in range(count) for name in ("old", "new")),
+            return_exceptions=True,  # all end before `exits` closes what they opened
         )
+        clients: list[AdminClient] = []
         for result in opened:
             if isinstance(result, BaseException):
                 raise result
-        old, new = opened
-        assert isinstance(old, AdminClient)
-        assert isinstance(new, AdminClient)
-        return old, new
+            clients.append(result)
+        return list(zip(clients[::2], clients[1::2], strict=True))
 
     async def _connect(
         self, name: str, token: str, exits: contextlib.AsyncExitStack
@@ -490,31 +521,47 @@ class Switchboard:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
         rules = self.rules.for_type("STATE")
+        resync_game = self.resync if resync else None
+        count = min(MAX_CONNECTIONS, max(1, math.ceil(len(games) / GAMES_PER_CONNECTION)))
         try:
             async with asyncio.timeout(self.verify_timeout), contextlib.AsyncExitStack() as exits:
-                old, new = await self._servers(exits)
-                for game_id in games:
-                    states = await self._states(old, new, game_id)
-                    if states[0] is None or states[1] is None:
-                        side = "old" if states[0] is None else "new"
-                        raise SwitchError(
-                            "unequal", f"game {game_id} is missing on the {side} server"
-                        )
-                    verdict = compare_states(states[0], states[1], rules)
-                    if not verdict.equal and resync and self.resync is not None:
-                        await self.resync(game_id)
-                        states = await self._states(old, new, game_id)
-                        verdict = compare_states(states[0], states[1], rules)
-                    if not verdict.equal:
-                        raise SwitchError(
-                            "unequal", f"game {game_id} differs: {', '.join(verdict.paths)}"
-                        )
+                pool = await self._servers(exits, count)
+                in_flight = asyncio.Semaphore(IN_FLIGHT)
+
+                async def check(index: int, game_id: str) -> None:
+                    old, new = pool[index % len(pool)]
+                    async with in_flight:
+                        await self._check_game(old, new, game_id, rules, resync_game)
+
+                await all_or_first_error(check(i, game_id) for i, game_id in enumerate(games))
         except TimeoutError as exc:
             raise SwitchError(
                 "verify",
                 f"comparing {len(games)} games took longer than {self.verify_timeout:g} s",
             ) from exc
         return len(games)
+
+    async def _check_game(
+        self,
+        old: AdminClient,
+        new: AdminClient,
+        game_id: str,
+        rules: TypeRules,
+        resync: Callable[[str], Awaitable[int]] | None,
+    ) -> None:
+        """The game's states on both servers are equal (after `resync` of it, when given
+        and they were not), else SwitchError("unequal")."""
+        states = await self._states(old, new, game_id)
+        if states[0] is None or states[1] is None:
+            side = "old" if states[0] is None else "new"
+            raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")
+        verdict = compare_states(states[0], states[1], rules)
+        if not verdict.equal and resync is not None:
+            await resync(game_id)
+            states = await self._states(old, new, game_id)
+            verdict = compare_states(states[0], states[1], rules)
+        if not verdict.equal:
+            raise SwitchError("unequal", f"game {game_id} differs: {', '.join(verdict.paths)}")
 
     async def _remember(self, actor: str, kind: str, result: str, details: dict[str, Any]) -> int:
         """Record an event in the history (it survives restarts) and count it."""
