@@ -394,15 +394,17 @@ class StateComparator:
         except Exception:
             self.metrics.resync_failures.inc()
             log.exception("resync of %s failed", game_id)
-            self._resyncing.discard(game_id)
             if raise_errors:
                 raise
             return -1
+        finally:
+            # cancelled too (a switch's verification that ended): else the game would stay
+            # out of every comparison and every resync for good
+            self._resyncing.discard(game_id)
         self.pairer.forget_game(game_id)
         self.floor[game_id] = version
         self.diverged.pop(game_id, None)
         self.not_comparable.pop(game_id, None)
-        self._resyncing.discard(game_id)
         self.resyncs += 1
         self.metrics.resyncs.inc()
         self.metrics.diverged.set(len(self.diverged))

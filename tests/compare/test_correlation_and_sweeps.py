@@ -9,6 +9,7 @@ servers (or a small fake admin server on 127.0.0.1 where a failure must be stage
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,36 @@ async def test_an_answer_straddling_a_resync_is_not_an_unpaired_finding(tmp_path
     comparator.take([record("shadow", heartbeat_ack("h7", "2026-11-26T10:00:00.004Z"), 1.1)])
     comparator.expire(100.0)
     assert comparator.store.count() == 1, comparator.store.latest()
+    assert comparator.status()["diverged"] == []
+    await comparator.stop()
+
+
+async def test_a_cancelled_resync_leaves_the_game_compared_and_resyncable(tmp_path: Path) -> None:
+    """A resync cancelled under way (a switch's verification that ended, with its resync of a
+    game still waiting) left the game marked "resyncing" for good: every later pair of it
+    skipped, never compared again, and never resynced again (the comparator's own resync
+    refuses a game already resyncing)."""
+    started = asyncio.Event()
+
+    async def stuck(game_id: str) -> int:
+        started.set()
+        await asyncio.Event().wait()  # never answers
+        return 0
+
+    comparator = comparator_for(tmp_path)
+    task = asyncio.ensure_future(comparator.resync("g1", via=stuck))
+    await started.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    comparator.take([record("primary", ack("u", 2)), record("shadow", ack("u", 3))])
+    assert comparator.counts[("answer", "mismatch")] == 1  # compared, not skipped
+    assert comparator.store.count() == 1
+
+    async def done(game_id: str) -> int:
+        return 3
+
+    assert await comparator.resync("g1", via=done) == 3
     assert comparator.status()["diverged"] == []
     await comparator.stop()
 
