@@ -92,6 +92,14 @@ def proxy(
             "refuses ('quiesce').",
         ),
     ] = 5.0,
+    verify_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds a switch, clients paused, may take to compare the active games on "
+            "both servers before it refuses ('verify').",
+        ),
+    ] = 10.0,
     drain_timeout: Annotated[
         float,
         typer.Option(
@@ -181,6 +189,7 @@ def proxy(
         comparison.comparator,
         resync=comparison.resync_now,
         quiesce_timeout=quiesce_timeout,
+        verify_timeout=verify_timeout,
         stall_timeout=stall_timeout,
     )
 

@@ -336,3 +336,42 @@ async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
         proxy.stop()
         old.stop()
         new.stop()
+
+
+async def test_the_verification_bound_is_an_option_of_the_proxy(tmp_path: Path):
+    """`stateshift proxy --verify-timeout`: a shadow that stalls on the verification's read
+    (its admin CONNECT is its second message, the read its third), with the stall bound set
+    past it, is refused by the verification's bound as given (it was fixed at 10 s)."""
+    old = ServerProcess(
+        ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl"), "--fault",
+         "stall-after:2"],
+        tmp_path / "old.log",
+    )  # fmt: skip
+    new = ServerProcess(
+        ["serve", "--port", "0", "--db", str(tmp_path / "new.db")], tmp_path / "new.log"
+    )
+    proxy = ServerProcess(
+        proxy_args(
+            old.start(), new.start(), tmp_path / "proxy.db", "--primary", "new",
+            "--answer-timeout", "600", "--sweep-interval", "0",
+            "--stall-timeout", "600", "--verify-timeout", "0.3",
+        ),
+        tmp_path / "proxy.log",
+    )  # fmt: skip
+    try:
+        url = proxy.start()
+        client = await Client.open(f"{url}/v1/games/arena")
+        connected = await client.request(type="CONNECT", id="c", token=token("p0"))
+        assert connected["type"] == "CONNECTED", connected  # the shadow's message 1
+        control_url = admin_url(proxy).replace("http://", "ws://", 1)  # `/v1/control`
+        async with ControlClient(control_url, ADMIN, timeout=timeout(60)) as control:
+            with pytest.raises(ControlError) as refused:
+                await control.request("ROLLBACK", reason="the verification's bound")
+        assert refused.value.extra.get("reason") == "verify", refused.value
+        assert "longer than 0.3 s" in refused.value.message, refused.value
+        await carries_on(client, "after")
+        await leave(client)
+    finally:
+        proxy.stop()
+        old.stop()
+        new.stop()
