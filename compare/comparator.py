@@ -36,8 +36,14 @@ KINDS = ("answer", "broadcast", "snapshot")
 RESULTS = ("match", "mismatch", "unpaired", "diverged")
 SKIP_REASONS = ("version_skew", "not_comparable", "resync")
 
-#: resync one game: returns the version the shadow now has (the primary's)
+#: resync one game: returns the version the shadow now has (the primary's); LookupError when
+#: the primary does not have the game (nothing to copy: not tried again)
 Resync = Callable[[str], Awaitable[int]]
+#: seconds before an automatic resync that failed is tried again (the shadow still down, the
+#: game still busy), doubled at each failure up to RESYNC_RETRY_MAX, while the game is still
+#: diverged or not comparable
+RESYNC_RETRY_FIRST = 2.0
+RESYNC_RETRY_MAX = 60.0
 
 
 class ReadCounter:
@@ -145,6 +151,7 @@ class StateComparator:
         *,
         pair_timeout: float = 10.0,
         resync: Resync | None = None,
+        resync_retry: float = RESYNC_RETRY_FIRST,
     ) -> None:
         self.tap = tap
         self.rules = rules
@@ -159,6 +166,10 @@ class StateComparator:
         self.busy_seconds = 0.0
         self.metrics.busy.read = lambda: self.busy_seconds
         self.resync_game = resync
+        self.resync_retry = resync_retry
+        #: game id -> (when, monotonic; the delay it was given) of its next automatic resync
+        #: after a failed one
+        self._retries: dict[str, tuple[float, float]] = {}
         #: game id -> why it diverged (the finding id)
         self.diverged: dict[str, int] = {}
         #: game id -> why it cannot be compared
@@ -211,6 +222,7 @@ class StateComparator:
             await asyncio.sleep(0.5)
             self.tap.pour()  # notices offered outside a relay turn
             self.expire(time.time())
+            self.retry_resyncs(time.monotonic())
 
     def lag(self) -> float:
         """Seconds since the newest tap record processed was seen (0 before the first)."""
@@ -391,9 +403,17 @@ class StateComparator:
         assert resync_game is not None, "resync is not configured"
         try:
             version = await resync_game(game_id)
-        except Exception:
+        except Exception as exc:
             self.metrics.resync_failures.inc()
-            log.exception("resync of %s failed", game_id)
+            if self.resync_game is not None and not isinstance(exc, LookupError):
+                delay = self._retry_later(game_id)
+                if delay > self.resync_retry:  # logged in full the first time
+                    log.warning("resync of %s failed again (%s); next in %g s", game_id, exc, delay)
+                else:
+                    log.exception("resync of %s failed; tried again in %g s", game_id, delay)
+            else:
+                self._retries.pop(game_id, None)  # nothing to copy from: not tried again
+                log.exception("resync of %s failed", game_id)
             if raise_errors:
                 raise
             return -1
@@ -401,6 +421,7 @@ class StateComparator:
             # cancelled too (a switch's verification that ended): else the game would stay
             # out of every comparison and every resync for good
             self._resyncing.discard(game_id)
+        self._retries.pop(game_id, None)
         self.pairer.forget_game(game_id)
         self.floor[game_id] = version
         self.diverged.pop(game_id, None)
@@ -410,6 +431,24 @@ class StateComparator:
         self.metrics.diverged.set(len(self.diverged))
         self.metrics.not_comparable.set(len(self.not_comparable))
         return version
+
+    def _retry_later(self, game_id: str) -> float:
+        """Schedule the game's next automatic resync after a failed one; the delay."""
+        previous = self._retries.get(game_id)
+        delay = self.resync_retry if previous is None else min(previous[1] * 2, RESYNC_RETRY_MAX)
+        self._retries[game_id] = (time.monotonic() + delay, delay)
+        return delay
+
+    def retry_resyncs(self, now: float) -> None:
+        """Start the automatic resyncs due again (`now`: monotonic) of games still diverged
+        or not comparable; forget those resolved otherwise (a resync on demand)."""
+        for game_id, (due, _) in list(self._retries.items()):
+            if now < due:
+                continue
+            if game_id not in self.diverged and game_id not in self.not_comparable:
+                del self._retries[game_id]
+                continue
+            self._maybe_resync(game_id)
 
     # ----------------------------------------------------------------- reports
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,58 @@ async def test_a_cancelled_resync_leaves_the_game_compared_and_resyncable(tmp_pa
 
     assert await comparator.resync("g1", via=done) == 3
     assert comparator.status()["diverged"] == []
+    await comparator.stop()
+
+
+async def test_a_failed_automatic_resync_is_tried_again_until_it_succeeds(tmp_path: Path) -> None:
+    """With resync on, a game whose shadow was lost is resynced at once, while the shadow is
+    still down: that attempt fails, and it was the only one. The game stayed not comparable
+    for good (skipped by every comparison and every sweep) after the shadow came back. A
+    failed automatic resync is now tried again once due, until one succeeds."""
+    attempts: list[str] = []
+
+    async def flaky(game_id: str) -> int:
+        attempts.append(game_id)
+        if len(attempts) < 3:
+            raise ConnectionError("the shadow is down")
+        return 5
+
+    comparator = comparator_for(tmp_path, resync=flaky)
+    failures = comparator.metrics.resync_failures
+    comparator.mark_not_comparable("g1", "shadow lost")
+    await wait_until(lambda: failures._value.get() == 1, what="the first attempt")
+    comparator.retry_resyncs(time.monotonic())  # not due yet: nothing starts
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert attempts == ["g1"]
+    comparator.retry_resyncs(time.monotonic() + 3600)
+    await wait_until(lambda: failures._value.get() == 2, what="the second attempt")
+    comparator.retry_resyncs(time.monotonic() + 3600)
+    await wait_until(lambda: comparator.resyncs == 1, what="the third attempt")
+    assert attempts == ["g1"] * 3
+    assert comparator.status()["not_comparable"] == []
+    comparator.retry_resyncs(time.monotonic() + 7200)  # resolved: never tried again
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(attempts) == 3
+    await comparator.stop()
+
+
+async def test_a_game_missing_on_the_primary_is_not_resynced_again(tmp_path: Path) -> None:
+    """Nothing to copy from (LookupError: the game is on the shadow only): no retries."""
+    attempts: list[str] = []
+
+    async def missing(game_id: str) -> int:
+        attempts.append(game_id)
+        raise LookupError(f"game {game_id} is not on the primary")
+
+    comparator = comparator_for(tmp_path, resync=missing)
+    comparator.mark_not_comparable("g1", "shadow lost")
+    await wait_until(lambda: comparator.metrics.resync_failures._value.get() == 1)
+    comparator.retry_resyncs(time.monotonic() + 3600)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert attempts == ["g1"]
     await comparator.stop()
 
 

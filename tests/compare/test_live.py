@@ -179,10 +179,10 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
             sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
-        assert {r.getMessage() for r in caplog.records if r.exc_info} >= {
-            "snapshot sweep failed",
-            "resync of arena failed",
-        }
+        logged = {r.getMessage() for r in caplog.records if r.exc_info}
+        assert "snapshot sweep failed" in logged
+        # with resync on, the first failure is logged in full and tried again later
+        assert any(m.startswith("resync of arena failed") for m in logged), logged
         with contextlib.suppress(Exception):
             await client.ws.close()
 
