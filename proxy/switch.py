@@ -645,6 +645,8 @@ class Switchboard:
             "comparisons": delta("comparisons_ok") + mismatches,
             "mismatches": mismatches,
             "diverged": len(compare_status.get("diverged", [])),
+            # every proxy of a fleet sweeps every game: the fleet counts distinct games
+            "diverged_games": list(compare_status.get("diverged", [])),
             "mirrored_connections": status["mirrored_connections"],
             "shadow_connected": status["shadow_connected"],
             "shadow_drops": delta("shadow_drops"),

@@ -6,8 +6,9 @@ never a pass: with fewer comparisons than the minimum the comparisons gate is in
 and so is every gate whose figure cannot be measured (no comparisons, no latency samples).
 `ready` holds only when every gate passes.
 
-Several proxies are one fleet: their counts are summed, their p99 latencies taken at the
-worst, and the window is complete only when it is complete on every proxy.
+Several proxies are one fleet: their counts are summed (diverged games are counted once
+however many proxies found them: each proxy sweeps every game), their p99 latencies taken at
+the worst, and the window is complete only when it is complete on every proxy.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The fleet's figures: counts summed, p99 at the worst proxy, complete only if all are."""
     parts = list(per_proxy)
     out: dict[str, Any] = {key: sum(_number(p, key) for p in parts) for key in COUNTS}
+    named = [p.get("diverged_games") for p in parts]
+    if parts and all(isinstance(games, list) for games in named):
+        out["diverged"] = len({game for games in named for game in games})  # type: ignore[union-attr]
     for key in ("primary_p99", "shadow_p99"):
         samples = [v for v in (_p99(p, key) for p in parts) if v is not None]
         out[key] = max(samples) if samples else None

@@ -137,6 +137,16 @@ def test_several_proxies_sum_counts_and_take_the_worst_p99():
     assert gates["shadow_latency"].result == "fail"
 
 
+def test_a_game_diverged_on_every_proxy_counts_once_for_the_fleet():
+    """Every proxy sweeps every game: a game diverged on both proxies of a fleet was counted
+    twice (350 games read "diverged games 700" with 2 proxies)."""
+    a = healthy(diverged=2, diverged_games=["g1", "g2"])
+    b = healthy(diverged=2, diverged_games=["g2", "g3"])
+    assert combine([a, b])["diverged"] == 3
+    # a proxy that does not name its games (an older one): the sum, the safe side
+    assert combine([a, healthy(diverged=2)])["diverged"] == 4
+
+
 def test_thresholds_load_from_toml_and_flags_override(tmp_path: Path):
     config = tmp_path / "stateshift.toml"
     config.write_text("[readiness]\nmin_comparisons = 50\nmax_latency_ratio = 3\nwindow = 60\n")
