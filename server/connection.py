@@ -54,6 +54,8 @@ class MessageConnection(ServerConnection):
         # per header field) gets whatever else arrives, and everything while it is in the
         # middle of a frame.
         on_message = self._on_message
+        if self._failing is not None:
+            on_message = None  # being failed: websockets' parser gets it (to read the close)
         if on_message is not None and self._parser.between_frames(self.protocol):
             data = take_simple_frames(data, True, self.protocol, on_message)
             if not data:
@@ -68,6 +70,8 @@ class MessageConnection(ServerConnection):
         assert isinstance(event, Frame)
         opcode = event.opcode
         if opcode is TEXT or opcode is BINARY or opcode is CONT:
+            if self._failing is not None:
+                return  # the connection is being failed: nothing after that is a message
             try:
                 message = self._fragments.add(event)
             except TooManyFragments:
