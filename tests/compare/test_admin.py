@@ -131,3 +131,29 @@ async def test_rate_limited_requests_are_retried_after_the_servers_delay(
         assert states == [None] * 30
     finally:
         await server.stop()
+
+
+async def test_a_long_read_past_the_burst_is_paced_not_refused_request_after_request(
+    tmp_path: Path,
+) -> None:
+    """A sweep reads every game, one after the other, on one connection. Past the burst
+    every read was refused once before it went through (the server's delay, then at once
+    the next read): as many ERRORs in the server's metrics as reads, enough to close the
+    connection 4429 (more than 200 refusals in 10 s) with a few hundred games. The client
+    now paces its requests by the time the server says it needs for one message."""
+    server = StateServer(
+        ServerSettings(db=tmp_path / "paced.db", secret=TEST_SECRET, port=0, rate=200, burst=5)
+    )
+    await server.start()
+    try:
+        async with AdminClient(server.url, ADMIN) as admin:
+            for n in range(200):
+                assert await admin.get_state(f"none{n}") is None
+        refused = server.metrics.registry.get_sample_value(
+            "stateshift_server_errors_total", {"code": "RATE_LIMITED"}
+        )
+        # once per read past the burst (about 195) before; about one in 15 paced
+        assert refused is not None
+        assert refused <= 40, refused
+    finally:
+        await server.stop()
