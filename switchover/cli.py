@@ -327,7 +327,9 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             float | None,
             typer.Option(
                 help="Watch the gates for this many seconds after the flip; roll back on a "
-                "failing gate (inconclusive is not a breach)."
+                "failing gate (inconclusive is not a breach): the mismatch ratio, diverged "
+                "games, and the new server's p99 against the old one's; not the shadow's "
+                "health (the old server's: no reason to go back to it)."
             ),
         ] = None,
         check_every: Annotated[

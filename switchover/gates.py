@@ -290,6 +290,47 @@ def ready(gates: Iterable[Gate]) -> bool:
     return verdict(gates) == "pass"
 
 
+#: gates on the shadow's health: after a flip the shadow is the old server, and it being
+#: down, dropping or slow is no reason to go back to it (a rollback onto it fails, or lands
+#: the clients on a server that just came back, or on the slower one)
+SHADOW_HEALTH: Final = ("shadow_connected", "shadow_drops", "shadow_latency")
+
+
+def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
+    """The gates a flip is watched on, a failing one rolls it back: the servers' agreement
+    (mismatch ratio, diverged games) and the new server's latency, now the primary's, against
+    the old server's, now the shadow's (`primary_latency`). Not the shadow's health
+    (`SHADOW_HEALTH`): that is the old server's."""
+    gates = [g for g in evaluate(figures, thresholds) if g.name not in SHADOW_HEALTH]
+    primary_p99 = _p99(figures, "primary_p99")
+    shadow_p99 = _p99(figures, "shadow_p99")
+    if primary_p99 is None or shadow_p99 is None:
+        missing = "primary" if primary_p99 is None else "shadow"
+        gates.append(
+            Gate(
+                "primary_latency",
+                primary_p99,
+                None,
+                "inconclusive",
+                f"no {missing} answer latency samples in the window",
+            )
+        )
+        return gates
+    bound = thresholds.max_latency_ratio * shadow_p99
+    ok = primary_p99 <= bound
+    gates.append(
+        Gate(
+            "primary_latency",
+            primary_p99,
+            bound,
+            "pass" if ok else "fail",
+            f"primary (new) p99 {primary_p99 * 1000:.1f} ms {'≤' if ok else '>'} "
+            f"{thresholds.max_latency_ratio:g} x shadow (old) p99 {shadow_p99 * 1000:.1f} ms",
+        )
+    )
+    return gates
+
+
 def breached(gates: Iterable[Gate]) -> list[Gate]:
     """The gates that fail (inconclusive is not a breach: absence of evidence after a flip is
     not evidence of harm)."""

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from stateshift.control import ControlClient, ControlError
-from switchover.gates import Gate, Thresholds, breached, combine, evaluate
+from switchover.gates import Gate, Thresholds, after_flip, breached, combine
 
 #: seconds a prepared proxy stays paused waiting for COMMIT before it aborts by itself
 DEFAULT_HOLD: Final = 10.0
@@ -390,7 +390,8 @@ class Fleet:
     ) -> Breach | None:
         """Re-check the gates every `every` seconds for `duration` seconds after a flip; the
         first round where a gate fails is a breach. The window covers only the time since the
-        flip, so figures from before it cannot hide a regression."""
+        flip, so figures from before it cannot hide a regression. The gates are those of
+        `after_flip`: the new server is judged, not the old one (the shadow now)."""
         started = time.monotonic()
         while True:
             await asyncio.sleep(min(every, max(0.0, started + duration - time.monotonic())))
@@ -400,7 +401,7 @@ class Fleet:
             except ControlError:
                 gates: list[Gate] = []  # a missed round is not a breach; the next one counts
             else:
-                gates = evaluate(figures, thresholds)
+                gates = after_flip(figures, thresholds)
                 failing = breached(gates)
                 if failing:
                     return Breach(failing, figures, per_proxy, elapsed)

@@ -260,24 +260,28 @@ async def test_a_two_proxy_flip_aborts_on_the_other_when_one_cannot_prepare(
 async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
     tmp_path: Path,
 ):
-    """The old server answers slowly: fine as the primary, a latency breach as the shadow.
+    """The new server answers slowly: fine as the shadow, a latency breach as the primary
+    (its p99 over twice the old server's): the flip is rolled back.
 
     The players are paced below what the slow server can absorb (one update at a time per
-    game, 40 ms each), so that the shadow does not fall ever further behind. On a starved
-    machine it may still lag past the pairing timeout, and the unpaired answers then breach
-    the mismatch gates as well: the latency gate must be among the breaches, not the only one.
-    """
+    game, 40 ms each), so that it does not fall ever further behind as the shadow. On a
+    starved machine it may still lag past the pairing timeout, and the unpaired answers then
+    breach the mismatch gates as well: the latency gate must be among the breaches, not the
+    only one."""
     import contextlib
 
     from tests.proxy.conftest import start_legacy
 
     async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path, "slow:40")
+        old = await start_legacy(tmp_path)
         exits.push_async_callback(old.stop)
         new = await start_new(tmp_path)
         exits.push_async_callback(new.stop)
+        # the new server, slow: a reference server with the `slow` fault in its place
+        slow_new = await start_legacy(tmp_path, "slow:40", name="slow-new")
+        exits.push_async_callback(slow_new.stop)
         stack = Stack(tmp_path, exits, old, new)
-        proxy = await stack.add_proxy()
+        proxy = await stack.add_proxy(new_url=slow_new.url)
         players = start_players(proxy.proxy.url, games=1, per_game=3, pace=0.2)
         await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
         outcome = await cli(
@@ -297,14 +301,53 @@ async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
         doc = outcome.doc
         assert doc["switch"]["ok"] is True  # the flip itself worked
         breach = doc["auto_rollback"]
-        assert "shadow_latency" in [g["name"] for g in breach["breached"]], breach
+        assert "primary_latency" in [g["name"] for g in breach["breached"]], breach
         assert breach["rollback"]["ok"] is True
         assert proxy.route().primary == "old"
         events = await proxy.history()
         assert [e["kind"] for e in events[:3]] == ["auto-rollback", "rollback", "commit"]
         (recorded,) = [e for e in events if e["kind"] == "auto-rollback"]
         assert recorded["result"] == "ok"
-        assert recorded["details"]["figures"]["shadow_p99"] > 0
+        assert recorded["details"]["figures"]["primary_p99"] > 0
+        codes = await players.finish()
+        assert codes == [1000] * 3
+
+
+async def test_a_slow_old_server_after_the_flip_is_no_reason_to_roll_back_to_it(
+    tmp_path: Path,
+):
+    """The old server answers slowly: after the flip it is the shadow, over twice the new
+    primary's p99. That failed the `shadow_latency` gate, and the watch rolled the clients
+    back onto the slow server. The watch judges the new server: no breach."""
+    import contextlib
+
+    from tests.proxy.conftest import start_legacy
+
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, "slow:40")
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        stack = Stack(tmp_path, exits, old, new)
+        proxy = await stack.add_proxy()
+        players = start_players(proxy.proxy.url, games=1, per_game=3, pace=0.2)
+        await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
+        outcome = await cli(
+            "flip",
+            "--proxy",
+            proxy.admin,
+            "--force",
+            "--auto-rollback",
+            "4",
+            "--check-every",
+            "0.5",
+            "--min-comparisons",
+            "1",
+            "--json",
+        )
+        assert outcome.code == 0, outcome
+        assert "auto_rollback" not in outcome.doc
+        assert proxy.route().primary == "new"
         codes = await players.finish()
         assert codes == [1000] * 3
 

@@ -12,6 +12,7 @@ from switchover.gates import (
     Gate,
     Thresholds,
     ThresholdsError,
+    after_flip,
     breached,
     combine,
     evaluate,
@@ -145,6 +146,30 @@ def test_a_game_diverged_on_every_proxy_counts_once_for_the_fleet():
     assert combine([a, b])["diverged"] == 3
     # a proxy that does not name its games (an older one): the sum, the safe side
     assert combine([a, healthy(diverged=2)])["diverged"] == 4
+
+
+def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
+    """After a flip the shadow is the old server: its drops, its lost connections or its
+    slowness are no reason to roll back onto it; the new primary slower than it is."""
+    old_unwell = healthy(
+        mirrored_connections=20, shadow_connected=12, shadow_drops=8, shadow_p99=0.5
+    )
+    assert {g.result for g in evaluate(old_unwell, Thresholds()) if g.name != "comparisons"} == {
+        "pass",
+        "fail",
+    }
+    watched = by_name(after_flip(old_unwell, Thresholds()))
+    assert set(watched) == {"comparisons", "mismatch_ratio", "diverged", "primary_latency"}
+    assert breached(watched.values()) == []
+    new_slow = by_name(after_flip(healthy(primary_p99=0.05, shadow_p99=0.02), Thresholds()))
+    assert [g.name for g in breached(new_slow.values())] == ["primary_latency"]
+    assert "primary (new) p99 50.0 ms > 2 x shadow (old) p99 20.0 ms" in (
+        new_slow["primary_latency"].detail
+    )
+    diverged = after_flip(healthy(diverged=1), Thresholds())
+    assert [g.name for g in breached(diverged)] == ["diverged"]
+    no_samples = by_name(after_flip(healthy(shadow_p99=None), Thresholds()))
+    assert no_samples["primary_latency"].result == "inconclusive"
 
 
 def test_thresholds_load_from_toml_and_flags_override(tmp_path: Path):
