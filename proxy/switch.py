@@ -573,6 +573,7 @@ class Switchboard:
     def _read(self) -> tuple[dict[str, float], dict[str, list[float]]]:
         registry = self.proxy.metrics.registry
         counters: dict[str, float] = {}
+        #: by role, and by role and upstream ("primary old", …)
         buckets: dict[str, list[float]] = {"primary": [], "shadow": []}
         bucket_bounds: list[float] = []
         for family in registry.collect():
@@ -591,13 +592,14 @@ class Switchboard:
                 elif name == "stateshift_upstream_latency_seconds_bucket":
                     role = labels["role"]
                     bound = float(labels["le"])
-                    series = buckets[role]
                     if bound not in bucket_bounds:
                         bucket_bounds.append(bound)
                     index = bucket_bounds.index(bound)
-                    while len(series) <= index:
-                        series.append(0.0)
-                    series[index] += sample.value
+                    for key in (role, f"{role} {labels['upstream']}"):
+                        series = buckets.setdefault(key, [])
+                        while len(series) <= index:
+                            series.append(0.0)
+                        series[index] += sample.value
         buckets["bounds"] = bucket_bounds
         return counters, buckets
 
@@ -624,7 +626,7 @@ class Switchboard:
 
         def p99(role: str) -> float | None:
             bounds = buckets["bounds"]
-            now_series = buckets[role]
+            now_series = buckets.get(role, [])
             then = base_buckets.get(role, [])
             series = [v - (then[i] if i < len(then) else 0.0) for i, v in enumerate(now_series)]
             if not series or series[-1] <= 0:
@@ -652,6 +654,12 @@ class Switchboard:
             "shadow_drops": delta("shadow_drops"),
             "primary_p99": p99("primary"),
             "shadow_p99": p99("shadow"),
+            # by upstream: under a ramp each server is primary for some games
+            **{
+                f"{role}_{upstream}_p99": p99(f"{role} {upstream}")
+                for role in ("primary", "shadow")
+                for upstream in ("old", "new")
+            },
             "complete": now - self._started >= window,
         }
 

@@ -86,10 +86,21 @@ MaxShadowDropsOpt = Annotated[
 MaxLatencyRatioOpt = Annotated[
     float | None,
     typer.Option(
-        help="Highest ratio of the shadow's p99 answer latency to the primary's "
+        help="Highest ratio of the shadow's p99 answer latency to the primary's; while "
+        "watching a switch, of the new server's to the old one's "
         f"(default {_BARS.max_latency_ratio:g})."
     ),
 ]
+AutoRollbackOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Watch the gates for this many seconds after the switch; switch back on a "
+        "failing gate (inconclusive is not a breach): the mismatch ratio, diverged games, "
+        "and the new server's p99 as a primary against the old one's; not the shadow's "
+        "health (after a flip, the old server's: no reason to go back to it)."
+    ),
+]
+CheckEveryOpt = Annotated[float, typer.Option(help="Seconds between checks while watching.")]
 
 
 class Usage(Exception):
@@ -323,18 +334,8 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             bool, typer.Option(help="Flip even when the check does not pass (recorded).")
         ] = False,
         reason: ReasonOpt = "",
-        auto_rollback: Annotated[
-            float | None,
-            typer.Option(
-                help="Watch the gates for this many seconds after the flip; roll back on a "
-                "failing gate (inconclusive is not a breach): the mismatch ratio, diverged "
-                "games, and the new server's p99 against the old one's; not the shadow's "
-                "health (the old server's: no reason to go back to it)."
-            ),
-        ] = None,
-        check_every: Annotated[
-            float, typer.Option(help="Seconds between checks while watching.")
-        ] = 5.0,
+        auto_rollback: AutoRollbackOpt = None,
+        check_every: CheckEveryOpt = 5.0,
         window: WindowOpt = None,
         config: ConfigOpt = None,
         min_comparisons: MinComparisonsOpt = None,
@@ -355,10 +356,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         or failed and aborted, or rolled back after a breach; 3 refused as inconclusive;
         2 usage or connection error (nothing changed).
         """
-        if auto_rollback is not None and not 0 < auto_rollback < math.inf:
-            raise typer.BadParameter("--auto-rollback must be a positive number of seconds")
-        if not 0 < check_every < math.inf:
-            raise typer.BadParameter("--check-every must be positive")
+        _check_watch(auto_rollback, check_every)
         thresholds = _thresholds(
             config,
             window=window,
@@ -387,7 +385,15 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 if auto_rollback is None:
                     return _finish(out, doc, OK)
                 return await _watch(
-                    fleet, out, thresholds, auto_rollback, check_every, hold, reason, doc
+                    fleet,
+                    out,
+                    thresholds,
+                    auto_rollback,
+                    check_every,
+                    hold,
+                    reason,
+                    doc,
+                    back=(target("old"), "rollback", "rolled back"),
                 )
 
         run(as_json, token, proxy, body)
@@ -456,6 +462,8 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         max_diverged: MaxDivergedOpt = None,
         max_shadow_drops: MaxShadowDropsOpt = None,
         max_latency_ratio: MaxLatencyRatioOpt = None,
+        auto_rollback: AutoRollbackOpt = None,
+        check_every: CheckEveryOpt = 5.0,
         hold: HoldOpt = DEFAULT_HOLD,
         timeout: TimeoutOpt = 30.0,
     ) -> None:
@@ -464,11 +472,14 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         Games are chosen by a stable hash of the game id, the same on every proxy, and every
         proxy moves together. Raising the share needs the readiness check
         (like flip); lowering it does not (like rollback). 100 is a flip, 0 a rollback.
+        With --auto-rollback, a raised share is watched like a flip and, on a breach, ramped
+        back to the share before it.
 
         Exit codes as for flip.
         """
         if not 0.0 <= percent <= 100.0 or math.isnan(percent):
             raise typer.BadParameter("PERCENT must be from 0 to 100")
+        _check_watch(auto_rollback, check_every)
         thresholds = _thresholds(
             config,
             window=window,
@@ -500,6 +511,20 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     resync=not raising,  # lowering the share is a (partial) rollback
                 )
                 _show_switch(out, doc, report, f"ramp to {percent:g}%")
+                if report.ok and raising and auto_rollback is not None:
+                    # back to where the fleet was: the lowest share before (all alike)
+                    before = min((_share(r) for r in (routes or {}).values()), default=0.0)
+                    return await _watch(
+                        fleet,
+                        out,
+                        thresholds,
+                        auto_rollback,
+                        check_every,
+                        hold,
+                        reason,
+                        doc,
+                        back=(target("old", before), "ramp", f"ramped back to {before:g}%"),
+                    )
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
 
         run(as_json, token, proxy, body)
@@ -732,6 +757,13 @@ async def _gatekeep(
     return _finish(out, doc, _code(readiness["result"]))
 
 
+def _check_watch(auto_rollback: float | None, check_every: float) -> None:
+    if auto_rollback is not None and not 0 < auto_rollback < math.inf:
+        raise typer.BadParameter("--auto-rollback must be a positive number of seconds")
+    if not 0 < check_every < math.inf:
+        raise typer.BadParameter("--check-every must be positive")
+
+
 async def _watch(
     fleet: Fleet,
     out: Output,
@@ -741,19 +773,23 @@ async def _watch(
     hold: float,
     reason: str,
     doc: dict[str, Any],
+    *,
+    back: tuple[dict[str, Any], str, str],
 ) -> int:
-    """After a flip: watch the gates; roll back every proxy on the first failing gate."""
+    """After a flip or a raised ramp: watch the gates (`gates.after_flip`); on the first
+    failing one, switch every proxy `back` (the route, the switch's kind, what it did)."""
+    route, kind, done = back
     if not out.as_json:
         out.console.print(f"watching the gates for {duration:g} s (every {every:g} s)")
     breach = await fleet.watch(thresholds, duration, every)
     if breach is None:
-        doc.update(ok=True, message=f"flipped; no breach in {duration:g} s")
+        doc.update(ok=True, message=f"switched; no breach in {duration:g} s")
         return _finish(out, doc, OK)
     names = ", ".join(g.name for g in breach.gates)
     if not out.as_json:
-        out.gates(breach.gates, f"breach {breach.after:.1f} s after the flip")
+        out.gates(breach.gates, f"breach {breach.after:.1f} s after the switch")
     report = await fleet.switch(
-        target("old"), reason=f"auto-rollback: {names}", kind="rollback", hold=hold, resync=True
+        route, reason=f"auto-rollback: {names}", kind=kind, hold=hold, resync=True
     )
     details = {
         "reason": reason,
@@ -769,7 +805,7 @@ async def _watch(
         out.switch(report, "auto-rollback")
     doc.update(
         ok=False,
-        message=f"breach ({names}): rolled back"
+        message=f"breach ({names}): {done}"
         if report.ok
         else f"breach ({names}): ROLLBACK FAILED: {report.message}",
     )

@@ -35,6 +35,18 @@ COUNTS: Final = (
 )
 
 
+#: the p99 answer latencies of a `FIGURES` answer (seconds): by role, then by role and
+#: upstream; the fleet's is the worst proxy's
+P99_KEYS: Final = (
+    "primary_p99",
+    "shadow_p99",
+    "primary_old_p99",
+    "primary_new_p99",
+    "shadow_old_p99",
+    "shadow_new_p99",
+)
+
+
 class ThresholdsError(ValueError):
     """A readiness configuration that cannot be used (unknown key, wrong type, bad value)."""
 
@@ -146,7 +158,7 @@ def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     named = [p.get("diverged_games") for p in parts]
     if parts and all(isinstance(games, list) for games in named):
         out["diverged"] = len({game for games in named for game in games})  # type: ignore[union-attr]
-    for key in ("primary_p99", "shadow_p99"):
+    for key in P99_KEYS:
         samples = [v for v in (_p99(p, key) for p in parts) if v is not None]
         out[key] = max(samples) if samples else None
     windows = [p["window"] for p in parts if isinstance(p.get("window"), int | float)]
@@ -297,35 +309,45 @@ SHADOW_HEALTH: Final = ("shadow_connected", "shadow_drops", "shadow_latency")
 
 
 def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
-    """The gates a flip is watched on, a failing one rolls it back: the servers' agreement
-    (mismatch ratio, diverged games) and the new server's latency, now the primary's, against
-    the old server's, now the shadow's (`primary_latency`). Not the shadow's health
-    (`SHADOW_HEALTH`): that is the old server's."""
+    """The gates a flip or a ramp is watched on, a failing one rolls it back: the servers'
+    agreement (mismatch ratio, diverged games) and `primary_latency`: the new server's p99
+    as a primary against the old server's (as a primary under a ramp, as the shadow after a
+    flip). Not the shadow's health (`SHADOW_HEALTH`): after a flip that is the old server's."""
     gates = [g for g in evaluate(figures, thresholds) if g.name not in SHADOW_HEALTH]
-    primary_p99 = _p99(figures, "primary_p99")
-    shadow_p99 = _p99(figures, "shadow_p99")
-    if primary_p99 is None or shadow_p99 is None:
-        missing = "primary" if primary_p99 is None else "shadow"
+    new_p99 = _p99(figures, "primary_new_p99")
+    old_p99 = _p99(figures, "primary_old_p99")
+    old_role = "primary"
+    if "primary_new_p99" not in figures:  # a proxy that does not split them by upstream
+        new_p99, old_p99, old_role = (
+            _p99(figures, "primary_p99"),
+            _p99(figures, "shadow_p99"),
+            "shadow",
+        )
+    elif old_p99 is None:  # after a flip: the old server is only the shadow
+        old_p99, old_role = _p99(figures, "shadow_old_p99"), "shadow"
+    if new_p99 is None or old_p99 is None:
+        missing = "new server's (as a primary)" if new_p99 is None else "old server's"
         gates.append(
             Gate(
                 "primary_latency",
-                primary_p99,
+                new_p99,
                 None,
                 "inconclusive",
                 f"no {missing} answer latency samples in the window",
             )
         )
         return gates
-    bound = thresholds.max_latency_ratio * shadow_p99
-    ok = primary_p99 <= bound
+    bound = thresholds.max_latency_ratio * old_p99
+    ok = new_p99 <= bound
     gates.append(
         Gate(
             "primary_latency",
-            primary_p99,
+            new_p99,
             bound,
             "pass" if ok else "fail",
-            f"primary (new) p99 {primary_p99 * 1000:.1f} ms {'≤' if ok else '>'} "
-            f"{thresholds.max_latency_ratio:g} x shadow (old) p99 {shadow_p99 * 1000:.1f} ms",
+            f"new server p99 {new_p99 * 1000:.1f} ms as a primary {'≤' if ok else '>'} "
+            f"{thresholds.max_latency_ratio:g} x old server p99 {old_p99 * 1000:.1f} ms "
+            f"(as the {old_role})",
         )
     )
     return gates

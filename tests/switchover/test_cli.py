@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from proxy.route import Route
 from tests.proxy.conftest import Client, start_new, token
 from tests.support import timeout, wait_until
 from tests.switchover.conftest import (
@@ -350,6 +351,56 @@ async def test_a_slow_old_server_after_the_flip_is_no_reason_to_roll_back_to_it(
         assert proxy.route().primary == "new"
         codes = await players.finish()
         assert codes == [1000] * 3
+
+
+async def test_a_raised_ramp_is_watched_and_ramped_back_on_a_breach(tmp_path: Path):
+    """`ramp --auto-rollback`: the new server answers slowly; under a 50 % ramp it is the
+    primary of game1 (game0 stays on the old server): its p99 as a primary, over twice the
+    old server's, is a breach, and the share goes back to where it was (0 %)."""
+    import contextlib
+
+    from tests.proxy.conftest import start_legacy
+
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path)
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        slow_new = await start_legacy(tmp_path, "slow:40", name="slow-new")
+        exits.push_async_callback(slow_new.stop)
+        stack = Stack(tmp_path, exits, old, new)
+        proxy = await stack.add_proxy(new_url=slow_new.url)
+        ramp = Route(primary="old", ramp=50.0)
+        assert [ramp.primary_for(g) for g in ("game0", "game1")] == ["old", "new"]
+        players = start_players(proxy.proxy.url, games=2, per_game=2, pace=0.2)
+        await wait_until(lambda: players.total() >= 8, within=timeout(20), what="traffic")
+        outcome = await cli(
+            "ramp",
+            "50",
+            "--proxy",
+            proxy.admin,
+            "--force",
+            "--auto-rollback",
+            "20",
+            "--check-every",
+            "0.5",
+            "--min-comparisons",
+            "1",
+            "--json",
+        )
+        assert outcome.code == 1, outcome
+        doc = outcome.doc
+        assert doc["switch"]["ok"] is True  # the ramp itself worked
+        breach = doc["auto_rollback"]
+        assert "primary_latency" in [g["name"] for g in breach["breached"]], breach
+        assert breach["rollback"]["ok"] is True
+        assert doc["message"].endswith("ramped back to 0%"), doc["message"]
+        assert proxy.route() == Route(primary="old")
+        events = await proxy.history()
+        assert events[0]["kind"] == "auto-rollback"
+        assert events[0]["result"] == "ok"
+        codes = await players.finish()
+        assert codes == [1000] * 4
 
 
 async def test_finalize_needs_a_flip_and_a_confirmation_and_ends_rollback(stack: Stack):

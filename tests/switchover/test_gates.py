@@ -151,8 +151,9 @@ def test_a_game_diverged_on_every_proxy_counts_once_for_the_fleet():
 def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
     """After a flip the shadow is the old server: its drops, its lost connections or its
     slowness are no reason to roll back onto it; the new primary slower than it is."""
+    flipped = {"primary_new_p99": 0.01, "primary_old_p99": None, "shadow_old_p99": 0.5}
     old_unwell = healthy(
-        mirrored_connections=20, shadow_connected=12, shadow_drops=8, shadow_p99=0.5
+        mirrored_connections=20, shadow_connected=12, shadow_drops=8, shadow_p99=0.5, **flipped
     )
     assert {g.result for g in evaluate(old_unwell, Thresholds()) if g.name != "comparisons"} == {
         "pass",
@@ -161,15 +162,34 @@ def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
     watched = by_name(after_flip(old_unwell, Thresholds()))
     assert set(watched) == {"comparisons", "mismatch_ratio", "diverged", "primary_latency"}
     assert breached(watched.values()) == []
-    new_slow = by_name(after_flip(healthy(primary_p99=0.05, shadow_p99=0.02), Thresholds()))
-    assert [g.name for g in breached(new_slow.values())] == ["primary_latency"]
-    assert "primary (new) p99 50.0 ms > 2 x shadow (old) p99 20.0 ms" in (
-        new_slow["primary_latency"].detail
+    new_slow = by_name(
+        after_flip(
+            healthy(**{**flipped, "primary_new_p99": 0.05, "shadow_old_p99": 0.02}), Thresholds()
+        )
     )
-    diverged = after_flip(healthy(diverged=1), Thresholds())
+    assert [g.name for g in breached(new_slow.values())] == ["primary_latency"]
+    assert new_slow["primary_latency"].detail == (
+        "new server p99 50.0 ms as a primary > 2 x old server p99 20.0 ms (as the shadow)"
+    )
+    diverged = after_flip(healthy(diverged=1, **flipped), Thresholds())
     assert [g.name for g in breached(diverged)] == ["diverged"]
-    no_samples = by_name(after_flip(healthy(shadow_p99=None), Thresholds()))
+    no_samples = by_name(after_flip(healthy(**{**flipped, "shadow_old_p99": None}), Thresholds()))
     assert no_samples["primary_latency"].result == "inconclusive"
+
+
+def test_under_a_ramp_the_new_server_is_judged_against_the_old_one_as_a_primary():
+    """Under a ramp each server is primary for some games: their latencies as primaries
+    are compared (the old server's as the shadow is not the reference then)."""
+    ramped = healthy(primary_new_p99=0.05, primary_old_p99=0.02, shadow_old_p99=0.2)
+    gate = by_name(after_flip(ramped, Thresholds()))["primary_latency"]
+    assert gate.result == "fail"
+    assert gate.detail.endswith("old server p99 20.0 ms (as the primary)")
+    # a proxy that reports no latency by upstream: the new primary against the shadow
+    older = by_name(after_flip(healthy(primary_p99=0.05, shadow_p99=0.02), Thresholds()))
+    assert older["primary_latency"].result == "fail"
+    # the fleet's figure is the worst proxy's, by upstream too
+    fleet = combine([healthy(primary_new_p99=0.01), healthy(primary_new_p99=0.03)])
+    assert fleet["primary_new_p99"] == 0.03
 
 
 def test_thresholds_load_from_toml_and_flags_override(tmp_path: Path):
