@@ -649,6 +649,8 @@ class Switchboard:
             "diverged": len(compare_status.get("diverged", [])),
             # every proxy of a fleet sweeps every game: the fleet counts distinct games
             "diverged_games": list(compare_status.get("diverged", [])),
+            "not_comparable": len(compare_status.get("not_comparable", [])),
+            "not_comparable_games": list(compare_status.get("not_comparable", [])),
             "mirrored_connections": status["mirrored_connections"],
             "shadow_connected": status["shadow_connected"],
             "shadow_drops": delta("shadow_drops"),

@@ -29,6 +29,7 @@ COUNTS: Final = (
     "comparisons",
     "mismatches",
     "diverged",
+    "not_comparable",
     "mirrored_connections",
     "shadow_connected",
     "shadow_drops",
@@ -155,9 +156,13 @@ def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The fleet's figures: counts summed, p99 at the worst proxy, complete only if all are."""
     parts = list(per_proxy)
     out: dict[str, Any] = {key: sum(_number(p, key) for p in parts) for key in COUNTS}
-    named = [p.get("diverged_games") for p in parts]
-    if parts and all(isinstance(games, list) for games in named):
-        out["diverged"] = len({game for games in named for game in games})  # type: ignore[union-attr]
+    for count, listed in (
+        ("diverged", "diverged_games"),
+        ("not_comparable", "not_comparable_games"),
+    ):
+        named = [p.get(listed) for p in parts]
+        if parts and all(isinstance(games, list) for games in named):
+            out[count] = len({game for games in named for game in games})  # type: ignore[union-attr]
     for key in P99_KEYS:
         samples = [v for v in (_p99(p, key) for p in parts) if v is not None]
         out[key] = max(samples) if samples else None
@@ -234,6 +239,20 @@ def evaluate(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
 
     diverged = _number(figures, "diverged")
     gates.append(_at_most("diverged", diverged, thresholds.max_diverged, "diverged games"))
+
+    # a game the proxy could not mirror faithfully has no evidence until it is resynced
+    unjudged = _number(figures, "not_comparable")
+    gates.append(
+        Gate("comparable", unjudged, 0, "pass", "every game comparable")
+        if unjudged == 0
+        else Gate(
+            "comparable",
+            unjudged,
+            0,
+            "inconclusive",
+            f"{unjudged} games not comparable until resynced (`compare status` names them)",
+        )
+    )
 
     mirrored = _number(figures, "mirrored_connections")
     connected = _number(figures, "shadow_connected")

@@ -49,6 +49,7 @@ def test_healthy_figures_pass_every_gate():
         "comparisons",
         "mismatch_ratio",
         "diverged",
+        "comparable",
         "shadow_connected",
         "shadow_drops",
         "shadow_latency",
@@ -160,7 +161,13 @@ def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
         "fail",
     }
     watched = by_name(after_flip(old_unwell, Thresholds()))
-    assert set(watched) == {"comparisons", "mismatch_ratio", "diverged", "primary_latency"}
+    assert set(watched) == {
+        "comparisons",
+        "mismatch_ratio",
+        "diverged",
+        "comparable",
+        "primary_latency",
+    }
     assert breached(watched.values()) == []
     new_slow = by_name(
         after_flip(
@@ -190,6 +197,19 @@ def test_under_a_ramp_the_new_server_is_judged_against_the_old_one_as_a_primary(
     # the fleet's figure is the worst proxy's, by upstream too
     fleet = combine([healthy(primary_new_p99=0.01), healthy(primary_new_p99=0.03)])
     assert fleet["primary_new_p99"] == 0.03
+
+
+def test_games_not_comparable_leave_readiness_inconclusive():
+    """A game the proxy could not mirror faithfully (its shadow lost, a gap) is not compared
+    until it is resynced: no evidence, so not ready. `check` said READY with such games
+    left (their resync had failed), and the flip's own verification then refused."""
+    gates = by_name(evaluate(healthy(not_comparable=2), Thresholds()))
+    assert gates["comparable"].result == "inconclusive"
+    assert "2 games not comparable" in gates["comparable"].detail
+    assert verdict(gates.values()) == "inconclusive"
+    a = healthy(not_comparable=1, not_comparable_games=["g1"])
+    b = healthy(not_comparable=1, not_comparable_games=["g1"])
+    assert combine([a, b])["not_comparable"] == 1
 
 
 def test_thresholds_load_from_toml_and_flags_override(tmp_path: Path):
