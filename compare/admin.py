@@ -89,6 +89,12 @@ class AdminClient:
     ) -> None:
         await self.close()
 
+    def abandon(self) -> None:
+        """Drop the connection at once, without a closing handshake (nothing awaited)."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.abandon()
+
     async def close(self) -> None:
         """Close the connection."""
         channel, self._channel = self._channel, None

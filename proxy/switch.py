@@ -55,9 +55,9 @@ GAMES_PER_CONNECTION = 48
 #: the most admin connections a verification opens to each server (past
 #: MAX_CONNECTIONS x GAMES_PER_CONNECTION games, reads may wait for the rate limit)
 MAX_CONNECTIONS = 64
-#: games compared at once (a GET_STATE to each server each): enough to keep both servers
-#: busy, few enough that a read's wait in their queues stays far below `stall_timeout`
-IN_FLIGHT = 64
+#: reads under way at once to each server, at least: one per admin connection, so that a
+#: read's `stall_timeout` covers its own answer, not a queue of the switch's own reads
+READERS = 16
 
 
 class SwitchError(Exception):
@@ -105,6 +105,16 @@ async def all_or_first_error(awaitables: Iterable[Awaitable[None]]) -> None:
             raise failure
 
 
+#: the most game ids a FIGURES answer lists (a mass divergence must not outgrow an answer:
+#: past it the list is null, and a fleet sums the counts instead)
+MAX_NAMED = 10_000
+
+
+def named(games: list[str]) -> list[str] | None:
+    """Game ids for a FIGURES answer, or None past MAX_NAMED."""
+    return list(games) if len(games) <= MAX_NAMED else None
+
+
 def number(value: object) -> TypeGuard[int | float]:
     """A JSON number that is one: finite, and not a boolean (`true` is an int in Python)."""
     return (type(value) is int or type(value) is float) and math.isfinite(value)
@@ -148,6 +158,8 @@ class Switchboard:
         )
         self._started = time.monotonic()
         self._sampler: asyncio.Task[None] | None = None
+        #: the closing of verifications' admin connections, in the background
+        self._closing: set[asyncio.Future[Any]] = set()
         for name, command in (
             ("FIGURES", self._figures),
             ("PREPARE", self._prepare),
@@ -169,6 +181,8 @@ class Switchboard:
         """Stop sampling; a pending prepare is aborted."""
         if self.prepared is not None:
             self._resume(self.prepared.previous)
+        for closing in list(self._closing):
+            closing.cancel()
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -342,30 +356,43 @@ class Switchboard:
         self.proxy.set_route(route)
         self.proxy.gate.set()
 
-    async def _servers(
-        self, exits: contextlib.AsyncExitStack, count: int = 1
-    ) -> list[tuple[AdminClient, AdminClient]]:
-        """`count` pairs of admin connections to the old and the new server (closed with
-        `exits`), each answered within `stall_timeout`, else SwitchError (`stalled`,
-        `unreachable`)."""
+    async def _servers(self, count: int = 1) -> list[tuple[AdminClient, AdminClient]]:
+        """`count` pairs of admin connections to the old and the new server, each answered
+        within `stall_timeout`, else SwitchError (`stalled`, `unreachable`) and none left
+        open. The caller ends them with `_release`."""
         token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
-        opened = await asyncio.gather(
-            *(self._connect(name, token, exits) for _ in range(count) for name in ("old", "new")),
-            return_exceptions=True,  # all end before `exits` closes what they opened
-        )
-        clients: list[AdminClient] = []
+        names = [name for _ in range(count) for name in ("old", "new")]
+        clients = [AdminClient(self.proxy.urls[name], token) for name in names]
+        try:
+            opened = await asyncio.gather(
+                *(self._connect(name, c) for name, c in zip(names, clients, strict=True)),
+                return_exceptions=True,  # all end before any is dropped
+            )
+        except BaseException:  # cancelled (the verification's bound)
+            self._release(clients, failed=True)
+            raise
         for result in opened:
             if isinstance(result, BaseException):
+                self._release(clients, failed=True)
                 raise result
-            clients.append(result)
         return list(zip(clients[::2], clients[1::2], strict=True))
 
-    async def _connect(
-        self, name: str, token: str, exits: contextlib.AsyncExitStack
-    ) -> AdminClient:
-        """An open admin connection to server `name` (closed with `exits`), or SwitchError."""
-        admin = AdminClient(self.proxy.urls[name], token)
-        exits.push_async_callback(admin.close)  # idempotent: whatever happens below
+    def _release(self, clients: list[AdminClient], *, failed: bool) -> None:
+        """End the switch's admin connections without holding the clients: dropped at once
+        after a failure (a server that stopped answering would hold each closing handshake
+        for its timeout), else closed in the background."""
+        if failed:
+            for admin in clients:
+                admin.abandon()
+            return
+        closing = asyncio.ensure_future(
+            asyncio.gather(*(admin.close() for admin in clients), return_exceptions=True)
+        )
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _connect(self, name: str, admin: AdminClient) -> AdminClient:
+        """`admin` connected to server `name`, or SwitchError."""
         try:
             async with self._answering(name, "an admin CONNECT"):
                 await admin.__aenter__()
@@ -522,23 +549,32 @@ class Switchboard:
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
         rules = self.rules.for_type("STATE")
         resync_game = self.resync if resync else None
-        count = min(MAX_CONNECTIONS, max(1, math.ceil(len(games) / GAMES_PER_CONNECTION)))
+        count = min(
+            MAX_CONNECTIONS,
+            max(1, min(len(games), READERS), math.ceil(len(games) / GAMES_PER_CONNECTION)),
+        )
+        pool: list[tuple[AdminClient, AdminClient]] = []
         try:
-            async with asyncio.timeout(self.verify_timeout), contextlib.AsyncExitStack() as exits:
-                pool = await self._servers(exits, count)
-                in_flight = asyncio.Semaphore(IN_FLIGHT)
+            async with asyncio.timeout(self.verify_timeout):
+                pool = await self._servers(count)
+                turns = [asyncio.Lock() for _ in pool]
 
                 async def check(index: int, game_id: str) -> None:
-                    old, new = pool[index % len(pool)]
-                    async with in_flight:
+                    slot = index % len(pool)
+                    async with turns[slot]:  # one read at a time per connection
+                        old, new = pool[slot]
                         await self._check_game(old, new, game_id, rules, resync_game)
 
                 await all_or_first_error(check(i, game_id) for i, game_id in enumerate(games))
-        except TimeoutError as exc:
-            raise SwitchError(
-                "verify",
-                f"comparing {len(games)} games took longer than {self.verify_timeout:g} s",
-            ) from exc
+        except BaseException as exc:
+            self._release([admin for pair in pool for admin in pair], failed=True)
+            if isinstance(exc, TimeoutError):
+                raise SwitchError(
+                    "verify",
+                    f"comparing {len(games)} games took longer than {self.verify_timeout:g} s",
+                ) from exc
+            raise
+        self._release([admin for pair in pool for admin in pair], failed=False)
         return len(games)
 
     async def _check_game(
@@ -648,9 +684,9 @@ class Switchboard:
             "mismatches": mismatches,
             "diverged": len(compare_status.get("diverged", [])),
             # every proxy of a fleet sweeps every game: the fleet counts distinct games
-            "diverged_games": list(compare_status.get("diverged", [])),
+            "diverged_games": named(compare_status.get("diverged", [])),
             "not_comparable": len(compare_status.get("not_comparable", [])),
-            "not_comparable_games": list(compare_status.get("not_comparable", [])),
+            "not_comparable_games": named(compare_status.get("not_comparable", [])),
             "mirrored_connections": status["mirrored_connections"],
             "shadow_connected": status["shadow_connected"],
             "shadow_drops": delta("shadow_drops"),

@@ -125,6 +125,10 @@ class Channel:
             raise
         return self.connected
 
+    def abandon(self) -> None:
+        """Drop the connection at once (no closing handshake, nothing awaited)."""
+        self._abandon()
+
     def _abandon(self) -> None:
         """Drop the connection at once (no closing handshake, nothing awaited)."""
         ws, self._ws = self._ws, None
