@@ -299,9 +299,11 @@ class MirrorProxy:
             answer_timeout=settings.answer_timeout,
         )
         self.sessions: dict[int, Session] = {}
-        #: set while no client is connected (what a drain waits for)
+        #: set while no client is connected or connecting (what a drain waits for)
         self.vacated = asyncio.Event()
         self.vacated.set()
+        #: upgrades whose primary connection is being opened
+        self._connecting = 0
         #: open while client frames may flow upstream; cleared during a flip
         self.gate = asyncio.Event()
         self.gate.set()
@@ -515,8 +517,11 @@ class MirrorProxy:
             # Not a header the handshake can pass: websockets refuses it (400) as the
             # servers would, and no upstream is opened for it.
             return None
+        self._connecting += 1
+        self.vacated.clear()
         try:
             up = await self._open(primary, request.path, headers, offered)
+            self._handshakes[ws] = (up, primary, headers)
         except InvalidStatus as exc:
             # The primary refused the handshake: the client gets the same answer. A 4xx is
             # about the client's request (a path the server does not serve): `rejected`, not
@@ -529,7 +534,9 @@ class MirrorProxy:
             self.metrics.connect_failures.labels(primary, "primary", "down").inc()
             log.warning("primary %s unreachable: %s", primary, exc)
             return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
-        self._handshakes[ws] = (up, primary, headers)
+        finally:
+            self._connecting -= 1
+            self._vacate_if_empty()
         # A client that vanishes between handshake and handler must not leak the upstream.
         asyncio.get_running_loop().call_later(
             self.settings.open_timeout * 2, self._forget_handshake, ws
@@ -538,6 +545,7 @@ class MirrorProxy:
 
     def _forget_handshake(self, ws: ServerConnection) -> None:
         pending = self._handshakes.pop(ws, None)
+        self._vacate_if_empty()
         if pending is not None:
             task = asyncio.ensure_future(close_within(pending[0], self.settings.open_timeout))
             self._orphans.add(task)
@@ -572,6 +580,7 @@ class MirrorProxy:
         assert isinstance(client, ClientSide)  # serve(create_connection=ClientSide)
         pending = self._handshakes.pop(client, None)
         if pending is None or client.request is None:
+            self._vacate_if_empty()
             return
         up, primary, headers = pending
         request = client.request
@@ -995,7 +1004,10 @@ class MirrorProxy:
 
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
-        if not self.sessions:
+        self._vacate_if_empty()
+
+    def _vacate_if_empty(self) -> None:
+        if not self.sessions and not self._connecting and not self._handshakes:
             self.vacated.set()
 
     # ----------------------------------------------------------------- upstreams

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("stateshift.runtime")
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -29,15 +32,19 @@ async def serve_until_signalled(
     serves them); `stop` follows when it returns, or at once on a second signal."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    again = asyncio.Event()  # a second signal (both may be read in one loop turn)
+
+    def signalled() -> None:
+        (again if stopping.is_set() else stopping).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, signalled)
     await start()
     on_ready()
     try:
         await stopping.wait()
-        if drain is not None:
-            stopping.clear()
-            await first_of(drain(), stopping.wait())
+        if drain is not None and not again.is_set():
+            await first_of(drain(), again.wait())
     finally:
         await stop()
     return 0
@@ -52,6 +59,9 @@ async def first_of(*awaitables: Awaitable[Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            log.error("%s failed", task.get_coro(), exc_info=failure)
 
 
 def bound_port(server: Any) -> int:
