@@ -160,6 +160,8 @@ class Switchboard:
         self._sampler: asyncio.Task[None] | None = None
         #: the closing of verifications' admin connections, in the background
         self._closing: set[asyncio.Future[Any]] = set()
+        #: the figures' sample taken as the last switch resumed the clients
+        self._switched: tuple[float, dict[str, float], dict[str, list[float]]] | None = None
         for name, command in (
             ("FIGURES", self._figures),
             ("PREPARE", self._prepare),
@@ -305,6 +307,8 @@ class Switchboard:
             proxy.swap_lock.release()
         paused = (time.monotonic() - prepared.paused_at) * 1000
         self._resume(prepared.target)
+        # the base of figures "since the switch" (a watch's): nothing relayed in between
+        self._switched = (time.monotonic(), *self._read())
         return prepared.target, paused
 
     async def _swappable(self, target: Route) -> None:
@@ -645,13 +649,19 @@ class Switchboard:
             self._samples.append((time.monotonic(), counters, buckets))
             await asyncio.sleep(SAMPLE_EVERY)
 
-    def figures(self, window: float) -> dict[str, Any]:
-        """Readiness figures over the last `window` seconds."""
+    def figures(self, window: float, since_switch: bool = False) -> dict[str, Any]:
+        """Readiness figures over the last `window` seconds; with `since_switch`, since the
+        last switch on this proxy resumed its clients (when there was one), exactly: what
+        happened before it neither counts nor hides what happened after."""
         now = time.monotonic()
         counters, buckets = self._read()
         base_counters: dict[str, float] = {}
         base_buckets: dict[str, list[float]] = {}
-        for at, sample_counters, sample_buckets in self._samples:
+        switched = self._switched if since_switch else None
+        if switched is not None:
+            at, base_counters, base_buckets = switched
+            window = now - at
+        for at, sample_counters, sample_buckets in [] if switched else self._samples:
             # the first sample in the window; none there: the newest (never "since start")
             base_counters, base_buckets = sample_counters, sample_buckets
             if at >= now - window:
@@ -770,7 +780,10 @@ class Switchboard:
         window = msg.get("window", 300)
         if not number(window) or window <= 0:
             raise CommandError("BAD_MESSAGE", "`window` must be a positive number of seconds")
-        return {"figures": self.figures(float(window))}
+        since = msg.get("since")
+        if since not in (None, "switch"):
+            raise CommandError("BAD_MESSAGE", '`since` must be "switch" or absent')
+        return {"figures": self.figures(float(window), since_switch=since == "switch")}
 
     async def _prepare(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         target = self._target(msg)

@@ -27,6 +27,17 @@ from switchover.gates import Gate, Thresholds, after_flip, breached, combine
 DEFAULT_HOLD: Final = 10.0
 
 
+def diverged_ids(per_proxy: dict[str, dict[str, Any]]) -> set[str] | None:
+    """The games diverged on any proxy (None when a proxy does not name them)."""
+    ids: set[str] = set()
+    for figures in per_proxy.values():
+        games = figures.get("diverged_games")
+        if not isinstance(games, list):
+            return None
+        ids.update(game for game in games if isinstance(game, str))
+    return ids
+
+
 def target(primary: str, ramp: float | None = None) -> dict[str, Any]:
     """A PREPARE target; a ramp of 0 or 100 is a plain route (no per-game split)."""
     if ramp is not None and ramp <= 0.0:
@@ -191,9 +202,13 @@ class Fleet:
         answers = await self.all_ok("STATUS")
         return {url: dict(a["status"]["route"]) for url, a in answers.items()}
 
-    async def figures(self, window: float) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-        """Every proxy's FIGURES over `window` seconds, and the fleet's combination."""
-        answers = await self.all_ok("FIGURES", window=window)
+    async def figures(
+        self, window: float, *, since_switch: bool = False
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """Every proxy's FIGURES over `window` seconds (with `since_switch`: since its last
+        switch, when it had one), and the fleet's combination."""
+        extra = {"since": "switch"} if since_switch else {}
+        answers = await self.all_ok("FIGURES", window=window, **extra)
         per_proxy = {url: dict(a["figures"]) for url, a in answers.items()}
         return per_proxy, combine(per_proxy.values())
 
@@ -389,18 +404,32 @@ class Fleet:
         on_round: Callable[[float, list[Gate]], Awaitable[None] | None] | None = None,
     ) -> Breach | None:
         """Re-check the gates every `every` seconds for `duration` seconds after a flip; the
-        first round where a gate fails is a breach. The window covers only the time since the
-        flip, so figures from before it cannot hide a regression. The gates are those of
-        `after_flip`: the new server is judged, not the old one (the shadow now)."""
+        first round where a gate fails is a breach. The figures count from the switch on each
+        proxy, so figures from before it cannot hide a regression, nor set one off: the games
+        diverged already when the watch began (a flip forced past them) are not counted. The
+        gates are those of `after_flip`: the new server is judged, not the old one (the
+        shadow now)."""
         started = time.monotonic()
+        try:
+            per_proxy, figures = await self.figures(1.0)
+        except ControlError:
+            before: tuple[set[str] | None, int] = (set(), 0)
+        else:
+            before = (diverged_ids(per_proxy), int(figures.get("diverged") or 0))
         while True:
             await asyncio.sleep(min(every, max(0.0, started + duration - time.monotonic())))
             elapsed = time.monotonic() - started
             try:
-                per_proxy, figures = await self.figures(max(1.0, elapsed))
+                per_proxy, figures = await self.figures(max(1.0, elapsed), since_switch=True)
             except ControlError:
                 gates: list[Gate] = []  # a missed round is not a breach; the next one counts
             else:
+                ids, now = diverged_ids(per_proxy), int(figures.get("diverged") or 0)
+                figures["diverged"] = (
+                    len(ids - before[0])
+                    if ids is not None and before[0] is not None
+                    else max(0, now - before[1])
+                )
                 gates = after_flip(figures, thresholds)
                 failing = breached(gates)
                 if failing:

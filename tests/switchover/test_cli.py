@@ -353,6 +353,47 @@ async def test_a_slow_old_server_after_the_flip_is_no_reason_to_roll_back_to_it(
         assert codes == [1000] * 3
 
 
+async def test_a_game_diverged_before_a_forced_flip_does_not_roll_it_back(tmp_path: Path):
+    """The watch judges what happens after the flip: a game diverged before it (the flip
+    forced past the failing gate; the game has no client now, so the flip's verification
+    does not read it) rolled the flip back at the first round."""
+    import contextlib
+
+    from tests.proxy.conftest import start_legacy
+
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, "score-delta-off-by-one")
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        stack = Stack(tmp_path, exits, old, new)
+        proxy = await stack.add_proxy()
+        players = start_players(proxy.proxy.url, games=1, per_game=2, pace=0.05)
+        await wait_until(
+            lambda: proxy.live.comparator.status()["diverged"] == ["game0"],
+            within=timeout(20),
+            what="the game to diverge",
+        )
+        assert await players.finish() == [1000] * 2  # the game is left, diverged
+        outcome = await cli(
+            "flip",
+            "--proxy",
+            proxy.admin,
+            "--force",
+            "--auto-rollback",
+            "3",
+            "--check-every",
+            "0.5",
+            "--min-comparisons",
+            "1",
+            "--json",
+        )
+        assert outcome.code == 0, outcome.doc
+        assert "auto_rollback" not in outcome.doc
+        assert proxy.route().primary == "new"
+        assert proxy.live.comparator.status()["diverged"] == ["game0"]
+
+
 async def test_a_raised_ramp_is_watched_and_ramped_back_on_a_breach(tmp_path: Path):
     """`ramp --auto-rollback`: the new server answers slowly; under a 50 % ramp it is the
     primary of game1 (game0 stays on the old server): its p99 as a primary, over twice the
