@@ -37,7 +37,8 @@ RESULTS = ("match", "mismatch", "unpaired", "diverged")
 SKIP_REASONS = ("version_skew", "not_comparable", "resync")
 
 #: resync one game: returns the version the shadow now has (the primary's); LookupError when
-#: the primary does not have the game (nothing to copy: not tried again)
+#: there is nothing to copy (the primary does not have the game) or nowhere to copy it (no
+#: shadow any more): not tried again
 Resync = Callable[[str], Awaitable[int]]
 #: seconds before an automatic resync that failed is tried again (the shadow still down, the
 #: game still busy), doubled at each failure up to RESYNC_RETRY_MAX, while the game is still

@@ -105,6 +105,9 @@ class LiveComparison:
         # lock): read before a flip and written after it, the import would overwrite the
         # new primary's acknowledged changes.
         async with proxy.swap_lock:
+            if not proxy.route.mirroring:
+                # finalized: the old server is retired (a LookupError is not retried)
+                raise LookupError(f"mirroring is finalized: no shadow to resync {game_id} into")
             primary = proxy.route.primary_for(game_id)
             order = proxy.order
             order.hold(game_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from compare.admin import AdminClient
 from compare.live import LiveComparison, ResyncRefused
 from proxy.admin import CommandError
 from proxy.relay import MirrorProxy
+from proxy.route import Route
 from stateshift.tokens import mint_token
 from tests.proxy.conftest import Client, Stack, start_stack, token
 from tests.support import TEST_SECRET, timeout, wait_until
@@ -280,3 +282,24 @@ async def test_a_resync_is_refused_while_the_shadow_still_owes_the_games_change(
             old_state["version"],
             old_state["scores"],
         )
+
+
+async def test_after_finalize_a_game_is_not_resynced_into_the_retired_old_server(
+    tmp_path: Path,
+):
+    """Mirroring finalized, the old server is retired: a game still marked not comparable
+    was resynced into it all the same (and, failing, tried again every minute for good)."""
+    async with start_stack(tmp_path, primary="new", comparator=True, resync=True) as stack:
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        await client.request(type="DISCONNECT", id="bye")
+        stack.proxy.finalize(Route(primary="new", mirroring=False))
+        comparator = stack.live.comparator
+        failures = comparator.metrics.resync_failures
+        comparator.mark_not_comparable("arena", "shadow lost")
+        await wait_until(lambda: failures._value.get() == 1, what="the resync to be refused")
+        assert comparator.resyncs == 0
+        comparator.retry_resyncs(time.monotonic() + 3600)  # not due: nothing to retry
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert failures._value.get() == 1
