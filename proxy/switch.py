@@ -43,6 +43,7 @@ from proxy.admin import CommandError, ControlPlane
 from proxy.relay import MirrorProxy
 from proxy.route import Route
 from proxy.state import ProxyState
+from stateshift.runtime import settle
 from stateshift.tokens import mint_token
 
 #: a sample of the figures readiness is judged on, every SAMPLE_EVERY seconds
@@ -91,18 +92,9 @@ async def all_or_first_error(awaitables: Iterable[Awaitable[None]]) -> None:
     """Run `awaitables` concurrently until all have ended, or one fails: then the others
     are cancelled (and waited for: none outlives the connections it uses) and the failure
     of the first in their order among those that failed is raised."""
-    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
-    if not tasks:
-        return
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and (failure := task.exception()) is not None:
-            raise failure
+    failures = await settle(awaitables, asyncio.FIRST_EXCEPTION)
+    if failures:
+        raise failures[0]
 
 
 #: the most game ids a FIGURES answer lists (a mass divergence must not outgrow an answer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger("stateshift.runtime")
@@ -51,17 +51,30 @@ async def serve_until_signalled(
 
 
 async def first_of(*awaitables: Awaitable[Any]) -> None:
-    """Wait until one of `awaitables` ends, then cancel the others (and wait for them)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    """Wait until one of `awaitables` ends, then cancel the others (and wait for them); a
+    failure is logged."""
+    for failure in await settle(awaitables, asyncio.FIRST_COMPLETED):
+        log.error("%s failed", type(failure).__name__, exc_info=failure)
+
+
+async def settle(awaitables: Iterable[Awaitable[Any]], return_when: str) -> list[BaseException]:
+    """Run `awaitables` concurrently until `return_when` (as `asyncio.wait` takes it), then
+    cancel those still running and wait for them (none outlives the caller's resources);
+    the exceptions of those that failed, in their order."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    if not tasks:
+        return []
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=return_when)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and (failure := task.exception()) is not None:
-            log.error("%s failed", task.get_coro(), exc_info=failure)
+    return [
+        failure
+        for task in tasks
+        if not task.cancelled() and (failure := task.exception()) is not None
+    ]
 
 
 def bound_port(server: Any) -> int:

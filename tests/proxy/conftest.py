@@ -315,6 +315,22 @@ class Client:
         return self.ws.close_code
 
 
+@contextlib.asynccontextmanager
+async def one_per_game(url: str, games: int) -> AsyncIterator[list[Client]]:
+    """`games` clients, each joined to a game of its own (`game-N`), closed on exit."""
+    clients: list[Client] = []
+    try:
+        for n in range(games):
+            client = await Client.open(f"{url}/v1/games/game-{n}")
+            clients.append(client)
+            joined = await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
+            assert joined["type"] == "CONNECTED", joined
+        yield clients
+    finally:
+        for client in clients:
+            await client.ws.close()
+
+
 def token(sub: str, role: str = "player", games: tuple[str, ...] = ("*",)) -> str:
     return mint_token(TEST_SECRET, sub, role, games)
 

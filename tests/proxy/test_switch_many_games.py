@@ -19,7 +19,7 @@ from compare.admin import AdminClient
 from proxy.route import Route
 from proxy.switch import GAMES_PER_CONNECTION, SwitchError, all_or_first_error
 from stateshift.tokens import mint_token
-from tests.proxy.conftest import Client, Stack, start_stack, token
+from tests.proxy.conftest import Stack, one_per_game, start_stack
 from tests.support import TEST_SECRET
 
 GAMES = 4 * GAMES_PER_CONNECTION + 10  # more than the protocol's burst of 100
@@ -39,55 +39,41 @@ def rate_limited(stack: Stack) -> tuple[float, float]:
 async def test_a_switch_over_more_games_than_the_burst_reads_none_of_them_rate_limited(
     tmp_path: Path,
 ):
-    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
-        clients: list[Client] = []
-        try:
-            for n in range(GAMES):
-                client = await Client.open(f"{stack.proxy.url}/v1/games/game-{n}")
-                clients.append(client)
-                joined = await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
-                assert joined["type"] == "CONNECTED", joined
-            for target in ("new", "old"):  # a flip, then a rollback
-                prepared = await stack.board.prepare(Route(primary=target))
-                assert prepared.games_checked == GAMES
-                await stack.board.commit(prepared.token)
-                assert stack.proxy.route.primary == target
-            assert rate_limited(stack) == (0.0, 0.0)
-            # every client is still served, by the old server again
-            for n, client in enumerate(clients):
-                beat = await client.request(type="HEARTBEAT", id=f"h{n}")
-                assert beat["type"] == "HEARTBEAT_ACK", beat
-        finally:
-            for client in clients:
-                await client.ws.close()
+    async with (
+        start_stack(tmp_path, tap=False, switchboard=True) as stack,
+        one_per_game(stack.proxy.url, GAMES) as clients,
+    ):
+        for target in ("new", "old"):  # a flip, then a rollback
+            prepared = await stack.board.prepare(Route(primary=target))
+            assert prepared.games_checked == GAMES
+            await stack.board.commit(prepared.token)
+            assert stack.proxy.route.primary == target
+        assert rate_limited(stack) == (0.0, 0.0)
+        # every client is still served, by the old server again
+        for n, client in enumerate(clients):
+            beat = await client.request(type="HEARTBEAT", id=f"h{n}")
+            assert beat["type"] == "HEARTBEAT_ACK", beat
 
 
 async def test_a_switch_with_one_unequal_game_among_many_is_refused_and_names_it(
     tmp_path: Path,
 ):
-    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
-        clients: list[Client] = []
-        try:
-            for n in range(GAMES):
-                client = await Client.open(f"{stack.proxy.url}/v1/games/game-{n}")
-                clients.append(client)
-                joined = await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
-                assert joined["type"] == "CONNECTED", joined
-            # one game changed on the shadow alone: the verification must find it
-            async with AdminClient(stack.new.url, mint_token(TEST_SECRET, "ops", "admin")) as a:
-                state = await a.get_state("game-77")
-                assert state is not None
-                state["scores"] = {"p77": 5}
-                await a.import_state(state)
-            with pytest.raises(SwitchError) as refused:
-                await stack.board.prepare(Route(primary="new"))
-            assert refused.value.reason == "unequal"
-            assert "game game-77 differs" in refused.value.message
-            assert stack.proxy.route.primary == "old"
-            assert stack.proxy.gate.is_set()  # the clients were resumed
-        finally:
-            for client in clients:
-                await client.ws.close()
+    async with (
+        start_stack(tmp_path, tap=False, switchboard=True) as stack,
+        one_per_game(stack.proxy.url, GAMES),
+    ):
+        # one game changed on the shadow alone: the verification must find it
+        async with AdminClient(stack.new.url, mint_token(TEST_SECRET, "ops", "admin")) as a:
+            state = await a.get_state("game-77")
+            assert state is not None
+            state["scores"] = {"p77": 5}
+            await a.import_state(state)
+        with pytest.raises(SwitchError) as refused:
+            await stack.board.prepare(Route(primary="new"))
+        assert refused.value.reason == "unequal"
+        assert "game game-77 differs" in refused.value.message
+        assert stack.proxy.route.primary == "old"
+        assert stack.proxy.gate.is_set()  # the clients were resumed
 
 
 async def test_the_first_failure_cancels_the_rest_and_is_raised_in_their_order():

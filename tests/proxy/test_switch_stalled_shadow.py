@@ -295,10 +295,11 @@ async def test_the_cli_shows_a_stalled_shadow_refusal_and_that_no_client_was_pau
         await leave(client)
 
 
-async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
-    """`stateshift proxy --stall-timeout --quiesce-timeout`: with the stall bound set past
-    the quiesce bound, a stalled shadow is refused by the quiesce's bound (`quiesce`); with
-    the defaults (1 s and 5 s) it would be `stalled`."""
+@contextlib.asynccontextmanager
+async def stalling_shadow(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[Client, str]]:
+    """A `stateshift proxy` subprocess with `flags`, the new server primary, the old server
+    as the shadow stalling after its second message (`stall-after:2`), and a client joined
+    through it (the shadow's message 1): (the client, the control plane's URL)."""
     old = ServerProcess(
         ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl"), "--fault",
          "stall-after:2"],
@@ -310,8 +311,7 @@ async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
     proxy = ServerProcess(
         proxy_args(
             old.start(), new.start(), tmp_path / "proxy.db", "--primary", "new",
-            "--answer-timeout", "600", "--sweep-interval", "0",
-            "--stall-timeout", "600", "--quiesce-timeout", "0.3",
+            "--answer-timeout", "600", "--sweep-interval", "0", *flags,
         ),
         tmp_path / "proxy.log",
     )  # fmt: skip
@@ -320,58 +320,40 @@ async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
         client = await Client.open(f"{url}/v1/games/arena")
         connected = await client.request(type="CONNECT", id="c", token=token("p0"))
         assert connected["type"] == "CONNECTED", connected  # the shadow's message 1
-        await carries_on(client, "answered")  # message 2
-        # message 3, a change: the shadow owes its answer from now on, the game's order waits
-        await client.send(type="STATE_UPDATE", id="owed", updates={"status": "active"})
-        ack = await client.until(lambda frame: frame.get("re") == "owed")
-        assert ack["type"] == "ACK", ack
-        control_url = admin_url(proxy).replace("http://", "ws://", 1)  # `/v1/control`
-        async with ControlClient(control_url, ADMIN, timeout=timeout(60)) as control:
-            with pytest.raises(ControlError) as refused:
-                await control.request("ROLLBACK", reason="the switch's bounds as options")
-        assert refused.value.extra.get("reason") == "quiesce", refused.value
+        yield client, admin_url(proxy).replace("http://", "ws://", 1)  # `/v1/control`
         await carries_on(client, "after")
         await leave(client)
     finally:
         proxy.stop()
         old.stop()
         new.stop()
+
+
+async def test_the_switch_bounds_are_options_of_the_proxy(tmp_path: Path):
+    """`stateshift proxy --stall-timeout --quiesce-timeout`: with the stall bound set past
+    the quiesce bound, a stalled shadow is refused by the quiesce's bound (`quiesce`); with
+    the defaults (1 s and 5 s) it would be `stalled`."""
+    flags = ("--stall-timeout", "600", "--quiesce-timeout", "0.3")
+    async with stalling_shadow(tmp_path, *flags) as (client, control_url):
+        await carries_on(client, "answered")  # message 2
+        # message 3, a change: the shadow owes its answer from now on, the game's order waits
+        await client.send(type="STATE_UPDATE", id="owed", updates={"status": "active"})
+        ack = await client.until(lambda frame: frame.get("re") == "owed")
+        assert ack["type"] == "ACK", ack
+        async with ControlClient(control_url, ADMIN, timeout=timeout(60)) as control:
+            with pytest.raises(ControlError) as refused:
+                await control.request("ROLLBACK", reason="the switch's bounds as options")
+        assert refused.value.extra.get("reason") == "quiesce", refused.value
 
 
 async def test_the_verification_bound_is_an_option_of_the_proxy(tmp_path: Path):
     """`stateshift proxy --verify-timeout`: a shadow that stalls on the verification's read
     (its admin CONNECT is its second message, the read its third), with the stall bound set
     past it, is refused by the verification's bound as given (it was fixed at 10 s)."""
-    old = ServerProcess(
-        ["legacy", "--port", "0", "--data", str(tmp_path / "old.jsonl"), "--fault",
-         "stall-after:2"],
-        tmp_path / "old.log",
-    )  # fmt: skip
-    new = ServerProcess(
-        ["serve", "--port", "0", "--db", str(tmp_path / "new.db")], tmp_path / "new.log"
-    )
-    proxy = ServerProcess(
-        proxy_args(
-            old.start(), new.start(), tmp_path / "proxy.db", "--primary", "new",
-            "--answer-timeout", "600", "--sweep-interval", "0",
-            "--stall-timeout", "600", "--verify-timeout", "0.3",
-        ),
-        tmp_path / "proxy.log",
-    )  # fmt: skip
-    try:
-        url = proxy.start()
-        client = await Client.open(f"{url}/v1/games/arena")
-        connected = await client.request(type="CONNECT", id="c", token=token("p0"))
-        assert connected["type"] == "CONNECTED", connected  # the shadow's message 1
-        control_url = admin_url(proxy).replace("http://", "ws://", 1)  # `/v1/control`
+    flags = ("--stall-timeout", "600", "--verify-timeout", "0.3")
+    async with stalling_shadow(tmp_path, *flags) as (_, control_url):
         async with ControlClient(control_url, ADMIN, timeout=timeout(60)) as control:
             with pytest.raises(ControlError) as refused:
                 await control.request("ROLLBACK", reason="the verification's bound")
         assert refused.value.extra.get("reason") == "verify", refused.value
         assert "longer than 0.3 s" in refused.value.message, refused.value
-        await carries_on(client, "after")
-        await leave(client)
-    finally:
-        proxy.stop()
-        old.stop()
-        new.stop()

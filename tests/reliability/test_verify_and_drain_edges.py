@@ -27,19 +27,8 @@ import pytest
 from proxy.route import Route
 from proxy.switch import GAMES_PER_CONNECTION, SwitchError
 from stateshift.runtime import serve_until_signalled
-from tests.proxy.conftest import Client, start_legacy, start_new, start_stack, token
+from tests.proxy.conftest import Client, one_per_game, start_legacy, start_new, start_stack, token
 from tests.support import ServerProcess, admin_url, proxy_args, timeout, wait_until
-
-
-async def join_games(url: str, games: int) -> list[Client]:
-    clients: list[Client] = []
-    for n in range(games):
-        client = await Client.open(f"{url}/v1/games/game-{n}")
-        clients.append(client)
-        joined = await client.request(type="CONNECT", id="c", token=token(f"p{n}"))
-        assert joined["type"] == "CONNECTED", joined
-    return clients
-
 
 # --------------------------------------------------------------------------------------
 # 1. The switch's verification counts its own queue as the server's stall.
@@ -58,14 +47,10 @@ async def test_a_slow_but_answering_old_server_is_not_called_stalled_by_the_veri
         board = stack.board
         assert board.stall_timeout == 1.0
         assert board.verify_timeout == 10.0
-        clients = await join_games(stack.proxy.url, games)
-        try:
+        async with one_per_game(stack.proxy.url, games):
             prepared = await board.prepare(Route(primary="new"))
             assert prepared.games_checked == games
             await board.commit(prepared.token)
-        finally:
-            for client in clients:
-                await client.ws.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -82,45 +67,43 @@ async def test_a_server_frozen_while_verifying_does_not_hold_the_clients_per_poo
     for the frozen server's close frame (10 s); the verification's bound (2 s) cuts the
     first one only, so the refusal says `verify` and the clients stay paused for 10 s per
     further pooled connection (1,000 games: 21 connections, over 3 minutes)."""
-    games = GAMES_PER_CONNECTION + 12  # two pooled connections per server
+    games = GAMES_PER_CONNECTION + 12  # several pooled connections per server
     async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
         board = stack.board
         board.stall_timeout = 0.5
         board.verify_timeout = 2.0
-        clients = await join_games(stack.proxy.url, games)
-        frozen: list[Any] = []
-        original = board._states
+        async with one_per_game(stack.proxy.url, games):
+            frozen: list[Any] = []
+            original = board._states
 
-        async def freezing(*args: Any) -> Any:
-            # the first read of a game: the pool is open by now
-            if not frozen:
-                assert stack.old._server is not None
-                for conn in stack.old._server.connections:
-                    conn.transport.pause_reading()
-                    frozen.append(conn.transport)
-            return await original(*args)
+            async def freezing(*args: Any) -> Any:
+                # the first read of a game: the pool is open by now
+                if not frozen:
+                    assert stack.old._server is not None
+                    for conn in stack.old._server.connections:
+                        conn.transport.pause_reading()
+                        frozen.append(conn.transport)
+                return await original(*args)
 
-        board._states = freezing  # type: ignore[method-assign,assignment]
-        try:
-            with pytest.raises(SwitchError) as refused:
-                await board.prepare(Route(primary="new"))
-            assert frozen
-            assert refused.value.paused_ms is not None
-            # the clients were held for the stall bound, not for the pool's closes (each
-            # close waits for a close frame 10 s: with two pooled connections to the frozen
-            # server, at least 10 s past the verification's bound)
-            assert refused.value.paused_ms < (board.verify_timeout + 5) * 1000, (
-                refused.value.paused_ms,
-                refused.value.reason,
-            )
-            # and the operator is told why: the server stalled (not "comparing took long")
-            assert refused.value.reason == "stalled", refused.value.message
-        finally:
-            for transport in frozen:
-                with contextlib.suppress(Exception):
-                    transport.resume_reading()
-            for client in clients:
-                await client.ws.close()
+            board._states = freezing  # type: ignore[method-assign,assignment]
+            try:
+                with pytest.raises(SwitchError) as refused:
+                    await board.prepare(Route(primary="new"))
+                assert frozen
+                assert refused.value.paused_ms is not None
+                # the clients were held for the stall bound, not for the pool's closes (each
+                # close waits for a close frame 10 s: with two pooled connections to the frozen
+                # server, at least 10 s past the verification's bound)
+                assert refused.value.paused_ms < (board.verify_timeout + 5) * 1000, (
+                    refused.value.paused_ms,
+                    refused.value.reason,
+                )
+                # and the operator is told why: the server stalled (not "comparing took long")
+                assert refused.value.reason == "stalled", refused.value.message
+            finally:
+                for transport in frozen:
+                    with contextlib.suppress(Exception):
+                        transport.resume_reading()
 
 
 # --------------------------------------------------------------------------------------

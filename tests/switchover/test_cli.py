@@ -5,13 +5,15 @@ change nothing, fleets that never end with mixed routes, auto-rollback on a brea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from proxy.route import Route
-from tests.proxy.conftest import Client, start_new, token
+from tests.proxy.conftest import Client, start_legacy, start_new, token
 from tests.support import timeout, wait_until
 from tests.switchover.conftest import (
     Outcome,
@@ -258,6 +260,36 @@ async def test_a_two_proxy_flip_aborts_on_the_other_when_one_cannot_prepare(
             pass
 
 
+@contextlib.asynccontextmanager
+async def one_proxy(
+    tmp_path: Path, old_faults: tuple[str, ...] = (), slow_new: bool = False
+) -> AsyncIterator[ProxyStack]:
+    """A proxy (its comparator and switchboard) in front of the old server (with
+    `old_faults`) and the new one; with `slow_new`, a reference server answering 40 ms
+    late stands in for the new one."""
+    async with contextlib.AsyncExitStack() as exits:
+        old = await start_legacy(tmp_path, *old_faults)
+        exits.push_async_callback(old.stop)
+        new = await start_new(tmp_path)
+        exits.push_async_callback(new.stop)
+        new_url = None
+        if slow_new:
+            slow = await start_legacy(tmp_path, "slow:40", name="slow-new")
+            exits.push_async_callback(slow.stop)
+            new_url = slow.url
+        yield await Stack(tmp_path, exits, old, new).add_proxy(new_url=new_url)
+
+
+async def watched(admin: str, seconds: int, *command: str) -> Outcome:
+    """`switchover COMMAND --force --auto-rollback SECONDS` on one proxy, checked every
+    0.5 s with a bar of one comparison, as JSON."""
+    return await cli(
+        *command,
+        *("--proxy", admin, "--force", "--auto-rollback", str(seconds), "--check-every", "0.5"),
+        *("--min-comparisons", "1", "--json"),
+    )
+
+
 async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
     tmp_path: Path,
 ):
@@ -269,35 +301,10 @@ async def test_auto_rollback_on_a_breach_rolls_back_and_records_the_figures(
     starved machine it may still lag past the pairing timeout, and the unpaired answers then
     breach the mismatch gates as well: the latency gate must be among the breaches, not the
     only one."""
-    import contextlib
-
-    from tests.proxy.conftest import start_legacy
-
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path)
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        # the new server, slow: a reference server with the `slow` fault in its place
-        slow_new = await start_legacy(tmp_path, "slow:40", name="slow-new")
-        exits.push_async_callback(slow_new.stop)
-        stack = Stack(tmp_path, exits, old, new)
-        proxy = await stack.add_proxy(new_url=slow_new.url)
+    async with one_proxy(tmp_path, slow_new=True) as proxy:
         players = start_players(proxy.proxy.url, games=1, per_game=3, pace=0.2)
         await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
-        outcome = await cli(
-            "flip",
-            "--proxy",
-            proxy.admin,
-            "--force",
-            "--auto-rollback",
-            "20",
-            "--check-every",
-            "0.5",
-            "--min-comparisons",
-            "1",
-            "--json",
-        )
+        outcome = await watched(proxy.admin, 20, "flip")
         assert outcome.code == 1, outcome
         doc = outcome.doc
         assert doc["switch"]["ok"] is True  # the flip itself worked
@@ -320,32 +327,10 @@ async def test_a_slow_old_server_after_the_flip_is_no_reason_to_roll_back_to_it(
     """The old server answers slowly: after the flip it is the shadow, over twice the new
     primary's p99. That failed the `shadow_latency` gate, and the watch rolled the clients
     back onto the slow server. The watch judges the new server: no breach."""
-    import contextlib
-
-    from tests.proxy.conftest import start_legacy
-
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path, "slow:40")
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        stack = Stack(tmp_path, exits, old, new)
-        proxy = await stack.add_proxy()
+    async with one_proxy(tmp_path, old_faults=("slow:40",)) as proxy:
         players = start_players(proxy.proxy.url, games=1, per_game=3, pace=0.2)
         await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
-        outcome = await cli(
-            "flip",
-            "--proxy",
-            proxy.admin,
-            "--force",
-            "--auto-rollback",
-            "4",
-            "--check-every",
-            "0.5",
-            "--min-comparisons",
-            "1",
-            "--json",
-        )
+        outcome = await watched(proxy.admin, 4, "flip")
         assert outcome.code == 0, outcome
         assert "auto_rollback" not in outcome.doc
         assert proxy.route().primary == "new"
@@ -357,17 +342,7 @@ async def test_a_game_diverged_before_a_forced_flip_does_not_roll_it_back(tmp_pa
     """The watch judges what happens after the flip: a game diverged before it (the flip
     forced past the failing gate; the game has no client now, so the flip's verification
     does not read it) rolled the flip back at the first round."""
-    import contextlib
-
-    from tests.proxy.conftest import start_legacy
-
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path, "score-delta-off-by-one")
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        stack = Stack(tmp_path, exits, old, new)
-        proxy = await stack.add_proxy()
+    async with one_proxy(tmp_path, old_faults=("score-delta-off-by-one",)) as proxy:
         players = start_players(proxy.proxy.url, games=1, per_game=2, pace=0.05)
         await wait_until(
             lambda: proxy.live.comparator.status()["diverged"] == ["game0"],
@@ -375,19 +350,7 @@ async def test_a_game_diverged_before_a_forced_flip_does_not_roll_it_back(tmp_pa
             what="the game to diverge",
         )
         assert await players.finish() == [1000] * 2  # the game is left, diverged
-        outcome = await cli(
-            "flip",
-            "--proxy",
-            proxy.admin,
-            "--force",
-            "--auto-rollback",
-            "3",
-            "--check-every",
-            "0.5",
-            "--min-comparisons",
-            "1",
-            "--json",
-        )
+        outcome = await watched(proxy.admin, 3, "flip")
         assert outcome.code == 0, outcome.doc
         assert "auto_rollback" not in outcome.doc
         assert proxy.route().primary == "new"
@@ -398,37 +361,12 @@ async def test_a_raised_ramp_is_watched_and_ramped_back_on_a_breach(tmp_path: Pa
     """`ramp --auto-rollback`: the new server answers slowly; under a 50 % ramp it is the
     primary of game1 (game0 stays on the old server): its p99 as a primary, over twice the
     old server's, is a breach, and the share goes back to where it was (0 %)."""
-    import contextlib
-
-    from tests.proxy.conftest import start_legacy
-
-    async with contextlib.AsyncExitStack() as exits:
-        old = await start_legacy(tmp_path)
-        exits.push_async_callback(old.stop)
-        new = await start_new(tmp_path)
-        exits.push_async_callback(new.stop)
-        slow_new = await start_legacy(tmp_path, "slow:40", name="slow-new")
-        exits.push_async_callback(slow_new.stop)
-        stack = Stack(tmp_path, exits, old, new)
-        proxy = await stack.add_proxy(new_url=slow_new.url)
+    async with one_proxy(tmp_path, slow_new=True) as proxy:
         ramp = Route(primary="old", ramp=50.0)
         assert [ramp.primary_for(g) for g in ("game0", "game1")] == ["old", "new"]
         players = start_players(proxy.proxy.url, games=2, per_game=2, pace=0.2)
         await wait_until(lambda: players.total() >= 8, within=timeout(20), what="traffic")
-        outcome = await cli(
-            "ramp",
-            "50",
-            "--proxy",
-            proxy.admin,
-            "--force",
-            "--auto-rollback",
-            "20",
-            "--check-every",
-            "0.5",
-            "--min-comparisons",
-            "1",
-            "--json",
-        )
+        outcome = await watched(proxy.admin, 20, "ramp", "50")
         assert outcome.code == 1, outcome
         doc = outcome.doc
         assert doc["switch"]["ok"] is True  # the ramp itself worked
