@@ -154,6 +154,8 @@ class Switchboard:
         self._closing: set[asyncio.Future[Any]] = set()
         #: the figures' sample taken as the last switch resumed the clients
         self._switched: tuple[float, dict[str, float], dict[str, list[float]]] | None = None
+        #: the comparator's diverged games then (game id -> its finding)
+        self._diverged_at_switch: dict[str, int] = {}
         for name, command in (
             ("FIGURES", self._figures),
             ("PREPARE", self._prepare),
@@ -301,6 +303,7 @@ class Switchboard:
         self._resume(prepared.target)
         # the base of figures "since the switch" (a watch's): nothing relayed in between
         self._switched = (time.monotonic(), *self._read())
+        self._diverged_at_switch = dict(self.comparator.diverged) if self.comparator else {}
         return prepared.target, paused
 
     async def _swappable(self, target: Route) -> None:
@@ -543,6 +546,10 @@ class Switchboard:
         if missing:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
+        if not games:
+            # nothing to compare: no server is asked (a dead primary, whose clients are
+            # gone, must not block the way back)
+            return 0
         rules = self.rules.for_type("STATE")
         resync_game = self.resync if resync else None
         count = min(
@@ -621,6 +628,12 @@ class Switchboard:
                         counters[key] = counters.get(key, 0.0) + sample.value
                 elif name == "stateshift_proxy_shadow_drops_total":
                     counters["shadow_drops"] = counters.get("shadow_drops", 0.0) + sample.value
+                elif name == "stateshift_proxy_upstream_connect_failures_total":
+                    # a client refused (502) or lost by its primary; `rejected` is the
+                    # client's own request (a 4xx)
+                    if labels["role"] == "primary" and labels["reason"] != "rejected":
+                        key = f"primary_failures_{labels['upstream']}"
+                        counters[key] = counters.get(key, 0.0) + sample.value
                 elif name == "stateshift_upstream_latency_seconds_bucket":
                     role = labels["role"]
                     bound = float(labels["le"])
@@ -680,18 +693,29 @@ class Switchboard:
         status = self.control.status()
         compare_status = self.comparator.status() if self.comparator is not None else {}
         mismatches = delta("mismatches")
+        diverged: list[str] = list(compare_status.get("diverged", []))
+        if switched is not None and self.comparator is not None:
+            # since the switch: diverged after it (again, for a game resynced meanwhile)
+            before = self._diverged_at_switch
+            diverged = sorted(
+                game
+                for game, finding in self.comparator.diverged.items()
+                if before.get(game) != finding
+            )
         return {
             "window": window,
             "comparisons": delta("comparisons_ok") + mismatches,
             "mismatches": mismatches,
-            "diverged": len(compare_status.get("diverged", [])),
+            "diverged": len(diverged),
             # every proxy of a fleet sweeps every game: the fleet counts distinct games
-            "diverged_games": named(compare_status.get("diverged", [])),
+            "diverged_games": named(diverged),
             "not_comparable": len(compare_status.get("not_comparable", [])),
             "not_comparable_games": named(compare_status.get("not_comparable", [])),
             "mirrored_connections": status["mirrored_connections"],
             "shadow_connected": status["shadow_connected"],
             "shadow_drops": delta("shadow_drops"),
+            # clients refused or lost by the new server as their primary
+            "primary_failures_new": delta("primary_failures_new"),
             "primary_p99": p99("primary"),
             "shadow_p99": p99("shadow"),
             # by upstream: under a ramp each server is primary for some games

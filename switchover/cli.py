@@ -94,10 +94,12 @@ MaxLatencyRatioOpt = Annotated[
 AutoRollbackOpt = Annotated[
     float | None,
     typer.Option(
-        help="Watch the gates for this many seconds after the switch; switch back on a "
-        "failing gate (inconclusive is not a breach): the mismatch ratio, diverged games, "
-        "and the new server's p99 as a primary against the old one's; not the shadow's "
-        "health (after a flip, the old server's: no reason to go back to it)."
+        help="Watch the gates for this many seconds after the switch, on what happened "
+        "since it; switch back on a failing gate (inconclusive is not a breach): the "
+        "mismatch ratio, diverged games, clients refused or lost by the new server, and "
+        "its p99 as a primary against the old one's; not the shadow's health (after a "
+        "flip, the old server's: no reason to go back to it). Exit 3 when no round could "
+        "read the figures (not watched)."
     ),
 ]
 CheckEveryOpt = Annotated[float, typer.Option(help="Seconds between checks while watching.")]
@@ -378,6 +380,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 if _already(routes, wanted):
                     doc.update(ok=True, message="already flipped: the new server is primary")
                     return _finish(out, doc, OK)
+                before = min((_share(r) for r in (routes or {}).values()), default=0.0)
                 report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
                 _show_switch(out, doc, report, "flip")
                 if not report.ok:
@@ -393,7 +396,10 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     hold,
                     reason,
                     doc,
-                    back=(target("old"), "rollback", "rolled back"),
+                    # back where the fleet was: a ramp's share, if there was one
+                    back=(target("old", before), "rollback", f"rolled back to {before:g}%")
+                    if before
+                    else (target("old"), "rollback", "rolled back"),
                 )
 
         run(as_json, token, proxy, body)
@@ -782,6 +788,13 @@ async def _watch(
     if not out.as_json:
         out.console.print(f"watching the gates for {duration:g} s (every {every:g} s)")
     breach = await fleet.watch(thresholds, duration, every)
+    if breach is None and not fleet.judged:
+        doc.update(
+            ok=False,
+            message=f"switched, but NOT WATCHED: no figures could be read in {duration:g} s "
+            "(check the proxies now)",
+        )
+        return _finish(out, doc, INCONCLUSIVE)
     if breach is None:
         doc.update(ok=True, message=f"switched; no breach in {duration:g} s")
         return _finish(out, doc, OK)

@@ -33,6 +33,7 @@ COUNTS: Final = (
     "mirrored_connections",
     "shadow_connected",
     "shadow_drops",
+    "primary_failures_new",
 )
 
 
@@ -164,6 +165,8 @@ def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if parts and all(isinstance(games, list) for games in named):
             out[count] = len({game for games in named for game in games})  # type: ignore[union-attr]
     for key in P99_KEYS:
+        if key not in ("primary_p99", "shadow_p99") and not all(key in p for p in parts):
+            continue  # a proxy does not split them by upstream: `after_flip` falls back
         samples = [v for v in (_p99(p, key) for p in parts) if v is not None]
         out[key] = max(samples) if samples else None
     windows = [p["window"] for p in parts if isinstance(p.get("window"), int | float)]
@@ -329,10 +332,16 @@ SHADOW_HEALTH: Final = ("shadow_connected", "shadow_drops", "shadow_latency")
 
 def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
     """The gates a flip or a ramp is watched on, a failing one rolls it back: the servers'
-    agreement (mismatch ratio, diverged games) and `primary_latency`: the new server's p99
-    as a primary against the old server's (as a primary under a ramp, as the shadow after a
-    flip). Not the shadow's health (`SHADOW_HEALTH`): after a flip that is the old server's."""
+    agreement (mismatch ratio, diverged games), `primary_failures` (a client refused or lost
+    by the new server as its primary: it is down, or failing its handshakes) and
+    `primary_latency`: the new server's p99 as a primary against the old server's (as a
+    primary under a ramp, as the shadow after a flip). Not the shadow's health
+    (`SHADOW_HEALTH`): after a flip that is the old server's."""
     gates = [g for g in evaluate(figures, thresholds) if g.name not in SHADOW_HEALTH]
+    failures = _number(figures, "primary_failures_new")
+    gates.append(
+        _at_most("primary_failures", failures, 0, "clients refused or lost by the new server")
+    )
     new_p99 = _p99(figures, "primary_new_p99")
     old_p99 = _p99(figures, "primary_old_p99")
     old_role = "primary"

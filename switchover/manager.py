@@ -27,17 +27,6 @@ from switchover.gates import Gate, Thresholds, after_flip, breached, combine
 DEFAULT_HOLD: Final = 10.0
 
 
-def diverged_ids(per_proxy: dict[str, dict[str, Any]]) -> set[str] | None:
-    """The games diverged on any proxy (None when a proxy does not name them)."""
-    ids: set[str] = set()
-    for figures in per_proxy.values():
-        games = figures.get("diverged_games")
-        if not isinstance(games, list):
-            return None
-        ids.update(game for game in games if isinstance(game, str))
-    return ids
-
-
 def target(primary: str, ramp: float | None = None) -> dict[str, Any]:
     """A PREPARE target; a ramp of 0 or 100 is a plain route (no per-game split)."""
     if ramp is not None and ramp <= 0.0:
@@ -141,6 +130,8 @@ class Fleet:
         self.timeout = timeout
         self.clients: dict[str, ControlClient] = {}
         self.unreachable: dict[str, ControlError] = {}
+        #: rounds of the last `watch` that could read the figures
+        self.judged = 0
 
     async def __aenter__(self) -> Self:
         async def open_one(url: str) -> None:
@@ -405,17 +396,13 @@ class Fleet:
     ) -> Breach | None:
         """Re-check the gates every `every` seconds for `duration` seconds after a flip; the
         first round where a gate fails is a breach. The figures count from the switch on each
-        proxy, so figures from before it cannot hide a regression, nor set one off: the games
-        diverged already when the watch began (a flip forced past them) are not counted. The
-        gates are those of `after_flip`: the new server is judged, not the old one (the
-        shadow now)."""
+        proxy (FIGURES `since: "switch"`), so what happened before it can neither hide a
+        regression nor set one off: a game diverged before it counts only if it diverges
+        again. The gates are those of `after_flip`: the new server is judged, not the old one
+        (the shadow now). `judged` says how many rounds could read the figures (none: the
+        switch was not watched)."""
         started = time.monotonic()
-        try:
-            per_proxy, figures = await self.figures(1.0)
-        except ControlError:
-            before: tuple[set[str] | None, int] = (set(), 0)
-        else:
-            before = (diverged_ids(per_proxy), int(figures.get("diverged") or 0))
+        self.judged = 0
         while True:
             await asyncio.sleep(min(every, max(0.0, started + duration - time.monotonic())))
             elapsed = time.monotonic() - started
@@ -424,12 +411,7 @@ class Fleet:
             except ControlError:
                 gates: list[Gate] = []  # a missed round is not a breach; the next one counts
             else:
-                ids, now = diverged_ids(per_proxy), int(figures.get("diverged") or 0)
-                figures["diverged"] = (
-                    len(ids - before[0])
-                    if ids is not None and before[0] is not None
-                    else max(0, now - before[1])
-                )
+                self.judged += 1
                 gates = after_flip(figures, thresholds)
                 failing = breached(gates)
                 if failing:

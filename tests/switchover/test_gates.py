@@ -166,6 +166,7 @@ def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
         "mismatch_ratio",
         "diverged",
         "comparable",
+        "primary_failures",
         "primary_latency",
     }
     assert breached(watched.values()) == []

@@ -1,0 +1,163 @@
+"""The switchover's watch (flip/ramp --auto-rollback), its figures and the way back, at their
+edges (found by reviewing them; each test failed before its fix): a rollback off a dead new
+server, a watch that must notice the new server dying, a watch that could read nothing, a
+game diverged again after the switch, proxies that do not split latency by upstream. Real
+proxies and servers on loopback, unless the decision is a pure one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from proxy.admin import CommandError
+from proxy.route import Route
+from switchover.gates import Thresholds, after_flip, breached, combine
+from tests.proxy.conftest import Client, start_stack
+from tests.support import timeout, wait_until
+from tests.switchover.conftest import Stack, cli, start_players
+
+#: tasks a test starts on the proxies' loop (kept referenced until they end)
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+WATCH = ("--check-every", "0.5", "--min-comparisons", "1", "--json")
+
+
+async def _traffic(url: str, games: int = 1, per_game: int = 2, acks: int = 6) -> None:
+    """Some comparisons through the proxy, then every player leaves."""
+    players = start_players(url, games=games, per_game=per_game, pace=0.05)
+    await wait_until(lambda: players.total() >= acks, within=timeout(20), what="traffic")
+    assert await players.finish() == [1000] * (games * per_game)
+
+
+# --------------------------------------------------------------------------- the way back
+
+
+async def test_a_rollback_off_a_dead_new_server_gets_the_clients_back(stack: Stack):
+    """After a flip the new server goes down: the runbook's first case for a rollback
+    ("failures reaching the new server"). Mirroring kept the old server up to date, so the
+    way back needs nothing from the new server; but every PREPARE opens an admin connection
+    to both servers (`Switchboard._verify` -> `_servers(count >= 1)`) even with no game to
+    verify, so the rollback is refused `(unreachable)` and every client stays refused 502."""
+    proxy = await stack.add_proxy()
+    await _traffic(proxy.proxy.url)
+    flipped = await cli("flip", "--proxy", proxy.admin, "--force", "--json")
+    assert flipped.code == 0, flipped
+    assert proxy.route().primary == "new"
+    await stack.new.stop()  # the new server is down: no client can play
+    outcome = await cli("rollback", "--proxy", proxy.admin, "--reason", "new down", "--json")
+    assert outcome.code == 0, outcome.doc["switch"]
+    assert proxy.route().primary == "old"
+
+
+# --------------------------------------------------------------------------- the watch
+
+
+async def test_a_flip_watch_rolls_back_when_the_new_server_dies(stack: Stack):
+    """`flip --auto-rollback` "watches the new server" (rollback.md), yet the new server
+    dying under the watch is no breach: its clients are dropped and every new one is refused
+    502 (connect failures, role primary), so there are no comparisons and no latency samples:
+    every gate is inconclusive and the watch ends "switched; no breach", exit 0, with every
+    player locked out. Nothing in FIGURES counts the primary's failures."""
+    proxy = await stack.add_proxy()
+    await _traffic(proxy.proxy.url)
+    run = asyncio.create_task(
+        cli("flip", "--proxy", proxy.admin, "--force", "--auto-rollback", str(timeout(6)), *WATCH)
+    )
+    await wait_until(lambda: proxy.route().primary == "new", what="the flip")
+    await stack.new.stop()
+    assert not run.done(), "the watch ended before the new server went down"
+    # a player arriving now is refused: the primary (new) cannot be reached
+    with pytest.raises(InvalidStatus, match="502"):
+        await Client.open(f"{proxy.proxy.url}/v1/games/game0")
+    outcome = await run
+    assert outcome.code == 1, outcome.doc.get("message")
+    assert proxy.route().primary == "old"
+
+
+async def test_a_watch_that_could_not_read_the_figures_does_not_report_no_breach(
+    stack: Stack,
+):
+    """A proxy's control plane restarts during the watch (a deploy, a crash): the CLI's
+    connection to it is gone and `Fleet` never reconnects, so every later round is a
+    ControlError, "a missed round is not a breach", and the watch ends exit 0 "switched; no
+    breach in N s" having judged nothing. (In a fleet one such proxy blinds the watch of all
+    of them: `all_ok` fails the whole round.)"""
+    proxy = await stack.add_proxy()
+    await _traffic(proxy.proxy.url)
+    control, board = proxy.control, proxy.board
+    restarted = asyncio.Event()
+
+    async def restart() -> None:
+        port = control.port
+        await control.stop()
+        control.port_wanted = port
+        await control.start()
+        restarted.set()
+
+    async def figures(actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("since") == "switch" and not restarted.is_set():
+            task = asyncio.create_task(restart())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+            raise CommandError("UNAVAILABLE", "restarting")
+        return await board._figures(actor, msg)
+
+    control.register("FIGURES", figures)
+    outcome = await cli("flip", "--proxy", proxy.admin, "--force", "--auto-rollback", "3", *WATCH)
+    assert restarted.is_set()
+    assert proxy.route().primary == "new"
+    # not one round was judged: that is not "no breach"
+    assert outcome.code != 0 or "no breach" not in outcome.doc.get("message", ""), outcome.doc
+
+
+async def test_a_game_diverged_before_the_switch_counts_again_only_if_it_diverges_again(
+    tmp_path: Path,
+):
+    """The watch kept its own baseline of the games diverged before it (a forced flip) for
+    the whole watch: a game resynced during the watch (`compare resync`, or the comparator's
+    automatic one), then diverging again with the new server as the primary, was never
+    counted, and only the diverged gate would see one game's mismatch under real traffic.
+    The proxy now counts, since the switch, the games diverged after it: again included."""
+    async with start_stack(tmp_path, comparator=True, switchboard=True) as stack:
+        comparator, board = stack.live.comparator, stack.board
+        comparator.diverged["game7"] = 1  # diverged before the switch: finding 1
+        prepared = await board.prepare(Route(primary="new"))
+        await board.commit(prepared.token)
+        assert board.figures(1.0)["diverged"] == 1  # every diverged game
+        assert board.figures(1.0, since_switch=True)["diverged"] == 0
+        del comparator.diverged["game7"]  # resynced: agrees again
+        comparator.diverged["game7"] = 2  # then diverged again: finding 2
+        figures = board.figures(1.0, since_switch=True)
+        assert (figures["diverged"], figures["diverged_games"]) == (1, ["game7"])
+
+
+# --------------------------------------------------------------------------- the gates
+
+
+def test_the_latency_gate_of_proxies_without_p99_by_upstream_survives_combining():
+    """`after_flip` falls back to primary/shadow p99 for "a proxy that does not split them by
+    upstream" (one not yet upgraded during a rolling upgrade) by testing whether the key is
+    present. The watch always judges `combine`d figures, and `combine` writes every P99_KEYS
+    key (None when no proxy gave it): the fallback never runs, and the new server 500 x
+    slower than the old one is "inconclusive", never a breach."""
+    old_style = {
+        "comparisons": 500,
+        "mismatches": 0,
+        "diverged": 0,
+        "mirrored_connections": 1,
+        "shadow_connected": 1,
+        "shadow_drops": 0,
+        "primary_p99": 0.5,  # the new server, primary after the flip
+        "shadow_p99": 0.001,  # the old server, now the shadow
+        "window": 10.0,
+        "complete": True,
+    }
+    alone = {g.name: g.result for g in after_flip(old_style, Thresholds())}
+    assert alone["primary_latency"] == "fail"
+    fleet = {g.name: g.result for g in after_flip(combine([old_style]), Thresholds())}
+    assert fleet["primary_latency"] == "fail", fleet
+    assert breached(after_flip(combine([old_style]), Thresholds()))
