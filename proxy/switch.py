@@ -39,7 +39,7 @@ from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.comparator import StateComparator
 from compare.rules import Rules, TypeRules
 from compare.sweep import compare_states
-from proxy.admin import CommandError, ControlPlane
+from proxy.admin import CommandError, ControlPlane, primaries
 from proxy.relay import MirrorProxy
 from proxy.route import Route
 from proxy.state import ProxyState
@@ -376,6 +376,24 @@ class Switchboard:
                 raise result
         return list(zip(clients[::2], clients[1::2], strict=True))
 
+    async def _reach(self, names: list[str]) -> None:
+        """An admin connection to each server of `names` answers (within `stall_timeout`),
+        else SwitchError (`stalled`, `unreachable`)."""
+        token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
+        clients = [AdminClient(self.proxy.urls[name], token) for name in names]
+        try:
+            opened = await asyncio.gather(
+                *(self._connect(name, c) for name, c in zip(names, clients, strict=True)),
+                return_exceptions=True,
+            )
+        except BaseException:  # cancelled
+            self._release(clients, failed=True)
+            raise
+        failures = [result for result in opened if isinstance(result, BaseException)]
+        self._release(clients, failed=bool(failures))
+        if failures:
+            raise failures[0]
+
     def _release(self, clients: list[AdminClient], *, failed: bool) -> None:
         """End the switch's admin connections without holding the clients: dropped at once
         after a failure (a server that stopped answering would hold each closing handshake
@@ -547,8 +565,10 @@ class Switchboard:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         games = sorted({s.game_id for s in sessions if s.game_id is not None})
         if not games:
-            # nothing to compare: no server is asked (a dead primary, whose clients are
-            # gone, must not block the way back)
+            # nothing to compare: only the servers the target makes primary are asked (a
+            # dead one would refuse every client after the switch), not the other (a dead
+            # new server, whose clients are gone, must not block the way back)
+            await self._reach(primaries(target))
             return 0
         rules = self.rules.for_type("STATE")
         resync_game = self.resync if resync else None
