@@ -4,10 +4,11 @@ client connection.
 The proxy keeps the client sockets and both upstream connections of every client; a flip
 only swaps which upstream is primary. `prepare` pauses client->upstream forwarding, waits
 (bounded) until every forwarded frame is answered by the primary and the shadow has caught up,
-then confirms that every active game has the same state (versions included) on both servers
-and that every client has its shadow connected. `commit` swaps and resumes; `abort` resumes
-with the route unchanged. Several proxies are flipped by preparing all, then committing all
-(or aborting all): the CLI drives that over the control plane.
+then confirms that every active game it moves to the other server has the same state
+(versions included) on both servers and that every client has its shadow connected.
+`commit` swaps and resumes; `abort` resumes with the route unchanged. Several proxies are
+flipped by preparing all, then committing all (or aborting all): the CLI drives that over
+the control plane.
 
 Clients must not notice a switch that cannot succeed. What the proxy already knows is checked
 before they are paused: a shadow it gave up, or one that owes an answer for longer than
@@ -551,9 +552,10 @@ class Switchboard:
             await asyncio.sleep(0.005)
 
     async def _verify(self, target: Route, resync: bool = False) -> int:
-        """Every client has its shadow; every active game is equal on both servers (after a
-        resync from the current primary when `resync`). No server is waited on for longer
-        than `stall_timeout` at a time (`_answering`)."""
+        """Every client has its shadow; every active game that `target` moves is equal on
+        both servers (after a resync from the current primary when `resync`); the number of
+        games compared. No server is waited on for longer than `stall_timeout` at a time
+        (`_answering`)."""
         proxy = self.proxy
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
         missing = [
@@ -563,7 +565,17 @@ class Switchboard:
         ]
         if missing:
             raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
-        games = sorted({s.game_id for s in sessions if s.game_id is not None})
+        # only the games that change primary must be equal on both servers: the others stay
+        # where they are (a ramp step moves a share of them)
+        route = proxy.route
+        games = sorted(
+            {
+                game
+                for s in sessions
+                if (game := s.game_id) is not None
+                and target.primary_for(game) != route.primary_for(game)
+            }
+        )
         if not games:
             # nothing to compare: only the servers the target makes primary are asked (a
             # dead one would refuse every client after the switch), not the other (a dead

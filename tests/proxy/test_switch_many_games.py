@@ -76,6 +76,43 @@ async def test_a_switch_with_one_unequal_game_among_many_is_refused_and_names_it
         assert stack.proxy.gate.is_set()  # the clients were resumed
 
 
+async def test_a_ramp_step_verifies_the_games_it_moves_and_only_those(tmp_path: Path):
+    """A ramp step moves a share of the games: only those must be equal on both servers
+    (the others keep their primary). Every active game was read with the clients paused,
+    so a ramp's pause grew with every game, not with the step; and a game that stays on the
+    old server, different on the new one (the comparator's finding), refused every step."""
+    step = Route(primary="old", ramp=50.0)
+    games = [f"game-{n}" for n in range(8)]
+    moving = [game for game in games if step.primary_for(game) == "new"]
+    staying = [game for game in games if game not in moving]
+    assert moving, "the hash puts some of these games on the new server"
+    assert staying, "and keeps some on the old one"
+    async with (
+        start_stack(tmp_path, tap=False, switchboard=True) as stack,
+        one_per_game(stack.proxy.url, len(games)),
+    ):
+        admin = mint_token(TEST_SECRET, "ops", "admin")
+        async with AdminClient(stack.new.url, admin) as a:
+            for game, value in ((staying[0], 5), (moving[0], 6)):
+                state = await a.get_state(game)
+                assert state is not None
+                state["scores"] = dict.fromkeys(state["scores"], value)
+                await a.import_state(state)
+        with pytest.raises(SwitchError) as refused:  # a game it moves differs
+            await stack.board.prepare(step)
+        assert refused.value.reason == "unequal"
+        assert f"game {moving[0]} differs" in refused.value.message
+        async with AdminClient(stack.old.url, admin) as old:
+            state = await old.get_state(moving[0])
+        assert state is not None
+        async with AdminClient(stack.new.url, admin) as a:
+            await a.import_state(state)  # repaired, as a resync would
+        prepared = await stack.board.prepare(step)  # the staying game's difference: no matter
+        assert prepared.games_checked == len(moving)
+        await stack.board.commit(prepared.token)
+        assert stack.proxy.route == step
+
+
 async def test_the_first_failure_cancels_the_rest_and_is_raised_in_their_order():
     started: list[int] = []
     cancelled: list[int] = []
