@@ -5,14 +5,13 @@
 503 while it drains before a stop (`--drain-timeout`: clients are still served, new ones
 too, but a load balancer should send no more), while it is shutting down (its client port no
 longer accepts), or while an upstream that the route makes primary (for some games) cannot be
-reached; 200 otherwise. Reachable means
-that a connection to the upstream, made by the check itself, got an HTTP answer (any status:
-a primary that answers its own `/healthz` 503 fails every proxy alike, so that is reported,
-not judged); one probe at a time per upstream, its verdict shared by the checks of the next
-`PROBE_TTL` seconds. The shadow is reported, never judged: a shadow fault must not take the
-proxy out of a load balancer (clients never see the shadow). The first line of the body is
-the verdict (`ok`, `draining`, `shutting down`, `primary upstream unreachable`), the next
-ones the figures behind it.
+reached; 200 otherwise. Reachable means that a connection to the upstream, made by the check
+itself, got an HTTP answer (any status: a primary that answers its own `/healthz` 503 fails
+every proxy alike, so that is reported, not judged); one probe at a time per upstream, its
+verdict shared by the checks of the next `PROBE_TTL` seconds. The shadow is reported, never
+judged: a shadow fault must not take the proxy out of a load balancer (clients never see the
+shadow). The first line of the body is the verdict (`ok`, `draining`, `shutting down`,
+`primary upstream unreachable`), the next ones the figures behind it.
 
 The control protocol follows the game protocol's conventions: JSON objects with `type` and
 `id`, answers with `re`, `ERROR {re, code, message}`; the first message must be `CONNECT`
