@@ -176,6 +176,13 @@ def combine(per_proxy: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_latency(name: str, figure: float | None, whose: str) -> Gate:
+    """A latency gate without the samples to judge it: inconclusive."""
+    return Gate(
+        name, figure, None, "inconclusive", f"no {whose} answer latency samples in the window"
+    )
+
+
 def _at_most(name: str, figure: float | int, limit: float | int, what: str) -> Gate:
     ok = figure <= limit
     return Gate(
@@ -284,15 +291,7 @@ def evaluate(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
     shadow_p99 = _p99(figures, "shadow_p99")
     if primary_p99 is None or shadow_p99 is None:
         missing = "primary" if primary_p99 is None else "shadow"
-        gates.append(
-            Gate(
-                "shadow_latency",
-                shadow_p99,
-                None,
-                "inconclusive",
-                f"no {missing} answer latency samples in the window",
-            )
-        )
+        gates.append(_no_latency("shadow_latency", shadow_p99, missing))
     else:
         bound = thresholds.max_latency_ratio * primary_p99
         ok = shadow_p99 <= bound
@@ -355,15 +354,7 @@ def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]
         old_p99, old_role = _p99(figures, "shadow_old_p99"), "shadow"
     if new_p99 is None or old_p99 is None:
         missing = "new server's (as a primary)" if new_p99 is None else "old server's"
-        gates.append(
-            Gate(
-                "primary_latency",
-                new_p99,
-                None,
-                "inconclusive",
-                f"no {missing} answer latency samples in the window",
-            )
-        )
+        gates.append(_no_latency("primary_latency", new_p99, missing))
         return gates
     bound = thresholds.max_latency_ratio * old_p99
     ok = new_p99 <= bound
