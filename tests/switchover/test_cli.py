@@ -382,6 +382,22 @@ async def test_a_raised_ramp_is_watched_and_ramped_back_on_a_breach(tmp_path: Pa
         assert codes == [1000] * 4
 
 
+async def test_a_flip_from_a_ramp_is_rolled_back_to_that_ramp(tmp_path: Path):
+    """A flip from a 50 % ramp to a slow new server: the breach takes the fleet back where it
+    was, the 50 % ramp, not all the way to the old server."""
+    async with one_proxy(tmp_path, slow_new=True) as proxy:
+        players = start_players(proxy.proxy.url, games=2, per_game=2, pace=0.2)
+        await wait_until(lambda: players.total() >= 8, within=timeout(20), what="traffic")
+        ramped = await cli("ramp", "50", "--proxy", proxy.admin, "--force", "--json")
+        assert ramped.code == 0, ramped.doc
+        outcome = await watched(proxy.admin, 20, "flip")
+        assert outcome.code == 1, outcome
+        assert outcome.doc["message"].endswith("rolled back to 50%"), outcome.doc["message"]
+        assert proxy.route() == Route(primary="old", ramp=50.0)
+        codes = await players.finish()
+        assert codes == [1000] * 4
+
+
 async def test_finalize_needs_a_flip_and_a_confirmation_and_ends_rollback(stack: Stack):
     proxy = await stack.add_proxy()
     outcome = await cli("finalize", "--proxy", proxy.admin, "--yes")
