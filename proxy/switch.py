@@ -357,11 +357,20 @@ class Switchboard:
         self.proxy.gate.set()
 
     async def _servers(self, count: int = 1) -> list[tuple[AdminClient, AdminClient]]:
-        """`count` pairs of admin connections to the old and the new server, each answered
-        within `stall_timeout`, else SwitchError (`stalled`, `unreachable`) and none left
-        open. The caller ends them with `_release`."""
+        """`count` pairs of admin connections to the old and the new server (`_admins`)."""
+        clients = await self._admins([name for _ in range(count) for name in ("old", "new")])
+        return list(zip(clients[::2], clients[1::2], strict=True))
+
+    async def _reach(self, names: list[str]) -> None:
+        """An admin connection to each server of `names` answers (within `stall_timeout`),
+        else SwitchError (`stalled`, `unreachable`)."""
+        self._release(await self._admins(names), failed=False)
+
+    async def _admins(self, names: list[str]) -> list[AdminClient]:
+        """An admin connection to each server of `names`, each answered within
+        `stall_timeout`, else SwitchError (`stalled`, `unreachable`) and none left open.
+        The caller ends them with `_release`."""
         token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
-        names = [name for _ in range(count) for name in ("old", "new")]
         clients = [AdminClient(self.proxy.urls[name], token) for name in names]
         try:
             opened = await asyncio.gather(
@@ -371,29 +380,11 @@ class Switchboard:
         except BaseException:  # cancelled (the verification's bound)
             self._release(clients, failed=True)
             raise
-        for result in opened:
-            if isinstance(result, BaseException):
-                self._release(clients, failed=True)
-                raise result
-        return list(zip(clients[::2], clients[1::2], strict=True))
-
-    async def _reach(self, names: list[str]) -> None:
-        """An admin connection to each server of `names` answers (within `stall_timeout`),
-        else SwitchError (`stalled`, `unreachable`)."""
-        token = mint_token(self.proxy.settings.secret, "stateshift-switch", "admin", ttl=120)
-        clients = [AdminClient(self.proxy.urls[name], token) for name in names]
-        try:
-            opened = await asyncio.gather(
-                *(self._connect(name, c) for name, c in zip(names, clients, strict=True)),
-                return_exceptions=True,
-            )
-        except BaseException:  # cancelled
-            self._release(clients, failed=True)
-            raise
         failures = [result for result in opened if isinstance(result, BaseException)]
-        self._release(clients, failed=bool(failures))
         if failures:
+            self._release(clients, failed=True)
             raise failures[0]
+        return clients
 
     def _release(self, clients: list[AdminClient], *, failed: bool) -> None:
         """End the switch's admin connections without holding the clients: dropped at once
