@@ -380,7 +380,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 if _already(routes, wanted):
                     doc.update(ok=True, message="already flipped: the new server is primary")
                     return _finish(out, doc, OK)
-                before = min((_share(r) for r in (routes or {}).values()), default=0.0)
+                before = _lowest_share(routes)
                 report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
                 _show_switch(out, doc, report, "flip")
                 if not report.ok:
@@ -396,10 +396,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     hold,
                     reason,
                     doc,
-                    # back where the fleet was: a ramp's share, if there was one
-                    back=(target("old", before), "rollback", f"rolled back to {before:g}%")
-                    if before
-                    else (target("old"), "rollback", "rolled back"),
+                    back=(before, "rollback"),  # where the fleet was: a ramp's share, or 0
                 )
 
         run(as_json, token, proxy, body)
@@ -518,8 +515,6 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 )
                 _show_switch(out, doc, report, f"ramp to {percent:g}%")
                 if report.ok and raising and auto_rollback is not None:
-                    # back to where the fleet was: the lowest share before (all alike)
-                    before = min((_share(r) for r in (routes or {}).values()), default=0.0)
                     return await _watch(
                         fleet,
                         out,
@@ -529,7 +524,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                         hold,
                         reason,
                         doc,
-                        back=(target("old", before), "ramp", f"ramped back to {before:g}%"),
+                        back=(_lowest_share(routes), "ramp"),
                     )
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
 
@@ -670,6 +665,12 @@ def _failed(report: SwitchReport) -> int:
     return USAGE if report.unreachable_only else FAILED
 
 
+def _lowest_share(routes: dict[str, dict[str, Any]] | None) -> float:
+    """The lowest share of games on the new server among the proxies' routes (all alike
+    but in a fleet caught between two switches): where a switch goes back to."""
+    return min((_share(r) for r in (routes or {}).values()), default=0.0)
+
+
 def _share(route: dict[str, Any]) -> float:
     """Percent of games whose primary is the new server under a route."""
     if route.get("ramp") is not None:
@@ -780,11 +781,17 @@ async def _watch(
     reason: str,
     doc: dict[str, Any],
     *,
-    back: tuple[dict[str, Any], str, str],
+    back: tuple[float, str],
 ) -> int:
     """After a flip or a raised ramp: watch the gates (`gates.after_flip`); on the first
-    failing one, switch every proxy `back` (the route, the switch's kind, what it did)."""
-    route, kind, done = back
+    failing one, switch every proxy `back` (the share of games on the new server to go back
+    to, and the switch's kind: `rollback`, `ramp`)."""
+    share, kind = back
+    route = target("old", share)
+    if kind == "ramp":
+        done = f"ramped back to {share:g}%"
+    else:
+        done = f"rolled back to {share:g}%" if share else "rolled back"
     if not out.as_json:
         out.console.print(f"watching the gates for {duration:g} s (every {every:g} s)")
     breach = await fleet.watch(thresholds, duration, every)
