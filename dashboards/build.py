@@ -96,13 +96,13 @@ RECORDS: Final = (
     ),
     Record(
         "stateshift:server_error_ratio:rate5m",
-        "sum(rate(stateshift_server_errors_total[5m]))\n"
-        "/\nsum(rate(stateshift_server_messages_total[5m]))",
+        'sum(rate(stateshift_server_errors_total{path="game"}[5m]))\n'
+        '/\nsum(rate(stateshift_server_messages_total{path="game"}[5m]))',
     ),
     Record(
         "stateshift:legacy_error_ratio:rate5m",
-        "sum(rate(stateshift_legacy_errors_total[5m]))\n"
-        "/\nsum(rate(stateshift_legacy_messages_total[5m]))",
+        'sum(rate(stateshift_legacy_errors_total{path="game"}[5m]))\n'
+        '/\nsum(rate(stateshift_legacy_messages_total{path="game"}[5m]))',
     ),
 )
 
@@ -773,16 +773,17 @@ PARALLEL_RUN: Final = Dashboard(
             [
                 Target(
                     "sum by (result) (rate(stateshift_server_messages_total"
-                    f'{{instance=~"$server"}}[{RATE}]))',
+                    f'{{instance=~"$server", path="game"}}[{RATE}]))',
                     "new: {{result}}",
                 ),
                 Target(
                     "sum by (result) (rate(stateshift_legacy_messages_total"
-                    f'{{instance=~"$legacy"}}[{RATE}]))',
+                    f'{{instance=~"$legacy", path="game"}}[{RATE}]))',
                     "old: {{result}}",
                 ),
             ],
-            "Client messages each server handled (both get the same traffic while mirroring).",
+            "Client messages each server handled on games' paths (both get the same traffic while"
+            " mirroring; the admin path's sweeps and backfills are left out).",
             unit="ops",
             width=8,
         ),
@@ -790,17 +791,18 @@ PARALLEL_RUN: Final = Dashboard(
             "Errors by code",
             [
                 Target(
-                    "sum by (code) (rate(stateshift_server_errors_total"
+                    "sum by (path, code) (rate(stateshift_server_errors_total"
                     f'{{instance=~"$server"}}[{RATE}]))',
-                    "new: {{code}}",
+                    "new {{path}}: {{code}}",
                 ),
                 Target(
-                    "sum by (code) (rate(stateshift_legacy_errors_total"
+                    "sum by (path, code) (rate(stateshift_legacy_errors_total"
                     f'{{instance=~"$legacy"}}[{RATE}]))',
-                    "old: {{code}}",
+                    "old {{path}}: {{code}}",
                 ),
             ],
-            "ERROR frames sent, by code.",
+            "ERROR frames sent, by path kind and code. Clients see the `game` ones; `admin`"
+            " errors are stateshift's own reads (a sweep's NOT_FOUND, a backfill's RATE_LIMITED).",
             unit="ops",
             width=8,
         ),

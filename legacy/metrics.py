@@ -40,12 +40,15 @@ class Metrics:
         self.games = Gauge("stateshift_legacy_games", "Games held in memory.", registry=r)
         messages = Counter(
             "stateshift_legacy_messages",
-            "Client messages handled, by type and result (ok or error).",
-            ["type", "result"],
+            "Client messages handled, by path kind (game, admin), type and result (ok or error).",
+            ["path", "type", "result"],
             registry=r,
         )
         errors = Counter(
-            "stateshift_legacy_errors", "ERROR answers sent, by code.", ["code"], registry=r
+            "stateshift_legacy_errors",
+            "ERROR answers sent, by path kind (game, admin) and code.",
+            ["path", "code"],
+            registry=r,
         )
         faults = Counter(
             "stateshift_legacy_faults_injected",
@@ -76,19 +79,23 @@ class Metrics:
             registry=r,
         )
         labels = (*MESSAGE_TYPES, INVALID_LABEL)
-        self._ok = {label: messages.labels(label, "ok") for label in labels}
-        self._failed = {label: messages.labels(label, "error") for label in labels}
-        self._errors = {code: errors.labels(code) for code in ERROR_CODES}
+        paths = ("game", "admin")
+        self._ok = {(p, label): messages.labels(p, label, "ok") for p in paths for label in labels}
+        self._failed = {
+            (p, label): messages.labels(p, label, "error") for p in paths for label in labels
+        }
+        self._errors = {(p, code): errors.labels(p, code) for p in paths for code in ERROR_CODES}
         self._faults = {name: faults.labels(name) for name in FAULTS}
         self._closes = {reason: closes.labels(reason) for reason in CLOSE_REASONS}
 
-    def message(self, label: str, code: str | None) -> None:
-        """Count one handled message (and its ERROR code, if refused)."""
+    def message(self, path: str, label: str, code: str | None) -> None:
+        """Count one handled message on a `path` kind, game or admin (and its ERROR code, if
+        refused)."""
         if code is None:
-            self._ok[label].inc()
+            self._ok[path, label].inc()
         else:
-            self._failed[label].inc()
-            self._errors[code].inc()
+            self._failed[path, label].inc()
+            self._errors[path, code].inc()
 
     def fault(self, name: str) -> None:
         """Count one injection of fault `name`."""

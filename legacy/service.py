@@ -76,12 +76,14 @@ class Conn:
         "last_ping",
         "messages",
         "opened",
+        "path_kind",
         "session",
         "ws",
     )
 
-    def __init__(self, ws: ServerConnection, session: Session, now: float) -> None:
+    def __init__(self, ws: ServerConnection, session: Session, now: float, path_kind: str) -> None:
         self.ws = ws
+        self.path_kind = path_kind  # "game" or "admin": a label of the message metrics
         self.session = session
         self.opened = now
         self.last_active = now
@@ -294,7 +296,8 @@ class LegacyServer:
         path = ws.request.path.partition("?")[0]
         game_id = None if path == ADMIN_PATH else path[len(GAME_PREFIX) :]
         now = asyncio.get_running_loop().time()
-        conn = Conn(ws, Session(self._ctx, game_id, now), now)
+        kind = "admin" if game_id is None else "game"
+        conn = Conn(ws, Session(self._ctx, game_id, now), now, kind)
         self._conns.add(conn)
         self.metrics.connections.inc()
         try:
@@ -337,7 +340,7 @@ class LegacyServer:
                     # send() writes before it first suspends: the subscription above and
                     # this frame happen in one step, so no broadcast falls between them.
                     await ws.send(self._garble(reply), text=True)
-            self.metrics.message(outcome.label, outcome.code)
+            self.metrics.message(conn.path_kind, outcome.label, outcome.code)
             if outcome.fault is not None:
                 self.metrics.fault(outcome.fault)
             if outcome.close is not None:

@@ -362,12 +362,13 @@ class StateServer:
                 self._start(conn, request, self._async_handlers[request.type])
         except StateServerError as exc:
             re_id = exc.re if exc.re is not None else (request.id if request else None)
-            self._answer(conn, self._error(exc, request.type if request else "invalid", re_id))
+            kind = request.type if request else "invalid"
+            self._answer(conn, self._error(conn, exc, kind, re_id))
         except Exception:
             log.exception("unexpected error handling a %s", request.type if request else "frame")
             failure = errors.Internal("the server failed")
             kind = request.type if request else "invalid"
-            self._answer(conn, self._error(failure, kind, request.id if request else None))
+            self._answer(conn, self._error(conn, failure, kind, request.id if request else None))
 
     def _refuse(self, conn: Conn, raw: str | bytes, retry_ms: int, now: float) -> None:
         """Answer a message over the rate (not processed); close 4429 on abuse (note 25)."""
@@ -382,15 +383,18 @@ class StateServer:
                     candidate = body.get("id")
                     if isinstance(candidate, str) and 1 <= len(candidate) <= 64:
                         re_id = candidate
-        self._answer(conn, self._error(errors.RateLimited(retry_ms), "RATE_LIMITED", re_id))
+        self._answer(conn, self._error(conn, errors.RateLimited(retry_ms), "RATE_LIMITED", re_id))
 
-    def _error(self, exc: StateServerError, message_type: str, re_id: str | None) -> bytes:
-        """An `ERROR` frame's payload, counted (the message by its type, the frame by code)."""
+    def _error(
+        self, conn: Conn, exc: StateServerError, message_type: str, re_id: str | None
+    ) -> bytes:
+        """An `ERROR` frame's payload, counted (the message by its type, the frame by code,
+        both by the connection's path kind)."""
         if message_type == "RATE_LIMITED":
-            self.metrics.message("invalid", "RATE_LIMITED")
+            self.metrics.message(conn.kind, "invalid", "RATE_LIMITED")
         else:
-            self.metrics.message(message_type, exc.code)
-        self.metrics.errors.labels(exc.code).inc()
+            self.metrics.message(conn.kind, message_type, exc.code)
+        self.metrics.error(conn.kind, exc.code)
         frame = {"type": "ERROR", "re": re_id, "code": exc.code, "message": exc.message}
         frame.update(exc.extra())
         return dumps(frame)
@@ -478,11 +482,11 @@ class StateServer:
         try:
             await handler(conn, request, slot)
             if request.type != "STATE_UPDATE":  # an update is counted when it commits
-                self.metrics.message(request.type, "ok")
+                self.metrics.message(conn.kind, request.type, "ok")
         except StateServerError as exc:
             if slot.payload is None:  # else a failed commit answered already
                 re_id = exc.re if exc.re is not None else request.id
-                slot.payload = self._error(exc, request.type, re_id)
+                slot.payload = self._error(conn, exc, request.type, re_id)
             closes = exc.connect_close_code
             if request.type == "CONNECT" and conn.claims is None and closes:
                 self._close_in_order(conn, closes, exc.code)
@@ -490,7 +494,7 @@ class StateServer:
             log.exception("unexpected error handling a %s", request.type)
             failure = errors.Internal("the server failed")
             if slot.payload is None:
-                slot.payload = self._error(failure, request.type, request.id)
+                slot.payload = self._error(conn, failure, request.type, request.id)
             if request.type == "CONNECT" and conn.claims is None:
                 self._close_in_order(conn, errors.CLOSE_SERVER_ERROR, failure.code)
         finally:
@@ -565,7 +569,7 @@ class StateServer:
         re_id = request.id
 
         def answer() -> bytes:
-            self.metrics.message("HEARTBEAT", "ok")
+            self.metrics.message(conn.kind, "HEARTBEAT", "ok")
             frame = {"type": "HEARTBEAT_ACK", "re": re_id, "server_time": timestamp(time.time())}
             return dumps(frame)
 
@@ -640,7 +644,7 @@ class StateServer:
                 self._broadcast(change.game, change.new, out)
 
         def on_fail(change: Change, exc: DatabaseError) -> None:
-            slot.payload = self._error(exc, "STATE_UPDATE", re_id)
+            slot.payload = self._error(conn, exc, "STATE_UPDATE", re_id)
             self._drain(conn, None)
 
         return self.games.submit(game, new, on_commit, on_fail)
@@ -657,8 +661,8 @@ class StateServer:
             # earlier ACKs, never a change that is not committed.
             state = game.committed
             if state is None:
-                return self._error(NotFound("the game does not exist"), "GET_STATE", re_id)
-            self.metrics.message("GET_STATE", "ok")
+                return self._error(conn, NotFound("the game does not exist"), "GET_STATE", re_id)
+            self.metrics.message(conn.kind, "GET_STATE", "ok")
             return self._state_answer(re_id, state)
 
         self._answer(conn, answer)
@@ -684,7 +688,7 @@ class StateServer:
         return dumps(frame)
 
     def _disconnect(self, conn: Conn, request: Request) -> None:
-        self.metrics.message("DISCONNECT", "ok")
+        self.metrics.message(conn.kind, "DISCONNECT", "ok")
         self._answer(conn, dumps({"type": "DISCONNECTED", "re": request.id}))
         self._close_in_order(conn, errors.CLOSE_NORMAL, "bye")
 
@@ -768,7 +772,7 @@ class StateServer:
 
     def _count_batch(self) -> None:
         if self._acked:
-            self.metrics.message("STATE_UPDATE", "ok", self._acked)
+            self.metrics.message("game", "STATE_UPDATE", "ok", self._acked)
             self._acked = 0
         if self._broadcast_frames:
             self.metrics.broadcasts.inc(self._broadcast_frames)

@@ -25,6 +25,9 @@ ERROR_CODES = (
     "INTERNAL",
 )
 
+#: the path kinds of PROTOCOL.md: a game's path, or the admin path
+PATH_KINDS = ("game", "admin")
+
 # `*_created` series double every family for no use here (dashboards use rates).
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
@@ -43,14 +46,15 @@ class ServerMetrics:
         )
         self.messages = Counter(
             "stateshift_server_messages_total",
-            "Client messages handled, by type and result (ok or the error code).",
-            ["type", "result"],
+            "Client messages handled, by path kind (game, admin), type and result (ok or the"
+            " error code).",
+            ["path", "type", "result"],
             registry=r,
         )
         self.errors = Counter(
             "stateshift_server_errors_total",
-            "ERROR frames sent, by code.",
-            ["code"],
+            "ERROR frames sent, by path kind (game, admin) and code.",
+            ["path", "code"],
             registry=r,
         )
         self.closes = Counter(
@@ -81,14 +85,15 @@ class ServerMetrics:
             "Games held in memory.",
             registry=r,
         )
-        self._message_children: dict[tuple[str, str], Any] = {}
+        self._message_children: dict[tuple[str, str, str], Any] = {}
+        self._error_children: dict[tuple[str, str], Any] = {}
         # Pre-create the fixed label sets so that dashboards see zeros, not gaps.
-        for kind in ("game", "admin"):
+        for kind in PATH_KINDS:
             self.connections.labels(kind)
-        for message_type in (*MESSAGE_TYPES, "invalid"):
-            self.messages.labels(message_type, "ok")
-        for code in ERROR_CODES:
-            self.errors.labels(code)
+            for message_type in (*MESSAGE_TYPES, "invalid"):
+                self.messages.labels(kind, message_type, "ok")
+            for code in ERROR_CODES:
+                self.errors.labels(kind, code)
         for close in (
             "1000",
             "1007",
@@ -103,12 +108,24 @@ class ServerMetrics:
         ):
             self.closes.labels(close)
 
-    def message(self, message_type: str, result: str, count: int = 1) -> None:
-        """Count handled messages (type outside the protocol's set counts as `invalid`)."""
-        child = self._message_children.get((message_type, result))
+    def message(self, path: str, message_type: str, result: str, count: int = 1) -> None:
+        """Count handled messages on a `path` kind (game, admin); a type outside the
+        protocol's set counts as `invalid`."""
+        key = (path, message_type, result)
+        child = self._message_children.get(key)
         if child is None:
             label = message_type if message_type in MESSAGE_TYPES else "invalid"
-            child = self.messages.labels(label, result)
+            child = self.messages.labels(path, label, result)
             if len(self._message_children) < 512:  # a bounded cache of bound children
-                self._message_children[(message_type, result)] = child
+                self._message_children[key] = child
         child.inc(count)
+
+    def error(self, path: str, code: str) -> None:
+        """Count an ERROR frame sent on a `path` kind (game, admin)."""
+        key = (path, code)
+        child = self._error_children.get(key)
+        if child is None:
+            child = self.errors.labels(path, code)
+            if len(self._error_children) < 64:  # codes and paths are fixed sets
+                self._error_children[key] = child
+        child.inc()

@@ -150,7 +150,7 @@ async def test_a_long_read_past_the_burst_is_paced_not_refused_request_after_req
             for n in range(200):
                 assert await admin.get_state(f"none{n}") is None
         refused = server.metrics.registry.get_sample_value(
-            "stateshift_server_errors_total", {"code": "RATE_LIMITED"}
+            "stateshift_server_errors_total", {"path": "admin", "code": "RATE_LIMITED"}
         )
         # once per read past the burst (about 195) before; about one in 15 paced
         assert refused is not None

@@ -38,6 +38,28 @@ async def test_healthz_metrics_and_unknown_paths(server: LegacyServer) -> None:
         assert (await http_get(server, path))[0] == 404, path
 
 
+async def test_messages_and_errors_are_counted_by_path_kind(
+    server: LegacyServer, open_client: Open
+) -> None:
+    """As the new server's: the error-ratio alerts read `path="game"` only."""
+    admin = await open_client(server, "/v1/admin", sub="ops", role="admin")
+    missing = await admin.ask("GET_STATE", game_id="missing")
+    assert missing["code"] == "NOT_FOUND", missing
+    player = await open_client(server)
+    refused = await player.ask("STATE_UPDATE", updates={"status": "nope"})
+    assert refused["type"] == "ERROR", refused
+    code = refused["code"]
+    sample = server.metrics.registry.get_sample_value
+    errors = "stateshift_legacy_errors_total"
+    assert sample(errors, {"path": "admin", "code": "NOT_FOUND"}) == 1.0
+    assert sample(errors, {"path": "game", "code": "NOT_FOUND"}) == 0.0
+    assert sample(errors, {"path": "game", "code": code}) == 1.0
+    assert sample(errors, {"path": "admin", "code": code}) == 0.0
+    messages = "stateshift_legacy_messages_total"
+    assert sample(messages, {"path": "admin", "type": "GET_STATE", "result": "error"}) == 1.0
+    assert sample(messages, {"path": "game", "type": "STATE_UPDATE", "result": "error"}) == 1.0
+
+
 async def test_sender_gets_ack_then_state_and_others_get_state(
     server: LegacyServer, open_client: Open
 ) -> None:

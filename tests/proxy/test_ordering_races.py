@@ -199,7 +199,7 @@ async def test_through_the_proxy_a_refusal_read_late_is_evaluated_by_the_shadow_
         registry = stack.old.metrics.registry
 
         def refused() -> bool:
-            labels = {"code": "INVALID_STATE"}
+            labels = {"path": "game", "code": "INVALID_STATE"}
             return registry.get_sample_value("stateshift_legacy_errors_total", labels) == 1.0
 
         await wait_until(refused, what="the primary to refuse `bad` (at v3)")

@@ -28,10 +28,10 @@ GAMES = 4 * GAMES_PER_CONNECTION + 10  # more than the protocol's burst of 100
 def rate_limited(stack: Stack) -> tuple[float, float]:
     """`RATE_LIMITED` answers sent so far by the old and the new server."""
     old = stack.old.metrics.registry.get_sample_value(
-        "stateshift_legacy_errors_total", {"code": "RATE_LIMITED"}
+        "stateshift_legacy_errors_total", {"path": "admin", "code": "RATE_LIMITED"}
     )
     new = stack.new.metrics.registry.get_sample_value(
-        "stateshift_server_errors_total", {"code": "RATE_LIMITED"}
+        "stateshift_server_errors_total", {"path": "admin", "code": "RATE_LIMITED"}
     )
     return old or 0.0, new or 0.0
 

@@ -251,13 +251,40 @@ async def test_metrics_and_health_are_served_on_the_same_port(
     body = (await asyncio.wait_for(reader.read(1 << 20), timeout())).decode()
     writer.close()
     assert "200 OK" in body.splitlines()[0]
-    assert 'stateshift_server_messages_total{result="ok",type="HEARTBEAT"} 1.0' in body
+    assert 'stateshift_server_messages_total{path="game",result="ok",type="HEARTBEAT"} 1.0' in body
     assert 'stateshift_server_connections{path="game"} 1.0' in body
     assert "stateshift_server_commit_seconds_bucket" in body
     await wait_until(
         lambda: server.metrics.registry.get_sample_value("stateshift_server_games_loaded") == 1.0,
         what="one game loaded",
     )
+
+
+async def test_messages_and_errors_are_counted_by_path_kind(
+    server: StateServer, open_client: OpenClient
+):
+    """The error-ratio alerts read `path="game"` only: a sweep's NOT_FOUND on the admin path
+    is stateshift's own read, which no client sees."""
+    admin = await open_client("/v1/admin")
+    assert (await admin.connect("ops", "admin"))["type"] == "CONNECTED"
+    missing = await admin.request(type="GET_STATE", id="r", game_id="missing")
+    assert missing["code"] == "NOT_FOUND", missing
+    player = await open_client()
+    assert (await player.connect("alice"))["type"] == "CONNECTED"
+    refused = await player.request(type="STATE_UPDATE", id="u", updates={"status": "nope"})
+    assert refused["type"] == "ERROR", refused
+    code = refused["code"]
+    sample = server.metrics.registry.get_sample_value
+    errors = "stateshift_server_errors_total"
+    assert sample(errors, {"path": "admin", "code": "NOT_FOUND"}) == 1.0
+    assert sample(errors, {"path": "game", "code": "NOT_FOUND"}) == 0.0
+    assert sample(errors, {"path": "game", "code": code}) == 1.0
+    assert sample(errors, {"path": "admin", "code": code}) == 0.0
+    messages = "stateshift_server_messages_total"
+    assert sample(messages, {"path": "admin", "type": "GET_STATE", "result": "NOT_FOUND"}) == 1.0
+    assert sample(messages, {"path": "admin", "type": "CONNECT", "result": "ok"}) == 1.0
+    assert sample(messages, {"path": "game", "type": "CONNECT", "result": "ok"}) == 1.0
+    assert sample(messages, {"path": "game", "type": "STATE_UPDATE", "result": code}) == 1.0
 
 
 async def test_games_are_evicted_from_memory_when_nobody_uses_them(
