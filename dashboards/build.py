@@ -196,8 +196,12 @@ ALERTS: Final = (
     ),
     Alert(
         "StateshiftProxiesDisagreeOnRoute",
-        "max(stateshift_route_ramp_percent) != min(stateshift_route_ramp_percent)\n"
-        "or max(stateshift_proxy_mirroring) != min(stateshift_proxy_mirroring)",
+        # by fleet: one Prometheus may scrape several fleets, each with its own route (the
+        # scrape config's `fleet` target label; without it, every proxy is one fleet)
+        "max by (fleet) (stateshift_route_ramp_percent)\n"
+        "  != min by (fleet) (stateshift_route_ramp_percent)\n"
+        "or max by (fleet) (stateshift_proxy_mirroring)\n"
+        "  != min by (fleet) (stateshift_proxy_mirroring)",
         "critical",
         "Proxies disagree on the route or on mirroring",
         "Some proxies send a game to another primary than others (or mirror while others do "
