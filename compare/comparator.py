@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -181,7 +182,9 @@ class StateComparator:
         self.paths: Counter[tuple[str, str]] = Counter()
         self.resyncs = 0
         self.last_at = 0.0
-        self._resyncing: set[str] = set()
+        #: game id -> resyncs of it under way (automatic and on demand may overlap: the game
+        #: is compared again only once the last one ends)
+        self._resyncing: dict[str, int] = {}
         self._children: dict[tuple[str, str], Any] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -386,7 +389,7 @@ class StateComparator:
     def _maybe_resync(self, game_id: str) -> None:
         if self.resync_game is None or game_id in self._resyncing:
             return
-        self._resyncing.add(game_id)
+        self._resyncing[game_id] = self._resyncing.get(game_id, 0) + 1
         task = asyncio.create_task(self._resync(game_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -394,7 +397,7 @@ class StateComparator:
     async def resync(self, game_id: str, via: Resync | None = None) -> int:
         """Replace the shadow's copy of a game from the primary, now (on demand, with `via`
         when automatic resync is off); return its version."""
-        self._resyncing.add(game_id)
+        self._resyncing[game_id] = self._resyncing.get(game_id, 0) + 1
         return await self._resync(game_id, raise_errors=True, via=via)
 
     async def _resync(
@@ -407,11 +410,14 @@ class StateComparator:
         except Exception as exc:
             self.metrics.resync_failures.inc()
             if self.resync_game is not None and not isinstance(exc, LookupError):
-                delay = self._retry_later(game_id)
-                if delay > self.resync_retry:  # logged in full the first time
-                    log.warning("resync of %s failed again (%s); next in %g s", game_id, exc, delay)
+                first = game_id not in self._retries
+                wait = self._retry_later(game_id)
+                if first:  # logged in full the first time
+                    log.exception("resync of %s failed; tried again in %.1f s", game_id, wait)
                 else:
-                    log.exception("resync of %s failed; tried again in %g s", game_id, delay)
+                    log.warning(
+                        "resync of %s failed again (%s); next in %.1f s", game_id, exc, wait
+                    )
             else:
                 self._retries.pop(game_id, None)  # nothing to copy from: not tried again
                 log.exception("resync of %s failed", game_id)
@@ -421,7 +427,11 @@ class StateComparator:
         finally:
             # cancelled too (a switch's verification that ended): else the game would stay
             # out of every comparison and every resync for good
-            self._resyncing.discard(game_id)
+            left = self._resyncing.get(game_id, 1) - 1
+            if left > 0:
+                self._resyncing[game_id] = left
+            else:
+                self._resyncing.pop(game_id, None)
         self._retries.pop(game_id, None)
         self.pairer.forget_game(game_id)
         self.floor[game_id] = version
@@ -434,11 +444,15 @@ class StateComparator:
         return version
 
     def _retry_later(self, game_id: str) -> float:
-        """Schedule the game's next automatic resync after a failed one; the delay."""
+        """Schedule the game's next automatic resync after a failed one; the seconds until
+        then. The delay doubles at each failure; the wait is drawn between half of it and all
+        of it, so that games lost together (a shadow down) are not all retried in one turn,
+        each holding the proxy's swap lock in turn."""
         previous = self._retries.get(game_id)
         delay = self.resync_retry if previous is None else min(previous[1] * 2, RESYNC_RETRY_MAX)
-        self._retries[game_id] = (time.monotonic() + delay, delay)
-        return delay
+        wait = delay * (0.5 + random.random() / 2)
+        self._retries[game_id] = (time.monotonic() + wait, delay)
+        return wait
 
     def retry_resyncs(self, now: float) -> None:
         """Start the automatic resyncs due again (`now`: monotonic) of games still diverged

@@ -199,6 +199,59 @@ async def test_a_failed_automatic_resync_is_tried_again_until_it_succeeds(tmp_pa
     await comparator.stop()
 
 
+async def test_a_resync_on_demand_ending_first_does_not_end_an_automatic_one(
+    tmp_path: Path,
+) -> None:
+    """An automatic resync and one on demand (`stateshift compare resync`) of the same game
+    may overlap. The first to end marked the game as no longer resyncing while the other
+    still copied it: its frames were compared against a copy being replaced (false
+    findings)."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(game_id: str) -> int:
+        started.set()
+        await release.wait()
+        return 7
+
+    async def quick(game_id: str) -> int:
+        return 5
+
+    comparator = comparator_for(tmp_path, resync=slow)
+    comparator.mark_not_comparable("g1", "shadow lost")  # the automatic resync starts
+    await started.wait()
+    assert await comparator.resync("g1", via=quick) == 5  # on demand, ends first
+    comparator.take([record("primary", ack("u", 9)), record("shadow", ack("u", 10))])
+    assert comparator.counts[("answer", "mismatch")] == 0  # skipped: still being copied
+    assert comparator.store.count() == 0
+    release.set()
+    await wait_until(lambda: comparator.resyncs == 2, what="the automatic resync")
+    comparator.take([record("primary", ack("v", 9)), record("shadow", ack("v", 10))])
+    assert comparator.counts[("answer", "mismatch")] == 1  # compared again once both ended
+    await comparator.stop()
+
+
+async def test_games_that_failed_together_are_retried_spread_out(tmp_path: Path) -> None:
+    """A shadow down loses every game at once; their retries all fell due in the same turn,
+    each taking the proxy's swap lock in turn. Each wait is now drawn between half the delay
+    and all of it."""
+
+    async def down(game_id: str) -> int:
+        raise ConnectionError("the shadow is down")
+
+    comparator = comparator_for(tmp_path, resync=down, resync_retry=10.0)
+    failures = comparator.metrics.resync_failures
+    before = time.monotonic()
+    for n in range(20):
+        comparator.mark_not_comparable(f"g{n}", "shadow lost")
+    await wait_until(lambda: failures._value.get() == 20, what="every first attempt")
+    after = time.monotonic()
+    dues = [due for due, _ in comparator._retries.values()]
+    assert len(dues) == 20
+    assert all(before + 5.0 <= due <= after + 10.0 for due in dues), dues
+    assert len({round(due, 3) for due in dues}) > 10, dues  # not one instant for all
+    await comparator.stop()
+
+
 async def test_a_game_missing_on_the_primary_is_not_resynced_again(tmp_path: Path) -> None:
     """Nothing to copy from (LookupError: the game is on the shadow only): no retries."""
     attempts: list[str] = []
