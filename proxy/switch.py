@@ -206,6 +206,12 @@ class Switchboard:
         if self.prepared is not None:
             raise SwitchError("busy", "another switch is prepared on this proxy")
         proxy = self.proxy
+        if not proxy.serving:
+            # its clients are being closed (1012): a fleet switch waits until it is back
+            raise SwitchError(
+                "stopping",
+                "this proxy is stopping (its client port is closed); switch once it is back",
+            )
         previous = proxy.route
         if not previous.mirroring and target != previous:
             raise SwitchError("not_mirroring", "mirroring is off (finalized): no switch back")
@@ -304,7 +310,9 @@ class Switchboard:
         self._resume(prepared.target)
         # the base of figures "since the switch" (a watch's): nothing relayed in between
         self._switched = (time.monotonic(), *self._read())
-        self._diverged_at_switch = dict(self.comparator.diverged) if self.comparator else {}
+        if self.comparator is not None:
+            self.comparator.mark_epoch(time.time())  # the tap's clock
+            self._diverged_at_switch = dict(self.comparator.diverged)
         return prepared.target, paused
 
     async def _swappable(self, target: Route) -> None:
@@ -718,12 +726,15 @@ class Switchboard:
         mismatches = delta("mismatches")
         diverged: list[str] = list(compare_status.get("diverged", []))
         if switched is not None and self.comparator is not None:
-            # since the switch: diverged after it (again, for a game resynced meanwhile)
+            # since the switch: diverged after it (again, for a game resynced meanwhile),
+            # leaving out frames tapped before it and judged unpaired only after it
+            comparator = self.comparator
+            mismatches -= comparator.unpaired_before_epoch
             before = self._diverged_at_switch
             diverged = sorted(
                 game
-                for game, finding in self.comparator.diverged.items()
-                if before.get(game) != finding
+                for game, finding in comparator.diverged.items()
+                if before.get(game) != finding and finding not in comparator.findings_before_epoch
             )
         return {
             "window": window,

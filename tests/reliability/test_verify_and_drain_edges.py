@@ -6,7 +6,8 @@ each test failed before its fix:
 - a server that froze during the verification held the clients for every pooled admin
   connection's closing handshake, and the refusal said `verify`, not `stalled`;
 - a drain ended while a client was still connecting (its upgrade waiting for the primary);
-- a second signal read in the same loop turn as the first was lost (the drain ran on).
+- a second signal read in the same loop turn as the first was lost (the drain ran on);
+- a switch was prepared (and could be committed) on a proxy whose client port had closed.
 
 Timing never decides a test: a failure rests on lower bounds (a server's `slow` fault, a
 close timeout) or on conditions waited for with `wait_until`.
@@ -276,3 +277,25 @@ async def test_a_second_signal_arriving_with_the_first_still_ends_the_drain():
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --------------------------------------------------------------------------------------
+# 5. A switch prepared on a proxy that is stopping.
+
+
+async def test_a_stopping_proxy_refuses_a_switch(tmp_path: Path):
+    """The client port closes first when a proxy stops; its control plane still answers
+    until the clients are closed. A PREPARE taken then paused nobody, verified, and its
+    COMMIT saved a route that no client of this process would ever use, while the fleet
+    counted it as switched. It is refused (`stopping`): the fleet's switch is all or
+    nothing, so it waits until the proxy is back."""
+    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
+        before = stack.proxy.route
+        await stack.proxy.stop()  # what SIGTERM does first; the control plane is still up
+        assert not stack.proxy.serving
+        with pytest.raises(SwitchError) as refused:
+            await stack.board.prepare(Route(primary="new"))
+        assert refused.value.reason == "stopping"
+        assert stack.board.prepared is None
+        assert stack.proxy.route == before
+        assert stack.state.load_route(before) == before  # no switch saved
