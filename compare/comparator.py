@@ -185,6 +185,13 @@ class StateComparator:
         #: game id -> resyncs of it under way (automatic and on demand may overlap: the game
         #: is compared again only once the last one ends)
         self._resyncing: dict[str, int] = {}
+        #: the last switch, on the tap's clock (`mark_epoch`): a frame tapped before it and
+        #: judged unpaired after it (`pair_timeout` later) is counted here too, so that
+        #: figures "since the switch" leave it out
+        self.epoch = 0.0
+        self.unpaired_before_epoch = 0
+        #: the ids of those findings (since the last `mark_epoch`)
+        self.findings_before_epoch: set[int] = set()
         self._children: dict[tuple[str, str], Any] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -256,6 +263,13 @@ class StateComparator:
         elif notice.kind == "not_comparable" and notice.game_id is not None:
             self.mark_not_comparable(notice.game_id, notice.reason)
 
+    def mark_epoch(self, at: float) -> None:
+        """A switch at `at` (the tap's clock): from now on, count apart what was tapped
+        before it and is judged only now."""
+        self.epoch = at
+        self.unpaired_before_epoch = 0
+        self.findings_before_epoch = set()
+
     def mark_not_comparable(self, game_id: str, reason: str) -> None:
         """The proxy could not mirror this game faithfully: stop judging it until a resync."""
         if game_id in self.not_comparable:
@@ -322,6 +336,9 @@ class StateComparator:
             self.count(kind, "diverged")
             return
         self.count(kind, result)
+        before_epoch = pair.missing is not None and pair.at < self.epoch
+        if before_epoch:
+            self.unpaired_before_epoch += 1
         paths = verdict.paths if verdict is not None else ["root"]
         for path in paths:
             self.metrics.mismatches.labels(kind, path).inc()
@@ -340,6 +357,8 @@ class StateComparator:
             conn_id=pair.conn_id,
             key=pair.key,
         )
+        if before_epoch:
+            self.findings_before_epoch.add(finding_id)
         if game_id is not None:
             self.diverged[game_id] = finding_id
             self.metrics.diverged.set(len(self.diverged))

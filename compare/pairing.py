@@ -30,6 +30,8 @@ class Pair:
     shadow: dict[str, Any] | None
     #: for unpaired: the side that never answered
     missing: str | None
+    #: for unpaired: when the frame left alone was tapped (the tap's clock); 0.0 for a pair
+    at: float
 
     def __init__(
         self,
@@ -40,6 +42,7 @@ class Pair:
         primary: dict[str, Any] | None,
         shadow: dict[str, Any] | None,
         missing: str | None = None,
+        at: float = 0.0,
     ) -> None:
         self.kind = kind
         self.game_id = game_id
@@ -48,6 +51,7 @@ class Pair:
         self.primary = primary
         self.shadow = shadow
         self.missing = missing
+        self.at = at
 
     def version(self, side: str) -> int | None:
         """The version a side's frame shows (top level or in its state), if any."""
@@ -236,6 +240,7 @@ class Pairer:
                     primary,
                     shadow,
                     missing,
+                    waiting.at,
                 )
             )
         return expired

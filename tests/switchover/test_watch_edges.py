@@ -7,6 +7,7 @@ proxies and servers on loopback, unless the decision is a pure one."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from proxy.admin import CommandError
 from proxy.route import Route
 from switchover.gates import Thresholds, after_flip, breached, combine
-from tests.proxy.conftest import Client, start_stack
+from tests.proxy.conftest import Client, start_stack, token
 from tests.support import timeout, wait_until
 from tests.switchover.conftest import Stack, cli, start_players
 
@@ -133,6 +134,43 @@ async def test_a_game_diverged_before_the_switch_counts_again_only_if_it_diverge
         comparator.diverged["game7"] = 2  # then diverged again: finding 2
         figures = board.figures(1.0, since_switch=True)
         assert (figures["diverged"], figures["diverged_games"]) == (1, ["game7"])
+
+
+async def test_a_frame_tapped_before_the_switch_and_judged_unpaired_after_it_is_not_counted(
+    tmp_path: Path,
+):
+    """A frame left alone is judged `unpaired` only `pair_timeout` (10 s) after it was
+    tapped: one tapped just before a switch was judged after it, and counted in the figures
+    "since the switch" (a mismatch, its game diverged) that the watch rolls back on. Here
+    the old server, shadow, drops every broadcast; the new primary's are judged after the
+    rollback."""
+    async with start_stack(
+        tmp_path,
+        "drop-broadcast:1",
+        primary="new",
+        comparator=True,
+        switchboard=True,
+        pair_timeout=3600.0,  # judged when this test says
+    ) as stack:
+        comparator, board = stack.live.comparator, stack.board
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        answer = await client.request(
+            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
+        )
+        assert answer["type"] == "ACK", answer
+        await wait_until(
+            lambda: comparator.counts[("answer", "match")] >= 2, what="CONNECTED and ACK paired"
+        )
+        prepared = await board.prepare(Route(primary="old"))
+        await board.commit(prepared.token)
+        comparator.expire(time.time() + 7200)  # the broadcasts' partners never came
+        assert comparator.counts[("broadcast", "unpaired")] == 1
+        assert comparator.diverged.keys() == {"arena"}
+        figures = board.figures(1.0, since_switch=True)
+        assert (figures["mismatches"], figures["diverged"]) == (0, 0), figures
+        everything = board.figures(3600.0)
+        assert (everything["mismatches"], everything["diverged"]) == (1, 1), everything
 
 
 # --------------------------------------------------------------------------- the gates
