@@ -185,6 +185,9 @@ class StateComparator:
         #: game id -> resyncs of it under way (automatic and on demand may overlap: the game
         #: is compared again only once the last one ends)
         self._resyncing: dict[str, int] = {}
+        #: what the pairer must drop before it takes the next frame (`forget_now`)
+        self._forget_conns: set[int] = set()
+        self._forget_games: set[str] = set()
         #: the last switch, on the tap's clock (`mark_epoch`): a frame tapped before it and
         #: judged unpaired after it (`pair_timeout` later) is counted here too, so that
         #: figures "since the switch" leave it out
@@ -221,11 +224,13 @@ class StateComparator:
         event-loop turn with traffic). The time it takes is counted: it is taken from
         relaying (`stateshift_compare_busy_seconds_total`)."""
         started = time.perf_counter()
+        self.forget_now()
         for item in items:
             try:
                 self.process(item)
             except Exception:  # one odd frame must not stop the comparator
                 log.exception("comparing a tap record failed")
+        self.forget_now()
         self.busy_seconds += time.perf_counter() - started
 
     async def _tick(self) -> None:
@@ -259,9 +264,18 @@ class StateComparator:
         if notice.kind == "not_mirrored" and notice.conn_id is not None:
             self.pairer.not_mirrored(notice.conn_id, notice.reason)
         elif notice.kind == "shadow_lost" and notice.conn_id is not None:
-            self.pairer.forget_conn(notice.conn_id)
+            self._forget_conns.add(notice.conn_id)
         elif notice.kind == "not_comparable" and notice.game_id is not None:
             self.mark_not_comparable(notice.game_id, notice.reason)
+
+    def forget_now(self) -> None:
+        """Drop what waits for the connections whose shadow was lost and for the games that
+        stopped being comparable, diverged or were resynced: in one pass for all of them,
+        once per batch (their frames are not judged meanwhile: those games are skipped)."""
+        if self._forget_conns or self._forget_games:
+            conns, games = self._forget_conns, self._forget_games
+            self._forget_conns, self._forget_games = set(), set()
+            self.pairer.forget(conns, games)
 
     def mark_epoch(self, at: float) -> None:
         """A switch at `at` (the tap's clock): from now on, count apart what was tapped
@@ -275,13 +289,14 @@ class StateComparator:
         if game_id in self.not_comparable:
             return
         self.not_comparable[game_id] = reason
-        self.pairer.forget_game(game_id)
+        self._forget_games.add(game_id)
         self.metrics.not_comparable.set(len(self.not_comparable))
         self._maybe_resync(game_id)
 
     def expire(self, now: float) -> None:
         """Turn frames left alone too long into unpaired results."""
         started = time.perf_counter()
+        self.forget_now()
         for pair in self.pairer.expire(now):
             self.judge(pair)
         self.busy_seconds += time.perf_counter() - started
@@ -362,7 +377,7 @@ class StateComparator:
         if game_id is not None:
             self.diverged[game_id] = finding_id
             self.metrics.diverged.set(len(self.diverged))
-            self.pairer.forget_game(game_id)
+            self._forget_games.add(game_id)
             self._maybe_resync(game_id)
 
     def record(self, **finding: Any) -> int:
@@ -452,7 +467,7 @@ class StateComparator:
             else:
                 self._resyncing.pop(game_id, None)
         self._retries.pop(game_id, None)
-        self.pairer.forget_game(game_id)
+        self._forget_games.add(game_id)
         self.floor[game_id] = version
         self.diverged.pop(game_id, None)
         self.not_comparable.pop(game_id, None)

@@ -109,6 +109,9 @@ class LiveComparison:
                 # finalized: the old server is retired (a LookupError is not retried)
                 raise LookupError(f"mirroring is finalized: no shadow to resync {game_id} into")
             primary = proxy.route.primary_for(game_id)
+            if proxy.reach[other(primary)].down:
+                # no admin connection opened to find out again, for each of its games
+                raise ConnectionError(f"the shadow ({other(primary)}) is unreachable")
             order = proxy.order
             order.hold(game_id)
             floor: int | None = None

@@ -10,6 +10,7 @@ shadow's copy was dropped) are announced with `not_mirrored` and expect no pair.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -288,29 +289,50 @@ class Pairer:
 
         An answer's partner may still come (a heartbeat answered across a resync has no
         version for the resync's floor to skip it by): it is remembered, and dropped too."""
-        for key in [k for k, w in self._waiting.items() if w.game_id == game_id]:
+        self.forget((), (game_id,))
+
+    def forget_conn(self, conn_id: int) -> None:
+        """Drop what waits for a connection (its shadow was lost)."""
+        self.forget((conn_id,), ())
+
+    def forget(self, conn_ids: Collection[int], game_ids: Collection[str]) -> None:
+        """`forget_conn` of every connection and `forget_game` of every game given, in one
+        pass over what waits: a shadow lost under thousands of clients loses them all in a
+        few loop turns, and one pass per connection and per game took seconds (every
+        client's frames waiting behind it)."""
+        conns = conn_ids if isinstance(conn_ids, (set, frozenset)) else set(conn_ids)
+        games = game_ids if isinstance(game_ids, (set, frozenset)) else set(game_ids)
+        if not conns and not games:
+            return
+        by_game: list[tuple[Any, ...]] = []
+        by_conn: list[tuple[Any, ...]] = []
+        for key, waiting in self._waiting.items():
+            if waiting.game_id in games:
+                by_game.append(key)
+            elif waiting.kind == "answer" and waiting.conn_id in conns:
+                by_conn.append(key)
+        for key in by_game:
             first = self._drop(key)
             if first.kind == "answer":
                 count = 1 + (len(first.more) if first.more else 0)
                 self._forget(key, first.upstream or first.side, count, first.side)
-
-    def forget_conn(self, conn_id: int) -> None:
-        """Drop what waits for a connection (its shadow was lost)."""
-        for key in [
-            k for k, w in self._waiting.items() if w.conn_id == conn_id and w.kind == "answer"
-        ]:
+        for key in by_conn:
             self._drop(key)
-        self._not_mirrored = OrderedDict(
-            (item, None) for item in self._not_mirrored if item[0] != conn_id
-        )
+        if not conns:
+            return
+        if self._not_mirrored:
+            self._not_mirrored = OrderedDict(
+                (item, None) for item in self._not_mirrored if item[0] not in conns
+            )
         # The lost shadow connection will never answer what it was sent: the primary's
         # answers dropped earlier (`forget_game`, the bound) wait for no partner any more,
         # and a record of them would swallow the revived shadow's answer to a reused id.
-        self._forgotten = OrderedDict(
-            (key, gone)
-            for key, gone in self._forgotten.items()
-            if not (key[0] == "answer" and key[1] == conn_id and gone[2] == PRIMARY)
-        )
+        if self._forgotten:
+            self._forgotten = OrderedDict(
+                (key, gone)
+                for key, gone in self._forgotten.items()
+                if not (key[0] == "answer" and key[1] in conns and gone[2] == PRIMARY)
+            )
 
     def __len__(self) -> int:
         """Frames waiting for their partner (a reused id's later ones included)."""

@@ -56,6 +56,14 @@ def proxy(
     answer_timeout: Annotated[
         float, typer.Option(help="Seconds before a silent shadow is declared stalled.")
     ] = 5.0,
+    shadow_reopen_rate: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Shadow connections reopened after a loss, at most this many a second in "
+            "all (a shadow back after a crash is not reconnected for every client at once).",
+        ),
+    ] = 200.0,
     shadow_coalesce_ms: Annotated[
         float,
         typer.Option(
@@ -162,6 +170,7 @@ def proxy(
         gap_timeout=gap_timeout,
         answer_timeout=answer_timeout,
         shadow_coalesce=shadow_coalesce_ms / 1000,
+        shadow_reopen_rate=shadow_reopen_rate,
     )
     try:
         ignore_rules = load_rules(rules)

@@ -40,6 +40,7 @@ from websockets.typing import Subprotocol
 
 from proxy.frames import ClientSide, UpstreamSide
 from proxy.metrics import ProxyMetrics
+from proxy.reachability import Reachability
 from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder, readable_id
 from proxy.splice import can_splice, end_splice, splice
@@ -88,6 +89,9 @@ class ProxySettings:
     open_timeout: float = 5.0
     ping_interval: float | None = 20.0
     retry_max: float = 5.0
+    #: shadow connections reopened after a loss, at most this many a second in all (a shadow
+    #: back after a crash under thousands of clients is not reconnected in one burst)
+    shadow_reopen_rate: float = 200.0
     #: a shadow whose unsent output exceeds this is given up (it does not read)
     shadow_write_limit: int = 4 * 1024 * 1024
     #: seconds a released shadow copy may wait to share one write with the next ones of its
@@ -293,6 +297,17 @@ class MirrorProxy:
         self.metrics = metrics or ProxyMetrics()
         self.tap = tap
         self.urls = {"old": settings.old_url.rstrip("/"), "new": settings.new_url.rstrip("/")}
+        #: per upstream: known unreachable? (shared by every client's shadow connection)
+        self.reach = {
+            name: Reachability(
+                url,
+                rate=settings.shadow_reopen_rate,
+                retry_max=settings.retry_max,
+                open_timeout=settings.open_timeout,
+                on_probe_failed=functools.partial(self._probe_failed, name),
+            )
+            for name, url in self.urls.items()
+        }
         self.order = ShadowOrder(
             max_buffer=settings.shadow_buffer,
             gap_timeout=settings.gap_timeout,
@@ -391,6 +406,8 @@ class MirrorProxy:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        for reach in self.reach.values():
+            await reach.stop()
         self._server = None
 
     def set_route(self, route: Route) -> None:
@@ -414,6 +431,8 @@ class MirrorProxy:
             if up is not None:
                 closing = close_within(up, self.settings.open_timeout, 1000, "mirroring finalized")
                 self._spawn(session, closing)
+        retired = self.reach[other(route.primary)]
+        retired.close()  # no shadow any more: stop probing it
         self.flush()
 
     def shadow_ready(self, session: Session, name: str | None = None) -> bool:
@@ -1035,19 +1054,35 @@ class MirrorProxy:
                     # CONNECT, after the shadow's deadline) are what `_end` waits for: they
                     # go, or `_end` counts them lost; with none, nothing needs a connection.
                     return
+                reach = self.reach[name]
+                if reach.down:
+                    # Known unreachable: no attempt of its own (one probe finds out when it
+                    # is back); lost, without a connection failure counted per client.
+                    self._shadow_lost(session, name, "down", attempted=False)
+                    revive = True
+                    await reach.wait(backoff)
+                    backoff = min(backoff * 2, self.settings.retry_max)
+                    continue
+                if revive:
+                    await reach.reopen()  # after a loss: a bounded rate for all of them
+                    if reach.down or (session.ended() and not self.order.pending(session.id)):
+                        continue  # look again: gone down meanwhile, or the client left
                 reason = "down"
                 try:
                     up = await self._open(name, session.path, session.headers, session.subprotocols)
                 except InvalidStatus:
                     reason = "refused"
-                except (OSError, TimeoutError, InvalidHandshake):
-                    reason = "down"
+                except (OSError, TimeoutError):
+                    reach.failed()
+                except InvalidHandshake:
+                    pass
                 if up is None:
                     self._shadow_lost(session, name, reason)
                     revive = True
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.settings.retry_max)
                     continue
+                reach.reached()
                 if not session.mirrored or (session.ended() and not self.order.pending(session.id)):
                     # the client left (nothing waits to be sent), or mirroring ended
                     # (finalize) while this connected
@@ -1148,8 +1183,16 @@ class MirrorProxy:
             return
         up.answer_ping(data)
 
-    def _shadow_lost(self, session: Session, name: str, reason: str) -> None:
-        self.metrics.connect_failures.labels(name, "shadow", reason).inc()
+    def _probe_failed(self, name: str) -> None:
+        """A probe of an unreachable upstream found it still down (counted as one
+        connection failure: the clients waiting for it make no attempt of their own)."""
+        self.metrics.connect_failures.labels(name, "shadow", "down").inc()
+
+    def _shadow_lost(
+        self, session: Session, name: str, reason: str, attempted: bool = True
+    ) -> None:
+        if attempted:
+            self.metrics.connect_failures.labels(name, "shadow", reason).inc()
         self.order.shadow_lost(session.id, reason, time.monotonic())
         self.flush()
 
