@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -188,13 +189,21 @@ class StateComparator:
         #: what the pairer must drop before it takes the next frame (`forget_now`)
         self._forget_conns: set[int] = set()
         self._forget_games: set[str] = set()
-        #: the last switch, on the tap's clock (`mark_epoch`): a frame tapped before it and
-        #: judged unpaired after it (`pair_timeout` later) is counted here too, so that
-        #: figures "since the switch" leave it out
+        #: the last switch, on the tap's clock (`mark_epoch`). Since then, mismatches that
+        #: say nothing of the server switched to are counted here too, so that figures
+        #: "since the switch" (what a watch rolls back on) leave them out: a frame tapped
+        #: before the switch and judged unpaired after it (`pair_timeout` later), and any of
+        #: a game whose mirroring was disturbed since (`disturbed`: its shadow lost, a gap;
+        #: then resynced: the frames around a resync pair badly whichever server is right)
         self.epoch = 0.0
-        self.unpaired_before_epoch = 0
-        #: the ids of those findings (since the last `mark_epoch`)
-        self.findings_before_epoch: set[int] = set()
+        self.excluded_since_epoch = 0
+        #: the ids of those findings
+        self.excluded_findings: set[int] = set()
+        #: games marked not comparable since the last switch -> until when (the tap's
+        #: clock) their mismatches are left out: until `pair_timeout` after their resync,
+        #: when the frames tapped around it have been judged (not comparable, they are
+        #: skipped anyway)
+        self.disturbed: dict[str, float] = {}
         self._children: dict[tuple[str, str], Any] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -281,14 +290,17 @@ class StateComparator:
         """A switch at `at` (the tap's clock): from now on, count apart what was tapped
         before it and is judged only now."""
         self.epoch = at
-        self.unpaired_before_epoch = 0
-        self.findings_before_epoch = set()
+        self.excluded_since_epoch = 0
+        self.excluded_findings = set()
+        self.disturbed = {}
 
     def mark_not_comparable(self, game_id: str, reason: str) -> None:
         """The proxy could not mirror this game faithfully: stop judging it until a resync."""
         if game_id in self.not_comparable:
             return
         self.not_comparable[game_id] = reason
+        if self.epoch:
+            self.disturbed[game_id] = math.inf
         self._forget_games.add(game_id)
         self.metrics.not_comparable.set(len(self.not_comparable))
         self._maybe_resync(game_id)
@@ -351,9 +363,11 @@ class StateComparator:
             self.count(kind, "diverged")
             return
         self.count(kind, result)
-        before_epoch = pair.missing is not None and pair.at < self.epoch
-        if before_epoch:
-            self.unpaired_before_epoch += 1
+        excluded = (pair.missing is not None and pair.at < self.epoch) or (
+            game_id is not None and time.time() < self.disturbed.get(game_id, 0.0)
+        )
+        if excluded:
+            self.excluded_since_epoch += 1
         paths = verdict.paths if verdict is not None else ["root"]
         for path in paths:
             self.metrics.mismatches.labels(kind, path).inc()
@@ -372,8 +386,8 @@ class StateComparator:
             conn_id=pair.conn_id,
             key=pair.key,
         )
-        if before_epoch:
-            self.findings_before_epoch.add(finding_id)
+        if excluded:
+            self.excluded_findings.add(finding_id)
         if game_id is not None:
             self.diverged[game_id] = finding_id
             self.metrics.diverged.set(len(self.diverged))
@@ -468,6 +482,8 @@ class StateComparator:
                 self._resyncing.pop(game_id, None)
         self._retries.pop(game_id, None)
         self._forget_games.add(game_id)
+        if game_id in self.disturbed:
+            self.disturbed[game_id] = time.time() + self.pairer.timeout
         self.floor[game_id] = version
         self.diverged.pop(game_id, None)
         self.not_comparable.pop(game_id, None)

@@ -30,6 +30,8 @@ FAILED: Final = 1
 USAGE: Final = 2
 #: not enough evidence to decide (a gate is inconclusive, none fails)
 INCONCLUSIVE: Final = 3
+#: an automatic rollback refused is tried again this many times, `--check-every` apart
+ROLLBACK_RETRIES: Final = 2
 
 EXIT_CODES = (
     "Exit codes: 0 ok / ready; 1 not ready, or failed (aborted or rolled back); "
@@ -171,7 +173,12 @@ class Output:
                 f"[{style}]{p.state}[/]",
                 _route_text(p.route),
                 "—" if p.paused_ms is None else f"{p.paused_ms:.1f} ms",
-                p.error or "",
+                p.error
+                or (
+                    f"{p.games_unverified} games moved off an unreachable server, not compared"
+                    if p.games_unverified
+                    else ""
+                ),
             )
         self.console.print(table)
         style = "green" if report.ok else "bold red"
@@ -808,9 +815,22 @@ async def _watch(
     names = ", ".join(g.name for g in breach.gates)
     if not out.as_json:
         out.gates(breach.gates, f"breach {breach.after:.1f} s after the switch")
+    if share and any(g.name == "primary_failures" for g in breach.gates):
+        # the new server refuses or loses its clients: it keeps no share of them
+        share, kind, done = 0.0, "rollback", "rolled back (the new server fails its clients)"
+        route = target("old", 0.0)
     report = await fleet.switch(
         route, reason=f"auto-rollback: {names}", kind=kind, hold=hold, resync=True
     )
+    for _ in range(ROLLBACK_RETRIES):
+        if report.ok or report.unreachable_only:
+            break
+        # refused (a quiesce or a verification under the failure): the clients carry on
+        # as they are; tried again, as on-call would
+        await asyncio.sleep(every)
+        report = await fleet.switch(
+            route, reason=f"auto-rollback (again): {names}", kind=kind, hold=hold, resync=True
+        )
     details = {
         "reason": reason,
         "breached": [g.to_dict() for g in breach.gates],

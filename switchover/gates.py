@@ -62,6 +62,9 @@ class Thresholds:
     max_diverged: int = 0
     max_shadow_drops: int = 0
     max_latency_ratio: float = 2.0
+    #: seconds a p99 may exceed `max_latency_ratio` times the other before a latency gate
+    #: fails: at a few milliseconds, one bucket of the latency histogram is a factor of 2
+    latency_slack: float = 0.010
     #: seconds of history the figures cover
     window: float = 300.0
 
@@ -293,7 +296,7 @@ def evaluate(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
         missing = "primary" if primary_p99 is None else "shadow"
         gates.append(_no_latency("shadow_latency", shadow_p99, missing))
     else:
-        bound = thresholds.max_latency_ratio * primary_p99
+        bound = thresholds.max_latency_ratio * primary_p99 + thresholds.latency_slack
         ok = shadow_p99 <= bound
         gates.append(
             Gate(
@@ -302,7 +305,8 @@ def evaluate(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]:
                 bound,
                 "pass" if ok else "fail",
                 f"shadow p99 {shadow_p99 * 1000:.1f} ms {'≤' if ok else '>'} "
-                f"{thresholds.max_latency_ratio:g} x primary p99 {primary_p99 * 1000:.1f} ms",
+                f"{thresholds.max_latency_ratio:g} x primary p99 {primary_p99 * 1000:.1f} ms"
+                f" + {thresholds.latency_slack * 1000:g} ms",
             )
         )
     return gates
@@ -356,7 +360,7 @@ def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]
         missing = "new server's (as a primary)" if new_p99 is None else "old server's"
         gates.append(_no_latency("primary_latency", new_p99, missing))
         return gates
-    bound = thresholds.max_latency_ratio * old_p99
+    bound = thresholds.max_latency_ratio * old_p99 + thresholds.latency_slack
     ok = new_p99 <= bound
     gates.append(
         Gate(
@@ -366,7 +370,7 @@ def after_flip(figures: Mapping[str, Any], thresholds: Thresholds) -> list[Gate]
             "pass" if ok else "fail",
             f"new server p99 {new_p99 * 1000:.1f} ms as a primary {'≤' if ok else '>'} "
             f"{thresholds.max_latency_ratio:g} x old server p99 {old_p99 * 1000:.1f} ms "
-            f"(as the {old_role})",
+            f"+ {thresholds.latency_slack * 1000:g} ms (as the {old_role})",
         )
     )
     return gates

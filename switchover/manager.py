@@ -62,6 +62,8 @@ class ProxyOutcome:
     route: dict[str, Any] | None = None
     paused_ms: float | None = None
     games_checked: int | None = None
+    #: games moved off a server that could not be reached, not compared
+    games_unverified: int | None = None
     error: str | None = None
     reason: str | None = None
 
@@ -264,6 +266,7 @@ class Fleet:
                     outcome.state = "prepared"
                     outcome.paused_ms = info.get("paused_ms")
                     outcome.games_checked = info.get("games_checked")
+                    outcome.games_unverified = info.get("games_unverified") or None
 
         if len(prepared) < len(self.urls):
             failed = [o for o in outcomes.values() if o.state in ("failed", "unreachable")]

@@ -419,3 +419,36 @@ async def test_a_proxy_sweep_under_a_ramp_names_each_games_own_primary(tmp_path:
     assert finding is not None
     assert finding["missing"] == "shadow", (finding["missing"], finding["versions"])
     assert finding["primary"] == only_on_new
+
+
+async def test_after_a_switch_a_disturbed_games_mismatches_around_its_resync_are_set_apart(
+    tmp_path: Path,
+) -> None:
+    """After a flip the old server is the shadow. Restarted (or lost) under the watch, its
+    games are marked not comparable and resynced; the frames tapped around the resync pair
+    badly (the shadow's catch-up, answers read at another moment) and were counted as
+    mismatches since the switch: the watch rolled the clients back onto the old server
+    that had just failed. They are now counted apart until `pair_timeout` after the
+    resync; a game left alone counts as before."""
+
+    async def done(game_id: str) -> int:
+        return 3
+
+    comparator = StateComparator(
+        Tap(), defaults(), FindingStore(tmp_path / "f.db"), CollectorRegistry(), pair_timeout=3600
+    )
+    comparator.mark_epoch(time.time())
+    comparator.mark_not_comparable("g1", "shadow lost")
+    assert await comparator.resync("g1", via=done) == 3
+    comparator.take([record("primary", ack("u", 9)), record("shadow", ack("u", 10))])
+    assert comparator.counts[("answer", "mismatch")] == 1  # compared and counted, as ever
+    assert comparator.excluded_since_epoch == 1
+    assert comparator.excluded_findings == {comparator.diverged["g1"]}
+    other = TapRecord(2, "upstream", "primary", "old", 0.0, "g2", "", ack("v", 4))
+    twin = TapRecord(2, "upstream", "shadow", "new", 0.0, "g2", "", ack("v", 5))
+    comparator.take([other, twin])  # a game left alone since the switch
+    assert comparator.counts[("answer", "mismatch")] == 2
+    assert comparator.excluded_since_epoch == 1
+    comparator.mark_epoch(time.time())  # the next switch starts afresh
+    assert (comparator.excluded_since_epoch, comparator.excluded_findings) == (0, set())
+    await comparator.stop()

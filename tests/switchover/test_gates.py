@@ -98,7 +98,7 @@ def test_the_window_being_incomplete_is_said_in_the_detail():
         ({"diverged": 1}, "diverged"),
         ({"shadow_connected": 19}, "shadow_connected"),
         ({"shadow_drops": 1}, "shadow_drops"),
-        ({"shadow_p99": 0.021}, "shadow_latency"),  # > 2 x 10 ms
+        ({"shadow_p99": 0.031}, "shadow_latency"),  # > 2 x 10 ms + 10 ms
     ],
 )
 def test_each_gate_fails_on_its_own_figure(changes: dict[str, Any], failing: str):
@@ -115,7 +115,8 @@ def test_a_failure_wins_over_an_inconclusive_gate():
 
 
 def test_thresholds_at_their_bound_pass():
-    figures = healthy(mismatches=1, shadow_p99=0.020)  # ratio exactly 0.001, p99 exactly 2x
+    # ratio exactly 0.001, p99 exactly 2x + the slack
+    figures = healthy(mismatches=1, shadow_p99=0.030)
     assert ready(evaluate(figures, Thresholds()))
 
 
@@ -172,12 +173,12 @@ def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
     assert breached(watched.values()) == []
     new_slow = by_name(
         after_flip(
-            healthy(**{**flipped, "primary_new_p99": 0.05, "shadow_old_p99": 0.02}), Thresholds()
+            healthy(**{**flipped, "primary_new_p99": 0.06, "shadow_old_p99": 0.02}), Thresholds()
         )
     )
     assert [g.name for g in breached(new_slow.values())] == ["primary_latency"]
     assert new_slow["primary_latency"].detail == (
-        "new server p99 50.0 ms as a primary > 2 x old server p99 20.0 ms (as the shadow)"
+        "new server p99 60.0 ms as a primary > 2 x old server p99 20.0 ms + 10 ms (as the shadow)"
     )
     diverged = after_flip(healthy(diverged=1, **flipped), Thresholds())
     assert [g.name for g in breached(diverged)] == ["diverged"]
@@ -188,12 +189,12 @@ def test_after_a_flip_the_new_server_is_judged_not_the_old_ones_health():
 def test_under_a_ramp_the_new_server_is_judged_against_the_old_one_as_a_primary():
     """Under a ramp each server is primary for some games: their latencies as primaries
     are compared (the old server's as the shadow is not the reference then)."""
-    ramped = healthy(primary_new_p99=0.05, primary_old_p99=0.02, shadow_old_p99=0.2)
+    ramped = healthy(primary_new_p99=0.06, primary_old_p99=0.02, shadow_old_p99=0.2)
     gate = by_name(after_flip(ramped, Thresholds()))["primary_latency"]
     assert gate.result == "fail"
-    assert gate.detail.endswith("old server p99 20.0 ms (as the primary)")
+    assert gate.detail.endswith("old server p99 20.0 ms + 10 ms (as the primary)")
     # a proxy that reports no latency by upstream: the new primary against the shadow
-    older = by_name(after_flip(healthy(primary_p99=0.05, shadow_p99=0.02), Thresholds()))
+    older = by_name(after_flip(healthy(primary_p99=0.06, shadow_p99=0.02), Thresholds()))
     assert older["primary_latency"].result == "fail"
     # the fleet's figure is the worst proxy's, by upstream too
     fleet = combine([healthy(primary_new_p99=0.01), healthy(primary_new_p99=0.03)])
@@ -253,3 +254,24 @@ def test_ramp_targets_are_plain_routes_at_the_ends():
     assert target("old", 25) == {"primary": "old", "ramp": 25, "mirroring": True}
     assert same_route({"primary": "new", "ramp": None, "mirroring": True}, target("new"))
     assert not same_route({"primary": "new", "ramp": None, "mirroring": False}, target("new"))
+
+
+def test_a_latency_gate_allows_a_slack_of_one_histogram_bucket_at_a_few_milliseconds():
+    """A rehearsal rolled back two healthy flips: "new server p99 15.0 ms > 2 x old server
+    p99 5.0 ms" (and 10 > 2 x 4): at a few milliseconds the p99 is a bucket of the latency
+    histogram (4, 5, 7.5, 10, 15 ms), so a ratio moves by 2x between neighbours. A p99 may
+    now exceed the ratio by `latency_slack` (10 ms) before the gate fails."""
+    figures = healthy(primary_new_p99=0.015, primary_old_p99=None, shadow_old_p99=0.005)
+    gates = {g.name: g for g in after_flip(figures, Thresholds())}
+    assert gates["primary_latency"].result == "pass", gates["primary_latency"].detail
+    slow = healthy(primary_new_p99=0.060, primary_old_p99=None, shadow_old_p99=0.005)
+    gates = {g.name: g for g in after_flip(slow, Thresholds())}
+    assert gates["primary_latency"].result == "fail"
+    assert "+ 10 ms" in gates["primary_latency"].detail
+    strict = Thresholds(latency_slack=0.0)
+    gates = {g.name: g for g in after_flip(figures, strict)}
+    assert gates["primary_latency"].result == "fail"
+    readiness = {
+        g.name: g for g in evaluate(healthy(shadow_p99=0.015, primary_p99=0.005), Thresholds())
+    }
+    assert readiness["shadow_latency"].result == "pass"

@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from proxy.admin import CommandError
 from proxy.route import Route
+from server.app import StateServer
 from switchover.gates import Thresholds, after_flip, breached, combine
 from tests.proxy.conftest import Client, start_stack, token
 from tests.support import timeout, wait_until
@@ -77,6 +78,80 @@ async def test_a_flip_watch_rolls_back_when_the_new_server_dies(stack: Stack):
     outcome = await run
     assert outcome.code == 1, outcome.doc.get("message")
     assert proxy.route().primary == "old"
+
+
+def crash(server: StateServer) -> None:
+    """The server process dies: its port refuses, its connections end without a close."""
+    assert server._server is not None
+    server._server.close(close_connections=False)
+    for conn in list(server.conns):
+        conn.ws.transport.abort()
+
+
+async def test_a_flip_watch_rolls_back_off_a_new_server_that_crashes_under_its_players(
+    stack: Stack,
+):
+    """The new server dies (kill -9) under players mid-update, as in a rehearsal where the
+    automatic rollback failed: the breach (`primary_failures`) must roll every client back
+    onto the old server, which can then serve them. (End to end; the refusal itself depended
+    on sessions still open when the verification ran: the next test sets that up.)"""
+    proxy = await stack.add_proxy()
+    players = start_players(proxy.proxy.url, games=3, per_game=2, pace=0.01)
+    try:
+        await wait_until(lambda: players.total() >= 6, within=timeout(20), what="traffic")
+        run = asyncio.create_task(
+            cli(
+                "flip",
+                "--proxy",
+                proxy.admin,
+                "--force",
+                "--auto-rollback",
+                str(timeout(8)),
+                *WATCH,
+            )
+        )
+        await wait_until(lambda: proxy.route().primary == "new", what="the flip")
+        played = players.total()
+        await wait_until(lambda: players.total() >= played + 12, what="play on the new server")
+        crash(stack.new)
+        outcome = await run
+        assert outcome.code == 1, outcome.doc.get("message")
+        rollback = outcome.doc["auto_rollback"]["rollback"]
+        assert rollback["ok"], rollback
+        assert proxy.route().primary == "old"
+        client = await Client.open(f"{proxy.proxy.url}/v1/games/game0")
+        joined = await client.request(type="CONNECT", id="c", token=token("late"))
+        assert joined["type"] == "CONNECTED", joined
+        await client.ws.close()
+    finally:
+        for task in players.tasks:
+            task.cancel()
+        await asyncio.gather(*players.tasks, return_exceptions=True)
+
+
+async def test_a_rollback_moves_games_off_a_new_server_that_accepts_no_connection(
+    tmp_path: Path,
+):
+    """A rollback is the way off a new server that fails. Its verification read every moved
+    game from both servers, so with clients still connected to their games (a server that
+    stopped accepting connections, or crashed while their sessions were ending) it was
+    refused `(unreachable)`: every client stayed on the failing server. The games leave a
+    server that cannot be read; the old one, its shadow, received every change the new one
+    acknowledged: they are moved without comparing them, and the answer says how many."""
+    async with start_stack(tmp_path, primary="new", switchboard=True, comparator=True) as stack:
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        answer = await client.request(
+            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
+        )
+        assert answer["type"] == "ACK", answer
+        assert stack.new._server is not None
+        stack.new._server.close(close_connections=False)  # accepts no connection any more
+        prepared = await stack.board.prepare(Route(primary="old"))
+        assert (prepared.games_checked, prepared.games_unverified) == (0, 1)
+        await stack.board.commit(prepared.token)
+        assert stack.proxy.route.primary == "old"
+        await client.ws.close()
 
 
 async def test_a_watch_that_could_not_read_the_figures_does_not_report_no_breach(
@@ -199,3 +274,19 @@ def test_the_latency_gate_of_proxies_without_p99_by_upstream_survives_combining(
     fleet = {g.name: g.result for g in after_flip(combine([old_style]), Thresholds())}
     assert fleet["primary_latency"] == "fail", fleet
     assert breached(after_flip(combine([old_style]), Thresholds()))
+
+
+async def test_the_figures_p99_is_interpolated_within_its_bucket(tmp_path: Path):
+    """FIGURES gave a bucket's upper bound as the p99: 100 answers of 5.1 ms read as 7.5 ms
+    (the bucket 5-7.5 ms), 10.1 ms as 15 ms. It is now interpolated within the bucket, as
+    Prometheus' `histogram_quantile` does."""
+    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
+        latency = stack.proxy.metrics.latency.labels("primary", "old")
+        bounds = stack.proxy.metrics.latency.bounds
+        lower = max(b for b in bounds if b < 0.0051)
+        upper = min(b for b in bounds if b >= 0.0051)
+        for _ in range(100):
+            latency.observe(0.0051)
+        p99 = stack.board.figures(3600.0)["primary_old_p99"]
+        assert p99 == pytest.approx(lower + (upper - lower) * 0.99), (p99, lower, upper)
+        assert p99 < upper
