@@ -468,7 +468,7 @@ class StateComparator:
                     )
             else:
                 self._retries.pop(game_id, None)  # nothing to copy from: not tried again
-                log.exception("resync of %s failed", game_id)
+                log.warning("resync of %s not done: %s", game_id, exc)
             if raise_errors:
                 raise
             return -1

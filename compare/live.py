@@ -203,6 +203,8 @@ class LiveComparison:
         assert self.sweep_interval
         while True:
             await asyncio.sleep(self.sweep_interval)
+            if not self.proxy.route.mirroring:
+                continue  # finalized: the old server is retired (every game would be missing)
             try:
                 await self.sweep_now()
             except Exception:
@@ -231,6 +233,10 @@ class LiveComparison:
         return {"finding": finding}
 
     async def _sweep_command(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
+        if not self.proxy.route.mirroring:
+            raise CommandError(
+                "FAILED", "mirroring is finalized: the old server is retired, nothing to compare"
+            )
         return {"sweep": await self.sweep_now()}
 
     async def _resync_command(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:

@@ -303,3 +303,22 @@ async def test_after_finalize_a_game_is_not_resynced_into_the_retired_old_server
         for _ in range(5):
             await asyncio.sleep(0)
         assert failures._value.get() == 1
+
+
+async def test_after_finalize_no_sweep_reports_every_new_game_missing_on_the_old_server(
+    tmp_path: Path,
+):
+    """After finalize the old server is retired. The proxy's sweeps went on comparing every
+    game with it: each game created since was a finding ("shadow missing"), a diverged game
+    and a StateshiftGameDiverged page, then a resync refused with a traceback (a rehearsal's
+    finding). A sweep on demand is now refused, and the periodic one skipped."""
+    async with start_stack(tmp_path, primary="new", comparator=True) as stack:
+        stack.proxy.finalize(Route(primary="new", mirroring=False))
+        client = await Client.open(f"{stack.proxy.url}/v1/games/after")
+        await client.request(type="CONNECT", id="c", token=token("p0"))  # new only
+        with pytest.raises(CommandError) as refused:
+            await stack.live._sweep_command("ops", {})
+        assert refused.value.code == "FAILED"
+        assert "finalized" in str(refused.value)
+        assert stack.live.comparator.diverged == {}
+        await client.ws.close()
