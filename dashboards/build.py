@@ -40,6 +40,9 @@ READY_WINDOW: Final = "5m"
 ALERT_MISMATCH_RATIO: Final = 0.01
 ALERT_MIN_COMPARISON_RATE: Final = 0.5  # per second: below it the ratio is noise
 ALERT_ERROR_RATIO_EXCESS: Final = 0.01
+#: primary connection failures a second (over 1 minute) that page: a dead primary refuses
+#: every client's reconnection; one connection lost now and then does not reach it
+ALERT_PRIMARY_FAILURES_PER_SECOND: Final = 0.05
 ALERT_PRIMARY_P99_SECONDS: Final = 0.25
 #: seconds spent comparing per second: the share of the proxy's one core (its event loop)
 #: that the comparator takes from relaying. It is a few per cent at full load with the
@@ -193,6 +196,23 @@ ALERTS: Final = (
         "errors.",
         "rollback.md",
         "2m",
+    ),
+    Alert(
+        "StateshiftPrimaryUnreachable",
+        # apart from the route change above (which waits 2 minutes over 5-minute windows):
+        # clients refused (502) or dropped now, whichever server is the primary
+        "sum by (instance, upstream) (rate(stateshift_proxy_upstream_connect_failures_total"
+        '{role="primary", reason=~"down|refused|crash"}[1m]))\n'
+        f"> {ALERT_PRIMARY_FAILURES_PER_SECOND}",
+        "critical",
+        "Proxy {{ $labels.instance }} cannot reach its primary ({{ $labels.upstream }})",
+        "The proxy fails to connect to its primary, or loses it under its clients, over "
+        '{{ $value | printf "%.2f" }} times a second: its clients are refused (502) or dropped, '
+        "and its /healthz answers 503. After a flip or a ramp, with the new server as the "
+        "failing primary: roll back (the old server has every change). Else the old server "
+        "is down: restore it.",
+        "rollback.md",
+        "30s",
     ),
     Alert(
         "StateshiftProxiesDisagreeOnRoute",
