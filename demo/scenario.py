@@ -264,6 +264,12 @@ class Demo:
             f"{self.options.games * self.options.players} players across the flip and the "
             "rollback; each left with DISCONNECT at the end",
         )
+        self.step(
+            "every broadcast delivered",
+            stats.missed_broadcasts == 0,
+            f"{stats.missed_broadcasts} versions skipped in the STATE broadcasts the players "
+            "got, across the flip and the rollback",
+        )
         self.phase = "done"
 
     async def _divergence(self) -> None:

@@ -73,6 +73,11 @@ def render_report(report: LoadReport, out: Console) -> None:
     traffic.add_row(
         "unanswered", f"[{bad if s.unanswered else 'green'}]{s.unanswered}[/]", "lost requests"
     )
+    traffic.add_row(
+        "missed broadcasts",
+        f"[{bad if s.missed_broadcasts else 'green'}]{s.missed_broadcasts}[/]",
+        "versions of a game a connection never got as STATE",
+    )
     traffic.add_row("reconnects", str(s.reconnects), "connected again after a goodbye or a loss")
     if s.connect_failures:
         traffic.add_row("connect failures", f"[{bad}]{s.connect_failures}[/]", "")

@@ -90,6 +90,9 @@ class Stats:
     invalid_wrong: list[str] = field(default_factory=list)
     unanswered: int = 0
     unexpected_closes: int = 0
+    #: STATE broadcasts a connection never got: a version skipped between the ones it saw
+    #: (from its CONNECTED on, every change of its game is broadcast to it)
+    missed_broadcasts: int = 0
     close_codes: Counter[int] = field(default_factory=Counter)
     connect_failures: int = 0
     reconnects: int = 0
@@ -127,6 +130,7 @@ class LoadReport:
             or s.invalid_wrong
             or s.unanswered
             or s.unexpected_closes
+            or s.missed_broadcasts
             or s.connect_failures
         )
 
@@ -165,6 +169,7 @@ class LoadReport:
             "invalid_answered_wrong": s.invalid_wrong[:20],
             "unanswered": s.unanswered,
             "unexpected_closes": s.unexpected_closes,
+            "missed_broadcasts": s.missed_broadcasts,
             "close_codes": {str(k): v for k, v in s.close_codes.items()},
             "connect_failures": s.connect_failures,
             "reconnects": s.reconnects,
@@ -200,6 +205,8 @@ class Player:
         self.disconnecting = False
         self.lost = False
         self.welcomed = False
+        #: the newest version this connection saw broadcast (or joined at)
+        self.broadcast_version: int | None = None
 
     def _id(self, prefix: str) -> str:
         self.ids += 1
@@ -224,6 +231,7 @@ class Player:
         stats = self.gen.stats
         self.disconnecting = False
         self.lost = False
+        self.broadcast_version = None  # known from this connection's CONNECTED
         async with asyncio.timeout(CONNECT_TIMEOUT):
             ws = await connect(self.url, proxy=None, compression=None, open_timeout=None)
         self.ws = ws
@@ -383,12 +391,24 @@ class Player:
             self.lost = True
         self.answered.set()
 
+    def _broadcast(self, version: object) -> None:
+        """A STATE broadcast at `version`: count the versions skipped since the last one
+        this connection saw (its CONNECTED's first)."""
+        last = self.broadcast_version
+        if type(version) is not int or last is None:
+            return
+        if version > last + 1:
+            self.gen.stats.missed_broadcasts += version - last - 1
+        if version > last:
+            self.broadcast_version = version
+
     def _take(self, frame: dict[str, Any], now: float) -> None:
         """Match one frame to its request (or learn from a broadcast)."""
         stats = self.gen.stats
         kind = frame.get("type")
         re_id = frame.get("re")
         if kind == "STATE" and "re" not in frame:
+            self._broadcast(frame.get("version"))
             state = frame.get("state")
             if isinstance(state, dict):
                 self.plan.see(state)
@@ -433,6 +453,8 @@ class Player:
             state = frame.get("state")
             if isinstance(state, dict):
                 self.plan.see(state)
+                version = state.get("version")
+                self.broadcast_version = version if type(version) is int else None
             if not self.joined:
                 self.joined = True
                 stats.games[self.game].joins += 1

@@ -61,9 +61,27 @@ async def test_counts_add_up_with_the_servers_versions(tmp_path: Path, server: s
         assert set(stats.expected_errors) <= {"BAD_MESSAGE", "UNKNOWN_TYPE"}
         assert stats.errors == stats.expected_errors
         assert stats.reconnects > 0
-        assert stats.unexpected_closes == stats.unanswered == 0
+        assert stats.unexpected_closes == stats.unanswered == stats.missed_broadcasts == 0
         assert len(stats.latencies) == stats.acked
         await check_versions(started.url, report)
+    finally:
+        await started.stop()
+
+
+async def test_broadcasts_a_player_never_got_are_counted_and_fail_the_run(tmp_path: Path):
+    """A rehearsal ran the old server as primary with `drop-broadcast:0.1` (a tenth of the
+    STATE broadcasts never sent) and the load generator said ok, 0 errors: it learned from
+    the broadcasts without checking them. Every connection gets every version of its game
+    from its CONNECTED on: a version skipped is a broadcast missed."""
+    started = await start_legacy(tmp_path, "drop-broadcast:0.5")
+    try:
+        report = await run_load(
+            started.url, TEST_SECRET, games=1, players=3, rate=60, duration=1.5, seed=3
+        )
+        assert report.stats.acked > 10
+        assert report.stats.missed_broadcasts > 0
+        assert not report.ok
+        assert report.to_dict()["missed_broadcasts"] == report.stats.missed_broadcasts
     finally:
         await started.stop()
 
