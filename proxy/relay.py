@@ -1117,6 +1117,11 @@ class MirrorProxy:
                 continue
             if session.primary == name:
                 if not session.closed:
+                    if session.mirrored and not session.disconnecting:
+                        # what it never answered will never be placed in the shadow's order
+                        self.settle()  # its last answers first
+                        self.order.primary_lost(session.id, time.monotonic())
+                        self.flush()
                     lost = up.close_code
                     # lost under the client: counted (docs/metrics.md), as a shadow's is
                     if crashed(lost):

@@ -233,6 +233,40 @@ class ShadowOrder:
             self._advance(game)
             self._pump_game(game, now)
 
+    def primary_lost(self, conn_id: int, now: float) -> None:
+        """The connection's primary closed under its client (crashed, or closed on its own):
+        what it never answered will never be placed. Those frames are dropped from the
+        FIFO (what it answered keeps its place, and the shadow still answers what it was
+        sent), and the game is marked not comparable (`primary_lost`) when one of them could
+        change it: the primary may have applied it before it went. Without this the FIFO
+        waited `answer_timeout` for answers that never come, then gave the shadow up as
+        `stall`, and held the game's other connections meanwhile."""
+        conn = self.conns.get(conn_id)
+        if conn is None or conn.dead:
+            return
+        entries = conn.entries
+        first = next((i for i, entry in enumerate(entries) if entry.kind == WAITING), None)
+        if first is None:
+            return
+        game = self.games.get(conn.game_id) if conn.game_id is not None else None
+        unanswered = list(entries)[first:]
+        for _ in unanswered:
+            entries.pop()
+        changes = False
+        for entry in unanswered:
+            entry.dropped = True
+            if entry.kind == CLAIM and game is not None:
+                game.skipped.add(entry.at)
+            if entry.kind == WAITING and (entry.nameless or entry.msg_type in STATE_CHANGING):
+                changes = True
+        dropped = set(map(id, unanswered))
+        conn.awaiting = deque(e for e in conn.awaiting if id(e) not in dropped)
+        if game is not None:
+            if changes:
+                self._not_comparable(game, "primary_lost")
+            self._advance(game)
+            self._pump_game(game, now)
+
     def revive(
         self, conn_id: int, replay: bytes | None, now: float, replay_id: str | None = None
     ) -> None:
