@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -29,9 +30,31 @@ app = typer.Typer()
 def host_port(value: str, option: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 in brackets) or fail with a usage error."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise typer.BadParameter(f"{option} must be HOST:PORT, not {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise typer.BadParameter(f"{option} must be HOST:PORT (PORT 0 to 65535), not {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_ws_url(value: str, option: str) -> None:
+    """Exit 2 unless `value` is a ws:// URL the proxy can connect to: a host, and a port
+    from 1 to 65535 when one is given (a malformed URL would otherwise start the proxy and
+    fail every client's connection with a logged traceback)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme != "ws":
+            problem = "the scheme must be ws"
+        elif not parts.hostname:
+            problem = "no host"
+        elif port == 0:
+            problem = "port 0"
+        else:
+            return
+    typer.echo(f"error: {option} is not a valid ws:// URL: {value!r} ({problem})", err=True)
+    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -48,13 +71,14 @@ def proxy(
     ] = "old",
     mirror: Annotated[bool, typer.Option(help="Mirror to the shadow on first start.")] = True,
     shadow_buffer: Annotated[
-        int, typer.Option(help="Frames a client may have waiting for its shadow.")
+        int, typer.Option(min=1, help="Frames a client may have waiting for its shadow.")
     ] = 1024,
     gap_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for a version nobody claimed.")
+        float, typer.Option(min=0.01, help="Seconds to wait for a version nobody claimed.")
     ] = 5.0,
     answer_timeout: Annotated[
-        float, typer.Option(help="Seconds before a silent shadow is declared stalled.")
+        float,
+        typer.Option(min=0.01, help="Seconds before a silent shadow is declared stalled."),
     ] = 5.0,
     shadow_reopen_rate: Annotated[
         float,
@@ -67,8 +91,9 @@ def proxy(
     shadow_coalesce_ms: Annotated[
         float,
         typer.Option(
+            min=0,
             help="Milliseconds a shadow copy without a place in its game's order (a "
-            "heartbeat) may wait to share a write with the next ones (0: none)."
+            "heartbeat) may wait to share a write with the next ones (0: none).",
         ),
     ] = 0.0,
     rules: Annotated[
@@ -78,10 +103,12 @@ def proxy(
         bool, typer.Option(help="Resync a diverged or not comparable game from the primary.")
     ] = False,
     sweep_interval: Annotated[
-        float, typer.Option(help="Seconds between snapshot sweeps of every game (0: off).")
+        float,
+        typer.Option(min=0, help="Seconds between snapshot sweeps of every game (0: off)."),
     ] = 60.0,
     pair_timeout: Annotated[
-        float, typer.Option(help="Seconds before a frame without its partner is unpaired.")
+        float,
+        typer.Option(min=0.01, help="Seconds before a frame without its partner is unpaired."),
     ] = 10.0,
     stall_timeout: Annotated[
         float,
@@ -135,8 +162,7 @@ def proxy(
     if primary not in UPSTREAMS:
         raise typer.BadParameter("--primary must be old or new")
     for option, url in (("--old", old), ("--new", new)):
-        if not url.startswith("ws://"):
-            raise typer.BadParameter(f"{option} must be a ws:// URL, not {url!r}")
+        check_ws_url(url, option)
     if old.rstrip("/") == new.rstrip("/"):
         raise typer.BadParameter(
             "--new must name another server than --old (every frame would be applied twice)"

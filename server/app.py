@@ -245,11 +245,15 @@ class StateServer:
         self._sweeper = asyncio.create_task(self._sweep(), name="sweeper")
 
     async def stop(self) -> None:
-        """Graceful shutdown: stop accepting, finish in-flight commits, close clients 1012."""
-        if self._server is None:
-            return
+        """Graceful shutdown: stop accepting, finish in-flight commits, close clients 1012.
+
+        Safe after a `start` that failed part-way (the port in use once the database was
+        open and the writer started) and when called again: what was started is stopped, the
+        database closed (its aiosqlite threads would keep the process alive)."""
         self.serving = False
-        self._server.close(close_connections=False)
+        server = self._server
+        if server is not None:
+            server.close(close_connections=False)
         # Nothing that arrives from now on is processed (it is not acknowledged either: the
         # 1012 tells the client to send it again elsewhere), so the writer's queue empties
         # even while clients keep sending.
@@ -258,11 +262,13 @@ class StateServer:
         await self.games.drain()
         for conn in list(self.conns):
             self._close(conn, errors.CLOSE_RESTART, "server restarting")
-        await self._server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+            self._sweeper = None
         await self.games.stop()
         await self.storage.close()
         self._server = None

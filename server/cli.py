@@ -21,22 +21,38 @@ app = typer.Typer()
 GC_THRESHOLD_0 = 10_000
 
 
+class CannotListen(Exception):
+    """The listening socket could not be opened (the database was, and is closed again)."""
+
+
 @app.command()
 def serve(
     db: Annotated[Path, typer.Option(help="SQLite database file (created if missing).")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8765,
-    rate: Annotated[float, typer.Option(help="Messages per second per connection.")] = 50.0,
-    burst: Annotated[int, typer.Option(help="Token bucket burst per connection.")] = 100,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds to send CONNECT.")] = 10.0,
-    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence before 4408.")] = 60.0,
-    ping_interval: Annotated[float, typer.Option(help="Seconds between pings.")] = 20.0,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")
+    ] = 8765,
+    rate: Annotated[
+        float, typer.Option(min=0.001, help="Messages per second per connection.")
+    ] = 50.0,
+    burst: Annotated[int, typer.Option(min=1, help="Token bucket burst per connection.")] = 100,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds to send CONNECT.")
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds of silence before 4408.")
+    ] = 60.0,
+    ping_interval: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds between pings (at most a third of --idle-timeout)."),
+    ] = 20.0,
     secret: Annotated[
         str,
         typer.Option(envvar=SECRET_ENV, show_default=False, help="JWT secret (use the env var)."),
     ] = "",
     max_batch: Annotated[
-        int, typer.Option(help="Most changes per group commit (1: one commit per change).")
+        int,
+        typer.Option(min=1, help="Most changes per group commit (1: one commit per change)."),
     ] = 256,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
@@ -52,6 +68,8 @@ def serve(
             err=True,
         )
         raise typer.Exit(code=2)
+    if not isinstance(logging.getLevelName(log_level.upper()), int):
+        raise typer.BadParameter(f"--log-level must be a logging level, not {log_level!r}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     # one line per connection is noise at this rate; websockets' warnings still show
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -78,9 +96,20 @@ def serve(
     # young generation is collected less often than the default 700 allocations.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD_0, 20, 20)
+
+    async def start() -> None:
+        try:
+            await server.start()
+        except OSError as exc:  # an address in use, not ours, or not on this machine
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise CannotListen(f"cannot listen on {where}: {exc}") from exc
+
     try:
-        code = run(serve_until_signalled(server.start, server.stop, ready))
+        code = run(serve_until_signalled(start, server.stop, ready))
     except DatabaseError as exc:
         typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(code=1) from exc
+    except CannotListen as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     raise typer.Exit(code=code)

@@ -29,7 +29,10 @@ async def serve_until_signalled(
     """Start a service, call `on_ready`, wait for SIGTERM or SIGINT, then stop it gracefully.
 
     With `drain`, a signal first runs it (a service letting its clients leave while it still
-    serves them); `stop` follows when it returns, or at once on a second signal."""
+    serves them); `stop` follows when it returns, or at once on a second signal.
+
+    `stop` also runs when `start` fails part-way (an address in use, after the database was
+    opened): it must be safe then, and what `start` raised is raised here afterwards."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     again = asyncio.Event()  # a second signal (both may be read in one loop turn)
@@ -39,9 +42,9 @@ async def serve_until_signalled(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signalled)
-    await start()
-    on_ready()
     try:
+        await start()
+        on_ready()
         await stopping.wait()
         if drain is not None and not again.is_set():
             await first_of(drain(), again.wait())
