@@ -72,6 +72,10 @@ class Probe:
     at: float
     #: time.monotonic() since when the upstream has been reachable (or not) without a break
     since: float
+    #: time.monotonic() of the last probe that reached it (None: none since the proxy
+    #: started); probes run only when a health check asks, so `since` of an unreachable
+    #: one is when a check first found it down, not when it went down
+    reached: float | None = None
 
 
 async def probe(url: str, within: float) -> tuple[bool, str]:
@@ -137,7 +141,8 @@ class UpstreamWatch:
         now = time.monotonic()
         last = self.last.get(name)
         since = last.since if last is not None and last.reachable == reachable else now
-        self.last[name] = result = Probe(reachable, detail, now, since)
+        reached = now if reachable else (last.reached if last is not None else None)
+        self.last[name] = result = Probe(reachable, detail, now, since, reached)
         return result
 
     async def stop(self) -> None:
@@ -191,7 +196,12 @@ def health(
             lines.append(f"{where}: reachable, {found.detail}")
         else:
             unreachable = True
-            lines.append(f"{where}: unreachable for {now - found.since:.0f} s: {found.detail}")
+            when = (
+                "never reached since this proxy started"
+                if found.reached is None
+                else f"last reached {now - found.reached:.0f} s ago"
+            )
+            lines.append(f"{where}: unreachable: {found.detail} ({when})")
     if route.mirroring:
         lines.append(
             f"shadow: {status['shadow_connected']} of {status['mirrored_connections']} mirrored "
