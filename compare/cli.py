@@ -46,7 +46,7 @@ from compare.backfill import backfill as run_backfill
 from compare.diffing import normalise_path
 from compare.rules import Rules, RulesError
 from compare.sweep import SweepReport, sweep
-from stateshift.control import ADMIN_TOKEN_ENV, ControlClient, ControlError
+from stateshift.control import ADMIN_TOKEN_ENV, ControlClient, ControlError, ws_url_problem
 from stateshift.tokens import SECRET_ENV, mint_token
 
 app = typer.Typer(
@@ -112,9 +112,10 @@ def load_rules(path: Path | None) -> Rules:
 
 
 def ws_url(url: str, option: str) -> str:
-    """A ws:// URL, or exit 2."""
-    if not url.startswith(("ws://", "wss://")):
-        fail(f"{option} must be a ws:// URL, not {url!r}")
+    """A ws:// URL, or exit 2 saying what is wrong with it."""
+    problem = ws_url_problem(url)
+    if problem is not None:
+        fail(f"{option} is not a valid ws:// URL: {problem} ({url!r})")
     return url
 
 
@@ -144,10 +145,40 @@ def ask_proxy_for(
     key: str, kind: type[T], proxy: str, token: str, command: str, timeout: float, **fields: Any
 ) -> T:
     """Run one control command; the answer's `key` (a `kind`), or exit 2 when it has none."""
-    value = ask_proxy(proxy, token, command, timeout, **fields).get(key)
-    if not isinstance(value, kind):
-        fail(f"{command} on {proxy} answered without `{key}`")
+    return answer_field(
+        ask_proxy(proxy, token, command, timeout, **fields), key, kind, command, proxy
+    )
+
+
+def answer_field(answer: Mapping[str, Any], key: str, kind: type[T], command: str, proxy: str) -> T:
+    """An answer's `key` (a `kind`; a bool is no number), or exit 2: a peer answering with
+    another shape (another version, not a proxy) is not believed."""
+    value = answer.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        fail(
+            f"{command} on {proxy}: BAD_ANSWER: the answer has no `{key}` "
+            f"({kind.__name__}), got {value!r:.80}"
+        )
     return value
+
+
+def compare_status_problem(figures: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a `COMPARE_STATUS` answer's figures, or None: the
+    fields `compare status` draws and decides its exit code on."""
+    comparisons = figures.get("comparisons")
+    if not isinstance(comparisons, dict) or not all(
+        isinstance(results, dict) for results in comparisons.values()
+    ):
+        return f"`comparisons` is {comparisons!r:.80}, not counts by kind and result"
+    if not isinstance(figures.get("diverged"), list):
+        return f"`diverged` is {figures.get('diverged')!r:.80}, not a list of games"
+    for key in ("not_comparable", "top_paths"):
+        if figures.get(key) is not None and not isinstance(figures[key], list):
+            return f"`{key}` is {figures[key]!r:.80}, not a list"
+    for key in ("mismatch_ratio", "lag_seconds"):
+        if figures.get(key) is not None and _number(figures[key]) is None:
+            return f"`{key}` is {figures[key]!r:.80}, not a number"
+    return None
 
 
 def admin_token(secret: str, sub: str) -> str:
@@ -189,26 +220,26 @@ def render_rules(rules: Rules, out: Console) -> None:
 
 def render_status(status: Mapping[str, Any], out: Console) -> None:
     """`COMPARE_STATUS` as panels: counts by kind and result, ratios, top paths, games."""
-    comparisons = status.get("comparisons") or {}
+    comparisons = _mapping(status.get("comparisons"))
     counts = Table(title="Comparisons", title_justify="left")
     results = ("match", "mismatch", "unpaired")
     counts.add_column("kind")
     for result in results:
         counts.add_column(result, justify="right")
     for kind in sorted(comparisons):
-        by_result = comparisons[kind] or {}
+        by_result = _mapping(comparisons[kind])
         counts.add_row(kind, *(str(by_result.get(result, 0)) for result in results))
-    ratio = status.get("mismatch_ratio")
+    ratio = _number(status.get("mismatch_ratio"))
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("mismatch ratio", "-" if ratio is None else f"{ratio:.4%}")
     summary.add_row("findings", str(status.get("findings", 0)))
     summary.add_row("resyncs", str(status.get("resyncs", 0)))
-    lag = status.get("lag_seconds")
+    lag = _number(status.get("lag_seconds"))
     summary.add_row("lag", "-" if lag is None else f"{lag:.3f} s")
-    diverged = list(status.get("diverged") or [])
-    not_comparable = list(status.get("not_comparable") or [])
+    diverged = _list(status.get("diverged"))
+    not_comparable = _list(status.get("not_comparable"))
     summary.add_row("diverged", Text(id_list(diverged), style="bold red" if diverged else "green"))
     summary.add_row(
         "not comparable",
@@ -218,7 +249,8 @@ def render_status(status: Mapping[str, Any], out: Console) -> None:
     paths.add_column("kind")
     paths.add_column("path", overflow="fold")
     paths.add_column("count", justify="right")
-    for row in status.get("top_paths") or []:
+    for row in _list(status.get("top_paths")):
+        row = _mapping(row)
         paths.add_row(str(row.get("kind")), str(row.get("path")), str(row.get("count")))
     parts: list[RenderableType] = [summary, counts]
     if paths.row_count:
@@ -235,7 +267,8 @@ def render_findings(findings: Sequence[Mapping[str, Any]], out: Console) -> None
     for column in ("id", "at", "kind", "result", "game", "versions p/s", "paths"):
         table.add_column(column, overflow="fold")
     for finding in findings:
-        versions = finding.get("versions") or {}
+        finding = _mapping(finding)
+        versions = _mapping(finding.get("versions"))
         marks = " (first)" if finding.get("first") else ""
         missing = finding.get("missing")
         result = str(finding.get("result")) + (f", {missing} missing" if missing else "")
@@ -246,9 +279,24 @@ def render_findings(findings: Sequence[Mapping[str, Any]], out: Console) -> None
             Text(result, style="red" if finding.get("result") == "mismatch" else "yellow"),
             f"{finding.get('game_id')}{marks}",
             f"{_v(versions.get('primary'))}/{_v(versions.get('shadow'))}",
-            "\n".join(str(p) for p in finding.get("paths") or []),
+            "\n".join(str(p) for p in _list(finding.get("paths"))),
         )
     out.print(table)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A part of an answer that should be an object; empty when the peer sent another shape."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """A part of an answer that should be a list; empty when the peer sent another shape."""
+    return list(value) if isinstance(value, list) else []
+
+
+def _number(value: Any) -> float | None:
+    """A figure of an answer, or None when the peer sent none (or not a number)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _v(version: Any) -> str:
@@ -314,7 +362,7 @@ def highlighted(document: Any, raw: set[str], normalised: set[str], style: str) 
 
 def render_finding(finding: Mapping[str, Any], out: Console) -> None:
     """`FINDING`: the two documents side by side, differing lines highlighted, then the diff."""
-    versions = finding.get("versions") or {}
+    versions = _mapping(finding.get("versions"))
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -327,7 +375,7 @@ def render_finding(finding: Mapping[str, Any], out: Console) -> None:
     )
     if finding.get("missing"):
         head.add_row("missing", Text(f"on the {finding['missing']}", style="bold red"))
-    paths = [str(p) for p in finding.get("paths") or []]
+    paths = [str(p) for p in _list(finding.get("paths"))]
     head.add_row("paths", "\n".join(paths) or "-")
     out.print(head)
     raw, normalised = diff_paths(finding.get("diff")), set(paths)
@@ -439,6 +487,9 @@ def status(
     Exit codes: 0 ok, 1 some game is currently diverged, 2 usage or connection errors.
     """
     figures = ask_proxy_for("compare", dict, proxy, token, "COMPARE_STATUS", timeout)
+    problem = compare_status_problem(figures)
+    if problem is not None:
+        fail(f"COMPARE_STATUS on {proxy}: BAD_ANSWER: {problem}")
     if as_json:
         print_json(figures)
     else:
@@ -459,6 +510,8 @@ def show(
     Exit codes: 0 ok (with or without findings), 2 usage or connection errors.
     """
     findings = ask_proxy_for("findings", list, proxy, token, "FINDINGS", timeout, limit=limit)
+    if not all(isinstance(finding, dict) for finding in findings):
+        fail(f"FINDINGS on {proxy}: BAD_ANSWER: `findings` is not a list of objects")
     if as_json:
         print_json(findings)
     else:
@@ -480,12 +533,13 @@ def resync(
     Exit codes: 0 resynced, 2 usage or connection errors (or the game does not exist).
     """
     answer = ask_proxy(proxy, token, "RESYNC", timeout, game_id=game_id)
+    resynced = answer_field(answer, "game_id", str, "RESYNC", proxy)
+    version = answer_field(answer, "version", int, "RESYNC", proxy)
     if as_json:
         print_json(answer)
     else:
         console.print(
-            f"[green]resynced[/green] {answer.get('game_id')}: the shadow now has version "
-            f"{answer.get('version')}"
+            f"[green]resynced[/green] {escape(resynced)}: the shadow now has version {version}"
         )
 
 

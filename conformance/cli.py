@@ -13,6 +13,7 @@ from rich.console import Console
 from conformance.config import SuiteConfig
 from conformance.report import render
 from conformance.runner import run_suite
+from stateshift.control import ws_url_problem
 
 app = typer.Typer()
 
@@ -49,8 +50,13 @@ def conformance(
     if not secret:
         err_console.print(f"error: {secret_env} is not set (the secret shared by both servers)")
         raise typer.Exit(code=2)
-    if not url.startswith(("ws://", "wss://")):
-        err_console.print(f"error: --url must be a ws:// URL, not {url!r}")
+    problem = ws_url_problem(url)
+    if problem is not None:
+        err_console.print(
+            f"error: --url is not a valid ws:// URL: {problem} ({url!r})",
+            markup=False,
+            highlight=False,
+        )
         raise typer.Exit(code=2)
     if min(connect_timeout, idle_timeout, rate) <= 0 or burst < 1 or concurrency < 1:
         err_console.print("error: timeouts, --rate, --burst and --concurrency must be positive")

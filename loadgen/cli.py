@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loadgen.plan import MAX_CONNECTION_RATE
 from loadgen.runner import LoadGen, LoadReport
+from stateshift.control import ws_url_problem
 from stateshift.runtime import run
 from stateshift.tokens import SECRET_ENV
 
@@ -133,8 +135,13 @@ def loadgen(
     if not secret:
         err_console.print(f"[red]error:[/] {SECRET_ENV} is not set (the servers' shared secret)")
         raise typer.Exit(code=2)
-    if not url.startswith(("ws://", "wss://")):
-        err_console.print(f"[red]error:[/] --url must be a ws:// URL, not {url!r}")
+    problem = ws_url_problem(url)
+    if problem is not None:
+        err_console.print(
+            "[red]error:[/] --url is not a valid ws:// URL: "
+            f"{escape(problem)} ({escape(repr(url))})",
+            highlight=False,
+        )
         raise typer.Exit(code=2)
     gen = LoadGen(
         url,

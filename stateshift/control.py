@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 CONTROL_PATH: Final = "/v1/control"
 ADMIN_TOKEN_ENV: Final = "STATESHIFT_ADMIN_TOKEN"
@@ -51,9 +52,37 @@ class ControlError(Exception):
         self.extra = extra
 
 
+def ws_url_problem(url: str) -> str | None:
+    """What makes `url` unusable as a ws:// or wss:// URL to connect to, or None when it is
+    one. Every CLI taking a server's or a proxy's address checks it with this before
+    connecting (a malformed URL is a usage error, never a traceback)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port out of range or not a number raises here
+    except ValueError as exc:  # `ws://[::1`, `ws://h:99999`, `ws://h:abc`, `ws://h:-1`
+        return str(exc)
+    if parts.scheme not in ("ws", "wss"):
+        return f"the scheme is {parts.scheme + '://' if parts.scheme else 'missing'}, not ws://"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "port 0 is not a port to connect to"
+    try:
+        parse_uri(url)  # what `connect` will do with it (a fragment, a user without password)
+    except InvalidURI as exc:
+        return exc.msg
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def with_path(url: str, path: str) -> str:
-    """`url` with `path` when it has none (`ws://h:p` -> `ws://h:p/v1/control`)."""
-    parts = urlsplit(url)
+    """`url` with `path` when it has none (`ws://h:p` -> `ws://h:p/v1/control`); a URL that
+    cannot be parsed is returned as given (connecting to it fails with UNREACHABLE)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
     if parts.path in ("", "/"):
         parts = parts._replace(path=path)
     return urlunsplit(parts)
@@ -96,6 +125,9 @@ class Channel:
 
     async def open(self) -> dict[str, Any]:
         """Connect and authenticate; return the `CONNECTED` answer."""
+        problem = ws_url_problem(self.url)
+        if problem is not None:
+            raise ControlError("UNREACHABLE", f"{self.url} is not a valid ws:// URL: {problem}")
         try:
             async with asyncio.timeout(self.timeout):
                 self._ws = await connect(
@@ -109,7 +141,7 @@ class Channel:
             raise ControlError(
                 "UNREACHABLE", f"{self.url}: no handshake within {self.timeout:g} s"
             ) from exc
-        except (OSError, InvalidHandshake, InvalidURI) as exc:
+        except (OSError, InvalidHandshake, InvalidURI, ValueError) as exc:
             raise ControlError("UNREACHABLE", f"{self.url}: {exc}") from exc
         self._lost = None
         self._reader = asyncio.create_task(self._read(self._ws))

@@ -17,16 +17,26 @@ from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from stateshift.control import ADMIN_TOKEN_ENV, ControlError
+from stateshift.control import ADMIN_TOKEN_ENV, ControlError, ws_url_problem
 from switchover.gates import Gate, Thresholds, ThresholdsError, evaluate, verdict
-from switchover.manager import DEFAULT_HOLD, Fleet, SwitchReport, same_route, target
+from switchover.manager import (
+    DEFAULT_HOLD,
+    Fleet,
+    SwitchReport,
+    failure_label,
+    same_route,
+    target,
+    unanswered,
+)
 
 OK: Final = 0
 #: not ready (a gate fails), or the operation failed and was rolled back / aborted
 FAILED: Final = 1
-#: usage error, or a proxy could not be reached before anything changed
+#: usage error, or a proxy could not be reached, refused the token or answered outside the
+#: protocol, before anything changed
 USAGE: Final = 2
 #: not enough evidence to decide (a gate is inconclusive, none fails)
 INCONCLUSIVE: Final = 3
@@ -143,7 +153,7 @@ class Output:
     def error(self, message: str, code: int, **doc: Any) -> typer.Exit:
         if self.as_json:
             self.json({"ok": False, "error": message, **doc})
-        self.err.print(f"[bold red]error:[/] {message}", highlight=False)
+        self.err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         return typer.Exit(code=code)
 
     def gates(self, gates: list[Gate], title: str) -> None:
@@ -238,15 +248,18 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
         if not token:
             raise out.error(f"{ADMIN_TOKEN_ENV} is not set (an admin token for the proxies)", USAGE)
         for url in proxies:
-            if not url.startswith(("ws://", "wss://")):
-                raise out.error(f"--proxy must be a ws:// URL, not {url!r}", USAGE)
+            problem = ws_url_problem(url)
+            if problem is not None:
+                raise out.error(f"--proxy is not a valid ws:// URL: {problem} ({url!r})", USAGE)
         try:
             code = asyncio.run(body(out))
         except Usage as exc:
             raise out.error(str(exc), USAGE) from exc
         except ControlError as exc:
-            code = USAGE if exc.code in ("UNREACHABLE", "TIMEOUT") else FAILED
-            raise out.error(str(exc), code) from exc
+            # Only reads raise (a switch reports each proxy's failure in its report): an
+            # unreachable proxy, a token refused, an answer that is not the protocol changed
+            # nothing (2); an ERROR answer otherwise is a failure (1).
+            raise out.error(str(exc), USAGE if unanswered(exc) else FAILED) from exc
         raise typer.Exit(code=code)
 
     # ------------------------------------------------------------------ status
@@ -261,7 +274,8 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
     ) -> None:
         """Route, mirroring, connections, comparison figures, diverged games, last events.
 
-        Exit 0, or 2 when a proxy cannot be reached.
+        Exit 0, or 2 when a proxy cannot be reached, refuses the token or answers outside
+        the protocol.
         """
 
         async def body(out: Output) -> int:
@@ -272,7 +286,8 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 histories = await fleet.each("HISTORY", limit=max(1, min(events, 1000)))
                 for url in fleet.urls:
                     if url in fleet.unreachable:
-                        docs[url] = {"error": str(fleet.unreachable[url])}
+                        exc = fleet.unreachable[url]
+                        docs[url] = {"error": str(exc), "failure": failure_label(exc)}
                         continue
                     st, cmp, hist = statuses[url], compares[url], histories[url]
                     docs[url] = {
@@ -280,8 +295,12 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                         "compare": None if isinstance(cmp, ControlError) else cmp["compare"],
                         "events": [] if isinstance(hist, ControlError) else hist["events"],
                     }
-                    if isinstance(st, ControlError):
-                        docs[url]["error"] = str(st)
+                    # a comparator or a history answering nonsense is not "not available"
+                    bad = [a for a in (cmp, hist) if isinstance(a, ControlError)]
+                    bad = [a for a in bad if a.code == "BAD_ANSWER"]
+                    failed = st if isinstance(st, ControlError) else (bad[0] if bad else None)
+                    if failed is not None:
+                        docs[url].update(error=str(failed), failure=failure_label(failed))
             if out.as_json:
                 out.json({"proxies": docs})
             else:
@@ -619,7 +638,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             async with Fleet(proxy, token, timeout=timeout) as fleet:
                 answers = await fleet.all_ok("HISTORY", limit=limit)
             rows = [{"proxy": url, **event} for url, a in answers.items() for event in a["events"]]
-            rows.sort(key=lambda e: (str(e.get("at")), e.get("id", 0)), reverse=True)
+            rows.sort(key=lambda e: (str(e.get("at")), _event_id(e)), reverse=True)
             if out.as_json:
                 out.json({"events": rows})
                 return OK
@@ -629,7 +648,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             for e in rows:
                 table.add_row(
                     str(e.get("at")),
-                    e["proxy"],
+                    str(e["proxy"]),
                     str(e.get("actor")),
                     str(e.get("kind")),
                     str(e.get("result")),
@@ -852,10 +871,22 @@ async def _watch(
     return _finish(out, doc, FAILED)
 
 
+def _event_id(event: dict[str, Any]) -> int:
+    """An event's id to order events of the same instant (0 when it has none)."""
+    value = event.get("id")
+    return value if isinstance(value, int) else 0
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list from a proxy's answer (empty when it sent none, or something else)."""
+    return value if isinstance(value, list) else []
+
+
 def _render_status(console: Console, url: str, doc: dict[str, Any]) -> None:
     console.rule(url)
     if doc.get("status") is None:
-        console.print(f"[bold red]unreachable[/]: {doc.get('error')}", highlight=False)
+        label = doc.get("failure", "unreachable")
+        console.print(f"[bold red]{label}[/]: {escape(str(doc.get('error')))}", highlight=False)
         return
     st = doc["status"]
     lines = [
@@ -869,24 +900,27 @@ def _render_status(console: Console, url: str, doc: dict[str, Any]) -> None:
     if cmp is None:
         lines.append("comparison: not available on this proxy")
     else:
-        counts = cmp.get("comparisons", {})
+        counts = cmp.get("comparisons")
         summary = ", ".join(
             f"{kind} " + " ".join(f"{r}={n}" for r, n in sorted(results.items()))
-            for kind, results in sorted(counts.items())
+            for kind, results in sorted(counts.items() if isinstance(counts, dict) else [])
+            if isinstance(results, dict)
         )
         lines.append(f"comparisons: {summary or 'none yet'}")
         lines.append(
             f"mismatch ratio {_fmt(cmp.get('mismatch_ratio'))}, findings {cmp.get('findings')}, "
             f"resyncs {cmp.get('resyncs')}, lag {_fmt(cmp.get('lag_seconds'))} s"
         )
-        diverged = cmp.get("diverged") or []
+        diverged = _listed(cmp.get("diverged"))
         lines.append(
             f"diverged games ({len(diverged)}): {', '.join(map(str, diverged[:20])) or 'none'}"
             + (" …" if len(diverged) > 20 else "")
         )
-        not_comparable = cmp.get("not_comparable") or []
+        not_comparable = _listed(cmp.get("not_comparable"))
         if not_comparable:
             lines.append(f"not comparable: {len(not_comparable)} games")
+    if doc.get("error"):
+        lines.append(f"[bold red]{doc.get('failure')}[/]: {escape(str(doc['error']))}")
     for line in lines:
         console.print(line, highlight=False)
     events = doc.get("events") or []

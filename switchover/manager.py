@@ -25,6 +25,85 @@ from switchover.gates import Gate, Thresholds, after_flip, breached, combine
 
 #: seconds a prepared proxy stays paused waiting for COMMIT before it aborts by itself
 DEFAULT_HOLD: Final = 10.0
+#: a proxy that could not be asked (no connection, no answer in time)
+UNREACHABLE_CODES: Final = frozenset({"UNREACHABLE", "TIMEOUT"})
+#: a proxy that would not let us in (a token it does not accept, not an admin's), or a peer
+#: answering outside the protocol (another version, not a proxy): it was asked nothing
+REFUSED_CODES: Final = frozenset({"UNAUTHENTICATED", "FORBIDDEN", "BAD_ANSWER"})
+
+
+def unanswered(exc: ControlError) -> bool:
+    """Whether an error means the proxy could not be reached, refused us or answered
+    nonsense: the request was not carried out as asked (a usage or connection error)."""
+    return exc.code in UNREACHABLE_CODES or exc.code in REFUSED_CODES
+
+
+def failure_label(exc: ControlError) -> str:
+    """How a proxy that could not be asked is shown: unreachable, refused, bad answer."""
+    if exc.code in UNREACHABLE_CODES:
+        return "unreachable"
+    return "bad answer" if exc.code == "BAD_ANSWER" else "refused"
+
+
+def _outcome_state(exc: ControlError) -> str:
+    """A ProxyOutcome's state for a proxy that failed before the switch touched it."""
+    return "unreachable" if exc.code in UNREACHABLE_CODES else "refused"
+
+
+def _route_problem(route: Any) -> str | None:
+    if not isinstance(route, dict):
+        return f"the route is {route!r:.80}, not an object"
+    if route.get("primary") not in ("old", "new"):
+        return f"the route's primary is {route.get('primary')!r:.40}"
+    ramp = route.get("ramp")
+    if ramp is not None and (isinstance(ramp, bool) or not isinstance(ramp, int | float)):
+        return f"the route's ramp is {ramp!r:.40}"
+    if not isinstance(route.get("mirroring"), bool):
+        return f"the route's mirroring is {route.get('mirroring')!r:.40}"
+    return None
+
+
+def _field_problem(answer: Mapping[str, Any], key: str, kind: type) -> str | None:
+    value = answer.get(key)
+    if not isinstance(value, kind):
+        return f"`{key}` is {value!r:.80}, not {'an object' if kind is dict else 'a list'}"
+    return None
+
+
+def answer_problem(command: str, answer: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a proxy's answer to `command` (the fields this
+    module and the CLI read), or None."""
+    if command == "STATUS":
+        status = answer.get("status")
+        if not isinstance(status, dict):
+            return _field_problem(answer, "status", dict)
+        return _route_problem(status.get("route"))
+    if command in ("COMMIT", "ABORT", "FINALIZE"):
+        return _route_problem(answer.get("route"))
+    if command == "COMPARE_STATUS":
+        return _field_problem(answer, "compare", dict)
+    if command == "FIGURES":
+        problem = _field_problem(answer, "figures", dict)
+        if problem is None:
+            for listed in ("diverged_games", "not_comparable_games"):
+                games = answer["figures"].get(listed)
+                if games is not None and not (
+                    isinstance(games, list) and all(isinstance(g, str) for g in games)
+                ):
+                    return f"`figures.{listed}` is not a list of game ids"
+        return problem
+    if command == "HISTORY":
+        problem = _field_problem(answer, "events", list)
+        if problem is None and not all(isinstance(e, dict) for e in answer["events"]):
+            return "`events` is not a list of objects"
+        return problem
+    if command == "PREPARE":
+        prepared = answer.get("prepared")
+        if not isinstance(prepared, dict):
+            return _field_problem(answer, "prepared", dict)
+        if not isinstance(prepared.get("token"), str):
+            return f"`prepared.token` is {prepared.get('token')!r:.40}, not a string"
+    return None
 
 
 def target(primary: str, ramp: float | None = None) -> dict[str, Any]:
@@ -57,7 +136,8 @@ class ProxyOutcome:
     """What one proxy did during a route change."""
 
     url: str
-    #: prepared, committed, aborted, failed, unreachable, reverted
+    #: prepared, committed, aborted, failed, unreachable, refused (its token, or an answer
+    #: that is not the protocol, before anything was asked), reverted, mixed, unknown
     state: str
     route: dict[str, Any] | None = None
     paused_ms: float | None = None
@@ -83,9 +163,14 @@ class SwitchReport:
 
     @property
     def unreachable_only(self) -> bool:
-        """Failed only because proxies were unreachable, before any was prepared."""
+        """Failed only because proxies were unreachable (or refused us, or answered
+        nonsense) before any was prepared: nothing changed."""
         states = {p.state for p in self.proxies}
-        return not self.ok and "unreachable" in states and states <= {"unreachable", "unchanged"}
+        return (
+            not self.ok
+            and bool(states & {"unreachable", "refused"})
+            and states <= {"unreachable", "refused", "unchanged"}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -117,6 +202,11 @@ def _millis(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _count(value: object) -> int | None:
+    """A count from a proxy's answer (None when it gave none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Fleet:
@@ -164,6 +254,15 @@ class Fleet:
         for url, exc in self.unreachable.items():
             raise ControlError(exc.code, exc.message if url in exc.message else f"{url}: {exc}")
 
+    async def request(self, url: str, command: str, **fields: Any) -> dict[str, Any]:
+        """One command's answer from one proxy, its shape checked (`answer_problem`): a
+        malformed answer is a `ControlError("BAD_ANSWER")`, like any other failure."""
+        answer = await self.clients[url].request(command, **fields)
+        problem = answer_problem(command, answer)
+        if problem is not None:
+            raise ControlError("BAD_ANSWER", f"{command} answered in another shape: {problem}")
+        return answer
+
     async def each(
         self, command: str, urls: list[str] | None = None, **fields: Any
     ) -> dict[str, dict[str, Any] | ControlError]:
@@ -172,7 +271,7 @@ class Fleet:
 
         async def one(url: str) -> dict[str, Any] | ControlError:
             try:
-                return await self.clients[url].request(command, **fields)
+                return await self.request(url, command, **fields)
             except ControlError as exc:
                 return exc
 
@@ -186,7 +285,8 @@ class Fleet:
         out: dict[str, dict[str, Any]] = {}
         for url, answer in answers.items():
             if isinstance(answer, ControlError):
-                raise ControlError(answer.code, f"{url}: {answer.message}", **answer.extra)
+                message = answer.message if url in answer.message else f"{url}: {answer.message}"
+                raise ControlError(answer.code, message, **answer.extra)
             out[url] = answer
         return out
 
@@ -230,18 +330,18 @@ class Fleet:
         outcomes = {url: ProxyOutcome(url, "unreachable") for url in self.urls}
         report.proxies = list(outcomes.values())
         for url, exc in self.unreachable.items():
-            outcomes[url].error = _failure(exc)
+            outcomes[url].state, outcomes[url].error = _outcome_state(exc), _failure(exc)
 
         before: dict[str, dict[str, Any]] = {}
         for url, answer in (await self.each("STATUS")).items():
             if isinstance(answer, ControlError):
-                outcomes[url].state, outcomes[url].error = "unreachable", _failure(answer)
+                outcomes[url].state, outcomes[url].error = _outcome_state(answer), _failure(answer)
             else:
                 before[url] = dict(answer["status"]["route"])
                 outcomes[url].state, outcomes[url].route = "unchanged", before[url]
 
         prepared: dict[str, str] = {}
-        timed_out: list[str] = []
+        in_doubt: list[str] = []
         token = secrets.token_hex(8)
         if len(before) == len(self.urls):
             # One token of ours for this switch: an ABORT names it, so it can never cancel
@@ -258,25 +358,29 @@ class Fleet:
                     # how long its refused PREPARE held its clients (0: refused before
                     # pausing them, e.g. a stalled shadow)
                     outcome.paused_ms = _millis(answer.extra.get("paused_ms"))
-                    if answer.code == "TIMEOUT":
-                        timed_out.append(url)
+                    if answer.code in ("TIMEOUT", "BAD_ANSWER"):
+                        # unanswered, or answered in a shape we cannot read: it may have
+                        # prepared (paused its clients), so it is aborted by our token
+                        in_doubt.append(url)
                 else:
                     info = answer["prepared"]
                     prepared[url] = str(info["token"])
                     outcome.state = "prepared"
-                    outcome.paused_ms = info.get("paused_ms")
-                    outcome.games_checked = info.get("games_checked")
-                    outcome.games_unverified = info.get("games_unverified") or None
+                    outcome.paused_ms = _millis(info.get("paused_ms"))
+                    outcome.games_checked = _count(info.get("games_checked"))
+                    outcome.games_unverified = _count(info.get("games_unverified")) or None
 
         if len(prepared) < len(self.urls):
-            failed = [o for o in outcomes.values() if o.state in ("failed", "unreachable")]
+            failed = [
+                o for o in outcomes.values() if o.state in ("failed", "unreachable", "refused")
+            ]
             why = "; ".join(f"{o.url}: {o.error}" for o in failed)
             await self._abort(prepared, outcomes, f"{reason}: aborted, {why}")
             # a prepare we stopped waiting for may still succeed: abort it by our token, on a
             # connection of its own (a request queued behind that PREPARE on this one is
             # never read once we close)
             await asyncio.gather(
-                *(self._abort_apart(u, token, f"{reason}: prepare timed out") for u in timed_out)
+                *(self._abort_apart(u, token, f"{reason}: prepare not confirmed") for u in in_doubt)
             )
             report.message = f"not switched: {why}" + (
                 "; aborted on the others, their routes are unchanged" if prepared else ""
@@ -288,12 +392,12 @@ class Fleet:
 
         answers = await self._commit(prepared)
         committed = [u for u, a in answers.items() if not isinstance(a, ControlError)]
-        # a COMMIT we stopped waiting for (or whose answer was lost) may have gone through:
-        # its route is unknown, so it is switched back like a committed one
+        # a COMMIT we stopped waiting for (or whose answer was lost, or cannot be read) may
+        # have gone through: its route is unknown, so it is switched back like a committed one
         unknown = [
             u
             for u, a in answers.items()
-            if isinstance(a, ControlError) and a.code in ("TIMEOUT", "UNREACHABLE")
+            if isinstance(a, ControlError) and a.code in ("TIMEOUT", "UNREACHABLE", "BAD_ANSWER")
         ]
         for url, answer in answers.items():
             outcome = outcomes[url]
@@ -347,7 +451,7 @@ class Fleet:
     async def _commit(self, prepared: dict[str, str]) -> dict[str, dict[str, Any] | ControlError]:
         async def one(url: str) -> dict[str, Any] | ControlError:
             try:
-                return await self.clients[url].request("COMMIT", token=prepared[url])
+                return await self.request(url, "COMMIT", token=prepared[url])
             except ControlError as exc:
                 return exc
 
@@ -359,9 +463,7 @@ class Fleet:
     ) -> None:
         async def one(url: str) -> None:
             try:
-                answer = await self.clients[url].request(
-                    "ABORT", token=prepared[url], reason=reason
-                )
+                answer = await self.request(url, "ABORT", token=prepared[url], reason=reason)
             except ControlError as exc:
                 # the proxy auto-aborts when its hold expires: the route stays unchanged
                 outcomes[url].state, outcomes[url].error = "aborted", f"ABORT: {_failure(exc)}"
@@ -379,10 +481,9 @@ class Fleet:
 
     async def _one_switch(self, url: str, wanted: dict[str, Any], hold: float) -> str | None:
         """Switch one proxy (used to revert); None on success, else the error."""
-        client = self.clients[url]
         try:
-            answer = await client.request("PREPARE", target=wanted, hold=hold, resync=True)
-            await client.request("COMMIT", token=answer["prepared"]["token"])
+            answer = await self.request(url, "PREPARE", target=wanted, hold=hold, resync=True)
+            await self.request(url, "COMMIT", token=answer["prepared"]["token"])
         except ControlError as exc:
             return _failure(exc)
         return None
