@@ -801,6 +801,18 @@ class Switchboard:
 
     # ----------------------------------------------------------------- commands
 
+    def _expected(self, msg: dict[str, Any]) -> Route | None:
+        """The route the caller read before asking for a switch (`expect`), if it says."""
+        expect = msg.get("expect")
+        if expect is None:
+            return None
+        if not isinstance(expect, dict):
+            raise CommandError("BAD_MESSAGE", "`expect` must be a route object")
+        try:
+            return Route.from_dict(expect)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CommandError("BAD_MESSAGE", f"`expect`: {exc}") from exc
+
     def _target(self, msg: dict[str, Any]) -> Route:
         target = msg.get("target")
         if not isinstance(target, dict):
@@ -881,7 +893,19 @@ class Switchboard:
         token = msg.get("token")
         if token is not None and (not isinstance(token, str) or not 8 <= len(token) <= 64):
             raise CommandError("BAD_MESSAGE", "`token` must be a string of 8 to 64 characters")
+        expect = self._expected(msg)
         await self._lock.acquire()
+        current = self.proxy.route
+        if expect is not None and current not in (expect, target):
+            # another switch went through since the caller read the route: its own would
+            # undo that one without anyone deciding so (two operators, two scripts)
+            self._lock.release()
+            raise CommandError(
+                "FAILED",
+                f"the route changed since it was read: {current.describe()} (another switch?)",
+                reason="changed",
+                route=current.to_dict(),
+            )
         try:
             prepared = await self.prepare(
                 target, float(hold), token=token, resync=msg.get("resync") is True

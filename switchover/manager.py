@@ -264,14 +264,20 @@ class Fleet:
         return answer
 
     async def each(
-        self, command: str, urls: list[str] | None = None, **fields: Any
+        self,
+        command: str,
+        urls: list[str] | None = None,
+        per_proxy: Mapping[str, Mapping[str, Any]] | None = None,
+        **fields: Any,
     ) -> dict[str, dict[str, Any] | ControlError]:
-        """Run one command on every (reachable, or listed) proxy concurrently."""
+        """Run one command on every (reachable, or listed) proxy concurrently (with the
+        fields of `per_proxy[url]` too, when given)."""
         targets = [u for u in (urls if urls is not None else self.urls) if u in self.clients]
 
         async def one(url: str) -> dict[str, Any] | ControlError:
+            own = per_proxy.get(url, {}) if per_proxy is not None else {}
             try:
-                return await self.request(url, command, **fields)
+                return await self.request(url, command, **fields, **own)
             except ControlError as exc:
                 return exc
 
@@ -347,8 +353,17 @@ class Fleet:
             # One token of ours for this switch: an ABORT names it, so it can never cancel
             # another coordinator's prepared switch.
             extra = {"resync": True} if resync else {}
+            # each proxy's route as read above: one changed since (another operator's
+            # switch) refuses, rather than this switch undoing that one unseen
+            expected = {url: {"expect": route} for url, route in before.items()}
             answers = await self.each(
-                "PREPARE", list(before), target=wanted, hold=hold, token=token, **extra
+                "PREPARE",
+                list(before),
+                per_proxy=expected,
+                target=wanted,
+                hold=hold,
+                token=token,
+                **extra,
             )
             for url, answer in answers.items():
                 outcome = outcomes[url]

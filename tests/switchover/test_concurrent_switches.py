@@ -1,0 +1,50 @@
+"""Two switches at once (two operators, two scripts, a watch's rollback and a manual flip):
+each read the fleet's route, then prepared its own. The one that came second undid the
+first without anyone deciding so, and both reported success: an operator was told "primary
+old" while the fleet ended on the new server (a CLI audit's finding). A switch now sends
+the route it read (`expect`); a proxy whose route changed since refuses it (`changed`).
+Real proxies and servers on loopback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.admin import CommandError
+from proxy.route import Route
+from switchover.manager import Fleet, target
+from tests.switchover.conftest import ADMIN, Stack
+
+
+async def test_a_switch_prepared_after_another_changed_the_route_is_refused(stack: Stack):
+    proxy = await stack.add_proxy()
+    async with Fleet([proxy.admin], ADMIN) as fleet:
+        each = fleet.each
+
+        async def meanwhile(command: str, *args: Any, **fields: Any) -> Any:
+            if command == "PREPARE":  # another operator's flip lands between our reads
+                prepared = await proxy.board.prepare(Route(primary="new"))
+                await proxy.board.commit(prepared.token)
+            return await each(command, *args, **fields)
+
+        fleet.each = meanwhile  # type: ignore[method-assign]
+        report = await fleet.switch(target("old", 50.0), reason="ramp back")
+    assert not report.ok
+    assert [p.reason for p in report.proxies] == ["changed"], report.to_dict()
+    assert proxy.route() == Route(primary="new")  # the other operator's flip stands
+
+
+async def test_a_proxy_refuses_a_prepare_that_expects_another_route(stack: Stack):
+    proxy = await stack.add_proxy()
+    flip = {"target": {"primary": "new"}, "expect": {"primary": "new", "mirroring": True}}
+    with pytest.raises(CommandError) as refused:
+        await proxy.board._prepare("ops", flip)
+    assert refused.value.code == "FAILED"
+    assert refused.value.extra["reason"] == "changed"
+    assert proxy.route() == Route(primary="old")
+    # what it expects is what it finds: prepared as before
+    ok = {"target": {"primary": "new"}, "expect": {"primary": "old", "mirroring": True}}
+    answer = await proxy.board._prepare("ops", ok)
+    await proxy.board.commit(answer["prepared"]["token"])
+    assert proxy.route() == Route(primary="new")
