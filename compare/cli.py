@@ -82,7 +82,9 @@ SecretOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each answer.")]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.001, max=3600.0, help="Seconds to wait for each answer.")
+]
 RulesOption = Annotated[
     Path | None, typer.Option("--rules", help="TOML rules file (default: the shipped rules).")
 ]
@@ -545,7 +547,10 @@ def resync(
 
 @app.command()
 def explain(
-    finding_id: Annotated[int, typer.Argument(metavar="ID", help="A finding's id (see `show`).")],
+    finding_id: Annotated[
+        int,
+        typer.Argument(metavar="ID", min=1, max=2**63 - 1, help="A finding's id (see `show`)."),
+    ],
     proxy: ProxyOption,
     token: TokenOption = "",
     as_json: JsonOption = False,

@@ -227,6 +227,8 @@ class LiveComparison:
         finding_id = msg.get("finding_id")
         if type(finding_id) is not int:
             raise CommandError("BAD_MESSAGE", "`finding_id` must be an integer")
+        if not 0 < finding_id < 2**63:  # SQLite's integers: no such finding
+            raise CommandError("NOT_FOUND", f"no finding {finding_id}")
         finding = await asyncio.to_thread(self.store.get, finding_id)
         if finding is None:
             raise CommandError("NOT_FOUND", f"no finding {finding_id} (only the newest are kept)")

@@ -40,6 +40,15 @@ def now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
+def _details(raw: object) -> Any:
+    """An event's details; a row that is not JSON (edited by hand, a disk fault) is shown
+    as it is rather than making the whole history unreadable."""
+    try:
+        return orjson.loads(raw) if isinstance(raw, (str, bytes)) else {"unreadable": raw}
+    except orjson.JSONDecodeError:
+        return {"unreadable": str(raw)[:1000]}
+
+
 class ProxyState:
     """Route and history in one SQLite file."""
 
@@ -100,7 +109,7 @@ class ProxyState:
                 "actor": r[2],
                 "kind": r[3],
                 "result": r[4],
-                "details": orjson.loads(r[5]),
+                "details": _details(r[5]),
             }
             for r in rows
         ]

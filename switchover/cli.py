@@ -62,7 +62,12 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 TimeoutOpt = Annotated[
-    float, typer.Option(help="Seconds to wait for each proxy's answer (a prepare can be slow).")
+    float,
+    typer.Option(
+        min=0.001,
+        max=3600.0,
+        help="Seconds to wait for each proxy's answer (a prepare can be slow).",
+    ),
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
 HoldOpt = Annotated[float, typer.Option(help="Seconds a prepared proxy waits for the commit.")]
