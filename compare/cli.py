@@ -47,6 +47,7 @@ from compare.diffing import normalise_path
 from compare.rules import Rules, RulesError
 from compare.sweep import SweepReport, sweep
 from stateshift.control import ADMIN_TOKEN_ENV, ControlClient, ControlError, ws_url_problem
+from stateshift.options import positive_seconds
 from stateshift.tokens import SECRET_ENV, mint_token
 
 app = typer.Typer(
@@ -83,7 +84,7 @@ SecretOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 TimeoutOption = Annotated[
-    float, typer.Option(min=0.001, max=3600.0, help="Seconds to wait for each answer.")
+    float, typer.Option(callback=positive_seconds, help="Seconds to wait for each answer.")
 ]
 RulesOption = Annotated[
     Path | None, typer.Option("--rules", help="TOML rules file (default: the shipped rules).")

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stateshift.control import ADMIN_TOKEN_ENV, ControlError, ws_url_problem
+from stateshift.options import positive_seconds
 from switchover.gates import Gate, Thresholds, ThresholdsError, evaluate, verdict
 from switchover.manager import (
     DEFAULT_HOLD,
@@ -64,8 +65,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 TimeoutOpt = Annotated[
     float,
     typer.Option(
-        min=0.001,
-        max=3600.0,
+        callback=positive_seconds,
         help="Seconds to wait for each proxy's answer (a prepare can be slow).",
     ),
 ]
