@@ -404,13 +404,15 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
             doc: dict[str, Any] = {"reason": reason, "force": force}
             async with Fleet(proxy, token, timeout=timeout) as fleet:
                 wanted = target("new")
+                routes = await _reachable_routes(fleet)
+                finalized = {**wanted, "mirroring": False}
+                if _already(routes, wanted) or _already(routes, finalized):
+                    # nothing to do, whatever the gates say (after finalize they judge nothing)
+                    doc.update(ok=True, message="already flipped: the new server is primary")
+                    return _finish(out, doc, OK)
                 gate_code = await _gatekeep(fleet, out, thresholds, force, doc, "flip")
                 if gate_code is not None:
                     return gate_code
-                routes = await _reachable_routes(fleet)
-                if _already(routes, wanted):
-                    doc.update(ok=True, message="already flipped: the new server is primary")
-                    return _finish(out, doc, OK)
                 before = _lowest_share(routes)
                 report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
                 _show_switch(out, doc, report, "flip")

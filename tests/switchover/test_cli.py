@@ -415,6 +415,11 @@ async def test_finalize_needs_a_flip_and_a_confirmation_and_ends_rollback(stack:
     assert outcome.code == 1
     assert "finalized" in outcome.stdout
     assert proxy.route().primary == "new"
+    # a flip repeated after finalize is done already (it was refused: "no switch back")
+    outcome = await cli("flip", "--proxy", proxy.admin, "--json")
+    assert outcome.code == 0, outcome.doc
+    assert "already flipped" in outcome.doc["message"]
+    assert proxy.route().mirroring is False
 
 
 async def test_ramp_moves_a_share_of_games_and_back(stack: Stack):
