@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from compare.admin import AdminClient, AdminError, AdminUnreachable
 from compare.live import LiveComparison
 from compare.rules import RulesError
 from compare.rules import load as load_rules
@@ -22,9 +24,12 @@ from proxy.switch import Switchboard
 from proxy.tap import Tap
 from stateshift import native
 from stateshift.runtime import run, serve_until_signalled
-from stateshift.tokens import SECRET_ENV
+from stateshift.tokens import SECRET_ENV, mint_token
 
 app = typer.Typer()
+
+
+log = logging.getLogger(__name__)
 
 
 def host_port(value: str, option: str) -> tuple[str, int]:
@@ -229,6 +234,7 @@ def proxy(
     )
 
     async def start() -> None:
+        await check_secret(relay.urls, secret, settings.open_timeout)
         await relay.start()
         await control.start()
         comparison.start()
@@ -255,4 +261,35 @@ def proxy(
     except OSError as exc:  # an address in use, not ours, or not on this machine
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
+    except SecretRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     raise typer.Exit(code=code)
+
+
+class SecretRefused(Exception):
+    """A server refused an admin token signed with the proxy's secret."""
+
+
+async def check_secret(urls: dict[str, str], secret: str, within: float) -> None:
+    """Each server accepts an admin token signed with `secret` (STATESHIFT_SECRET), else
+    SecretRefused. The proxy's own admin work (sweeps, resyncs, a switch's verification)
+    needs it; clients do not (their tokens are checked by the servers), so a wrong secret
+    used to go unnoticed until the first flip was refused. A server that cannot be reached
+    is not a reason to refuse to start (the shadow may be down): it is said, not checked."""
+    token = mint_token(secret, "stateshift-proxy", "admin", ttl=60)
+
+    async def one(name: str, url: str) -> str | None:
+        try:
+            async with AdminClient(url, token, timeout=within):
+                return None
+        except AdminUnreachable as exc:
+            log.warning("the %s server (%s) could not be asked: %s", name, url, exc.message)
+            return None
+        except AdminError as exc:
+            return f"the {name} server ({url}) refused the proxy's admin token: {exc}"
+
+    refusals = await asyncio.gather(*(one(name, url) for name, url in urls.items()))
+    problems = [r for r in refusals if r is not None]
+    if problems:
+        raise SecretRefused("; ".join(problems) + " (is STATESHIFT_SECRET the servers' secret?)")

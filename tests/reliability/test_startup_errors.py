@@ -12,6 +12,7 @@ line, and one that does neither within a generous bound is killed and the test f
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import subprocess
@@ -22,13 +23,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy.conftest import start_legacy, start_new
 from tests.support import LISTENING, ROOT, cli_env, proxy_args, timeout
 
 #: upstreams for a proxy that must refuse its options before it connects anywhere
 OLD, NEW = "ws://127.0.0.1:9", "ws://127.0.0.1:10"
 
 
-def outcome(args: list[str], tmp_path: Path, name: str) -> tuple[str, int | None, str, str]:
+def outcome(
+    args: list[str], tmp_path: Path, name: str, **env: str
+) -> tuple[str, int | None, str, str]:
     """Run `stateshift …` until it exits or prints its listening line: ("exited", code,
     stdout, stderr) or ("listening", None, stdout, stderr). The process is gone on return
     (killed if it still ran: a hang fails the test after a generous bound)."""
@@ -38,7 +42,7 @@ def outcome(args: list[str], tmp_path: Path, name: str) -> tuple[str, int | None
             [sys.executable, "-m", "stateshift", *args],
             stdout=out,
             stderr=err,
-            env=cli_env(COLUMNS="200"),
+            env=cli_env(COLUMNS="200", **env),
             cwd=ROOT,
         )
     try:
@@ -189,3 +193,24 @@ def test_proxy_refuses_a_malformed_upstream_url(tmp_path: Path, option: str, url
     result = outcome(proxy_args(old, new, tmp_path / "p.db"), tmp_path, "url")
     assert_usage_error(result, f"error: {option} is not a valid ws:// URL: ")
     assert len(result[3].strip().splitlines()) == 1, result[3]
+
+
+async def test_a_proxy_whose_secret_the_servers_refuse_does_not_start(tmp_path: Path):
+    """A proxy started with another STATESHIFT_SECRET than the servers' served its clients
+    (their tokens are the servers' to check), while every sweep, resync and switch
+    verification was refused, found only in its log (a CLI audit's finding). It now asks
+    each server once at start: refused, it exits 2 and says why."""
+    old, new = await start_legacy(tmp_path), await start_new(tmp_path)
+    try:
+        args = proxy_args(old.url, new.url, tmp_path / "proxy.db")
+        other = "another-secret-of-at-least-32-bytes-xxxxxxx"
+        result = await asyncio.to_thread(
+            outcome, args, tmp_path, "wrong-secret", STATESHIFT_SECRET=other
+        )
+        assert_usage_error(result, "refused the proxy's admin token", "STATESHIFT_SECRET")
+        # the servers' own secret: it starts
+        started = await asyncio.to_thread(outcome, args, tmp_path, "right-secret")
+        assert started[0] == "listening", started
+    finally:
+        await old.stop()
+        await new.stop()
