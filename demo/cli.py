@@ -124,7 +124,7 @@ def demo(
     games: Annotated[int, typer.Option(min=1, max=200, help="Games played.")] = 5,
     rate: Annotated[
         float | None,
-        typer.Option(help="Updates per second in all [default: 3 per player]."),
+        typer.Option(min=0.1, help="Updates per second in all [default: 3 per player]."),
     ] = None,
     no_fault: Annotated[
         bool, typer.Option("--no-fault", help="Do not inject the divergence.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -14,6 +15,7 @@ from legacy.cli import app as legacy_app
 from loadgen.cli import app as loadgen_app
 from proxy.cli import app as proxy_app
 from server.cli import app as server_app
+from server.rules import is_identifier
 from stateshift import native
 from stateshift.tokens import ROLES, SECRET_ENV, mint_token
 from switchover.cli import app as switchover_app
@@ -51,6 +53,18 @@ def token(
         raise typer.Exit(code=2)
     if role not in ROLES:
         typer.echo(f"error: --role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(code=2)
+    if not math.isfinite(ttl):
+        typer.echo("error: --ttl must be a finite number of seconds", err=True)
+        raise typer.Exit(code=2)
+    # the servers refuse a token whose ids they cannot read: say so now, not at CONNECT
+    ids = [sub, *(g for g in game or [] if g != "*")]
+    bad = next((value for value in ids if not is_identifier(value)), None)
+    if bad is not None:
+        typer.echo(
+            f"error: {bad!r} is not an id (1 to 64 of A-Z a-z 0-9 _ . -; --game also *)",
+            err=True,
+        )
         raise typer.Exit(code=2)
     typer.echo(mint_token(secret, sub, role, game or ["*"], ttl))
 

@@ -65,3 +65,33 @@ async def test_one_unreadable_history_row_leaves_the_rest_readable(tmp_path: Pat
     assert [e["kind"] for e in events] == ["rollback", "k", "flip"]
     assert events[1]["details"] == {"unreadable": "not json"}
     assert events[2]["details"] == {"paused_ms": 1.0}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sub", "x", "--ttl", "nan"],  # a traceback (ValueError) before
+        ["--sub", "x", "--ttl", "inf"],  # OverflowError
+        ["--sub", "bad id!!"],  # a token every server refuses, exit 0
+        ["--sub", ""],
+        ["--sub", "x", "--game", "bad game!"],
+    ],
+)
+def test_token_refuses_what_the_servers_would(args: list[str]):
+    result = CliRunner().invoke(app, ["token", *args], env=ADMIN_ENV)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_token_mints_for_good_ids_and_every_game():
+    result = CliRunner().invoke(
+        app, ["token", "--sub", "p.1-a_b", "--game", "*", "--game", "g1"], env=ADMIN_ENV
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count(".") == 2  # header.claims.signature
+
+
+def test_demo_refuses_a_rate_that_sends_nothing():
+    """`demo --rate -1` sent no update and still printed "demo OK"."""
+    result = CliRunner().invoke(app, ["demo", "--rate", "-1"], env=ADMIN_ENV)
+    assert result.exit_code == 2, result.output
