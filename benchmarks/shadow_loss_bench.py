@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from websockets.asyncio.client import ClientConnection
 
-from benchmarks.common import git_commit, hot_modules, run_loop, stop_process
-from benchmarks.switch_bench import ADMIN_LINE, LISTENING, join, line, spawn
+from benchmarks.common import git_commit, hot_modules, run_loop
+from benchmarks.switch_bench import join, processes
 
 
 async def heartbeats(ws: ClientConnection, every: float, stop: asyncio.Event) -> None:
@@ -61,57 +61,43 @@ async def probe(ws: ClientConnection, stop: asyncio.Event, out: list[tuple[float
 
 
 async def measure(clients: int, every: float, quiet: float, after: float) -> dict[str, Any]:
+    rate = ["--rate", "100000", "--burst", "100000"]
     with tempfile.TemporaryDirectory(prefix="shadow-loss-bench-") as name:
-        tmp = Path(name)
-        procs = []
-        conns: list[ClientConnection] = []
-        try:
-            old_log, new_log, proxy_log = tmp / "old.log", tmp / "new.log", tmp / "proxy.log"
-            rate = ["--rate", "100000", "--burst", "100000"]
-            procs.append(
-                old := spawn(["legacy", "--port", "0", *rate, "--data", str(tmp / "o")], old_log)
-            )
-            procs.append(
-                new := spawn(["serve", "--port", "0", *rate, "--db", str(tmp / "n.db")], new_log)
-            )
-            old_url = await line(old_log, LISTENING, old)
-            new_url = await line(new_log, LISTENING, new)
-            args = ["proxy", "--old", old_url, "--new", new_url, "--state", str(tmp / "p.db")]
-            args += ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--sweep-interval", "0"]
-            procs.append(proxy := spawn(args, proxy_log))
-            url = await line(proxy_log, LISTENING, proxy)
-            await line(proxy_log, ADMIN_LINE, proxy)
-            for start in range(0, clients, 100):  # 100 handshakes at a time
-                conns += await asyncio.gather(
-                    *(join(url, f"g{n}", f"p{n}") for n in range(start, min(clients, start + 100)))
-                )
-            probes = [await join(url, f"probe{n}", f"probe{n}") for n in range(4)]
-            conns += probes
-            stop = asyncio.Event()
-            rtts: list[tuple[float, float]] = []
-            tasks = [asyncio.create_task(heartbeats(ws, every, stop)) for ws in conns[:clients]]
-            tasks += [asyncio.create_task(probe(ws, stop, rtts)) for ws in probes]
-            await asyncio.sleep(quiet)
-            killed = time.monotonic()
-            os.kill(new.pid, signal.SIGKILL)
-            print(f"shadow killed; proxy pid {proxy.pid}", file=sys.stderr, flush=True)
-            await asyncio.sleep(after)
-            stop.set()
-            await asyncio.wait(tasks, timeout=30)
-            before = [rtt for at, rtt in rtts if at < killed and at > killed - quiet / 2]
-            later = [rtt for at, rtt in rtts if at >= killed]
-            return {
-                "clients": clients,
-                "before_p50_ms": 1000 * statistics.median(before),
-                "before_max_ms": 1000 * max(before),
-                "after_p50_ms": 1000 * statistics.median(later),
-                "after_max_ms": 1000 * max(later),
-                "probes_after": len(later),
-            }
-        finally:
-            await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
-            for proc in reversed(procs):
-                stop_process(proc)
+        async with processes(Path(name), rate) as started:
+            conns: list[ClientConnection] = []
+            try:
+                for start in range(0, clients, 100):  # 100 handshakes at a time
+                    conns += await asyncio.gather(
+                        *(
+                            join(started.url, f"g{n}", f"p{n}")
+                            for n in range(start, min(clients, start + 100))
+                        )
+                    )
+                probes = [await join(started.url, f"probe{n}", f"probe{n}") for n in range(4)]
+                conns += probes
+                stop = asyncio.Event()
+                rtts: list[tuple[float, float]] = []
+                tasks = [asyncio.create_task(heartbeats(ws, every, stop)) for ws in conns[:clients]]
+                tasks += [asyncio.create_task(probe(ws, stop, rtts)) for ws in probes]
+                await asyncio.sleep(quiet)
+                killed = time.monotonic()
+                os.kill(started.new.pid, signal.SIGKILL)
+                print(f"shadow killed; proxy pid {started.proxy.pid}", file=sys.stderr, flush=True)
+                await asyncio.sleep(after)
+                stop.set()
+                await asyncio.wait(tasks, timeout=30)
+            finally:
+                await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    before = [rtt for at, rtt in rtts if killed - quiet / 2 < at < killed]
+    later = [rtt for at, rtt in rtts if at >= killed]
+    return {
+        "clients": clients,
+        "before_p50_ms": 1000 * statistics.median(before),
+        "before_max_ms": 1000 * max(before),
+        "after_p50_ms": 1000 * statistics.median(later),
+        "after_max_ms": 1000 * max(later),
+        "probes_after": len(later),
+    }
 
 
 async def main(clients: list[int], rounds: int, every: float) -> None:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +67,27 @@ async def line(log: Path, pattern: re.Pattern[str], proc: subprocess.Popen[str])
     raise RuntimeError(f"{proc.args!r} did not print {pattern.pattern}")
 
 
+@dataclass
+class Processes:
+    """The servers and the proxy, as subprocesses, with the proxy's addresses."""
+
+    old: subprocess.Popen[str]
+    new: subprocess.Popen[str]
+    proxy: subprocess.Popen[str]
+    url: str
+    control_url: str
+
+
 @contextlib.asynccontextmanager
-async def stack(tmp: Path) -> AsyncIterator[tuple[str, str]]:
-    """Both servers and the proxy: (client URL, control URL)."""
+async def processes(tmp: Path, server_args: Sequence[str] = ()) -> AsyncIterator[Processes]:
+    """Both servers (with `server_args`) and the proxy, stopped on exit."""
     procs: list[subprocess.Popen[str]] = []
     try:
         old_log, new_log, proxy_log = tmp / "old.log", tmp / "new.log", tmp / "proxy.log"
-        procs.append(
-            old := spawn(["legacy", "--port", "0", "--data", str(tmp / "old.jsonl")], old_log)
-        )
-        procs.append(new := spawn(["serve", "--port", "0", "--db", str(tmp / "new.db")], new_log))
+        old_args = ["legacy", "--port", "0", *server_args, "--data", str(tmp / "old.jsonl")]
+        procs.append(old := spawn(old_args, old_log))
+        new_args = ["serve", "--port", "0", *server_args, "--db", str(tmp / "new.db")]
+        procs.append(new := spawn(new_args, new_log))
         old_url = await line(old_log, LISTENING, old)
         new_url = await line(new_log, LISTENING, new)
         args = ["proxy", "--old", old_url, "--new", new_url, "--state", str(tmp / "proxy.db")]
@@ -83,10 +95,17 @@ async def stack(tmp: Path) -> AsyncIterator[tuple[str, str]]:
         procs.append(proxy := spawn(args, proxy_log))
         url = await line(proxy_log, LISTENING, proxy)
         admin = await line(proxy_log, ADMIN_LINE, proxy)
-        yield url, f"ws://{admin}/v1/control"
+        yield Processes(old, new, proxy, url, f"ws://{admin}/v1/control")
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+
+
+@contextlib.asynccontextmanager
+async def stack(tmp: Path) -> AsyncIterator[tuple[str, str]]:
+    """Both servers and the proxy: (client URL, control URL)."""
+    async with processes(tmp) as started:
+        yield started.url, started.control_url
 
 
 async def join(url: str, game: str, player: str) -> ClientConnection:
