@@ -16,7 +16,7 @@ from compare.live import LiveComparison
 from compare.rules import RulesError
 from compare.rules import load as load_rules
 from compare.store import FindingStore
-from proxy.admin import ControlPlane
+from proxy.admin import ControlPlane, primaries
 from proxy.relay import MirrorProxy, ProxySettings
 from proxy.route import UPSTREAMS, Route
 from proxy.state import ProxyState
@@ -234,7 +234,7 @@ def proxy(
     )
 
     async def start() -> None:
-        await check_secret(relay.urls, secret, settings.open_timeout)
+        await check_secret(relay.urls, secret, settings.open_timeout, primaries(relay.route))
         await relay.start()
         await control.start()
         comparison.start()
@@ -271,12 +271,14 @@ class SecretRefused(Exception):
     """A server refused an admin token signed with the proxy's secret."""
 
 
-async def check_secret(urls: dict[str, str], secret: str, within: float) -> None:
-    """Each server accepts an admin token signed with `secret` (STATESHIFT_SECRET), else
-    SecretRefused. The proxy's own admin work (sweeps, resyncs, a switch's verification)
-    needs it; clients do not (their tokens are checked by the servers), so a wrong secret
-    used to go unnoticed until the first flip was refused. A server that cannot be reached
-    is not a reason to refuse to start (the shadow may be down): it is said, not checked."""
+async def check_secret(urls: dict[str, str], secret: str, within: float, strict: list[str]) -> None:
+    """The servers the route makes primary (`strict`) accept an admin token signed with
+    `secret` (STATESHIFT_SECRET), else SecretRefused. The proxy's own admin work (sweeps,
+    resyncs, a switch's verification) needs it; clients do not (their tokens are checked by
+    the servers), so a wrong secret used to go unnoticed until the first flip was refused.
+    A shadow that refuses is logged, not a reason to refuse to start (a shadow's fault must
+    change nothing for the clients); nor is a server that cannot be reached (it may be
+    down)."""
     token = mint_token(secret, "stateshift-proxy", "admin", ttl=60)
 
     async def one(name: str, url: str) -> str | None:
@@ -287,7 +289,11 @@ async def check_secret(urls: dict[str, str], secret: str, within: float) -> None
             log.warning("the %s server (%s) could not be asked: %s", name, url, exc.message)
             return None
         except AdminError as exc:
-            return f"the {name} server ({url}) refused the proxy's admin token: {exc}"
+            problem = f"the {name} server ({url}) refused the proxy's admin token: {exc}"
+            if name in strict:
+                return problem
+            log.error("%s (is STATESHIFT_SECRET the servers' secret?)", problem)
+            return None
 
     refusals = await asyncio.gather(*(one(name, url) for name, url in urls.items()))
     problems = [r for r in refusals if r is not None]
