@@ -3,16 +3,27 @@ that the shadow starts from the primary's states instead of from nothing.
 
 For each game in `game_id` order (LIST_GAMES pages): GET_STATE on the source and on the
 target; when the target's state already equals the source's exactly (version and
-`updated_at` included: an import keeps both) the game is left alone, otherwise the source's
-state is imported (IMPORT_STATE) and, by default, read back to check it landed exactly.
+`updated_at` included: an import keeps both) the game is left alone; when the target's
+version is higher than the source's the game is not overwritten (result `newer`: the target
+has updates the source never saw, e.g. it is already primary after a flip, or received
+mirrored traffic; an import would move its version backwards and lose them), and counted
+with the failures; otherwise (the target lacks the game, is older, or has the same version
+with another state: the source is authoritative) the source's state is imported
+(IMPORT_STATE) and, by default, read back to check it landed exactly. `overwrite_newer`
+imports over a newer target too (an explicit opt-in: the source wins, the target's newer
+updates are lost). The version check and the import are two requests (IMPORT_STATE has no
+condition): an update the target takes between them is still overwritten, which is why a
+backfill is not for a target that a proxy mirrors to (runbooks).
 
-- **Idempotent**: a rerun copies only what differs, so it is always safe to run again.
+- **Idempotent**: a rerun copies only what differs and never moves a target's version
+  backwards, so it is safe to run again.
 - **Resumable**: a checkpoint file records the last game id such that every game before it
-  was handled, and which of those failed (`retry`); a rerun with the checkpoint retries
-  those first, then continues after it (a game that always fails, e.g. one too large for a
-  frame, no longer holds every later batch back). A run that went through the whole listing
-  with nothing to retry marks the checkpoint `complete`: the next run with it starts again
-  from the first game (a rerun refreshes every game, as the runbooks say).
+  was handled, and which of those failed (`retry`; not the games newer on the target: a
+  retry cannot change them, every full run reports them again); a rerun with the
+  checkpoint retries those first, then continues after it (a game that always fails, e.g.
+  one too large for a frame, no longer holds every later batch back). A run that went
+  through the whole listing with nothing to retry marks the checkpoint `complete`: the next
+  run with it starts again from the first game (a rerun refreshes every game, as the runbooks say).
 - A checkpoint that cannot be written stops the run before anything is copied
   (`CheckpointError`): a run believed resumable must be.
 - Errors are per game: reported, counted, never fatal. Only losing the source's listing
@@ -36,7 +47,7 @@ from typing import Any, Final, Literal
 
 from compare.admin import MAX_PAGE, AdminClient, AdminError
 
-Result = Literal["copied", "equal", "failed"]
+Result = Literal["copied", "equal", "newer", "failed"]
 
 #: games handled at once (requests pipelined on one connection per server)
 CONCURRENCY: Final = 8
@@ -54,9 +65,14 @@ class GameResult:
 
     game_id: str
     result: Result
-    #: why it failed (empty otherwise)
+    #: why it failed or was not overwritten (empty otherwise)
     detail: str = ""
     version: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The target holds the source's state (copied or already equal)."""
+        return self.result in ("copied", "equal")
 
 
 @dataclass(slots=True)
@@ -72,13 +88,15 @@ class BackfillReport:
     #: copied (in a dry run: would be copied)
     copied: int = 0
     equal: int = 0
+    #: not overwritten: the target's version is higher than the source's (also in `failures`)
+    newer: int = 0
     failures: list[GameResult] = field(default_factory=list)
     #: the run stopped at `limit` games, more may follow
     stopped_early: bool = False
 
     @property
     def failed(self) -> int:
-        """How many games failed."""
+        """How many games failed (those newer on the target included)."""
         return len(self.failures)
 
     @property
@@ -94,6 +112,8 @@ class BackfillReport:
         elif result.result == "equal":
             self.equal += 1
         else:
+            if result.result == "newer":
+                self.newer += 1
             self.failures.append(result)
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +127,7 @@ class BackfillReport:
             "copied": self.copied,
             "equal": self.equal,
             "failed": self.failed,
+            "newer_on_target": self.newer,
             "stopped_early": self.stopped_early,
             "failures": [{"game_id": f.game_id, "error": f.detail} for f in self.failures],
         }
@@ -205,8 +226,10 @@ async def copy_game(
     *,
     dry_run: bool = False,
     verify: bool = True,
+    overwrite_newer: bool = False,
 ) -> GameResult:
-    """Copy one game unless the target already has exactly the source's state."""
+    """Copy one game unless the target already has exactly the source's state, or (without
+    `overwrite_newer`) a higher version than the source's."""
     try:
         state = await source.get_state(game_id)
         if state is None:
@@ -219,6 +242,15 @@ async def copy_game(
             raise AdminError(exc.code, f"target: {exc.message}") from exc
         if current == state:
             return GameResult(game_id, "equal", version=version)
+        have = current.get("version") if current is not None else None
+        if not overwrite_newer and type(have) is int and version is not None and have > version:
+            return GameResult(
+                game_id,
+                "newer",
+                f"newer on target: not overwritten (target version {have},"
+                f" source version {version}; --overwrite-newer replaces it)",
+                version=version,
+            )
         if dry_run:
             return GameResult(game_id, "copied", version=version)
         try:
@@ -245,6 +277,7 @@ async def backfill(
     checkpoint: Checkpoint | None = None,
     dry_run: bool = False,
     verify: bool = True,
+    overwrite_newer: bool = False,
     limit: int | None = None,
     concurrency: int = CONCURRENCY,
     on_result: Callable[[GameResult], None] | None = None,
@@ -253,6 +286,7 @@ async def backfill(
     """Copy every game from `source` to `target` (see the module docstring).
 
     `limit` stops after that many games (a batch; the checkpoint says where to go on).
+    `overwrite_newer` imports over a target whose version is higher than the source's.
     `on_result` sees each game's result, `on_listed(n, last)` each listing page's size.
     Losing the source's listing raises `AdminUnreachable` after saving the checkpoint.
     """
@@ -314,13 +348,22 @@ async def backfill(
 
     async def work() -> None:
         while (game_id := await queue.get()) is not None:
-            result = await copy_game(source, target, game_id, dry_run=dry_run, verify=verify)
+            result = await copy_game(
+                source,
+                target,
+                game_id,
+                dry_run=dry_run,
+                verify=verify,
+                overwrite_newer=overwrite_newer,
+            )
             report.add(result)
             if game_id in retrying:
                 pending.remove(game_id)
                 if result.result == "failed":
                     frontier.retry.append(game_id)
                 save()
+            # a game newer on the target was handled (not overwritten, reported): retrying
+            # cannot change that, so the checkpoint moves past it and can complete
             elif frontier.finish(game_id, result.result != "failed"):
                 save()
             if on_result is not None:

@@ -445,6 +445,11 @@ def render_backfill(report: BackfillReport, out: Console) -> None:
     summary.add_row(
         "failed", Text(str(report.failed), style="bold red" if report.failed else "green")
     )
+    if report.newer:
+        summary.add_row(
+            "newer on target",
+            Text(f"{report.newer} (counted as failed; not overwritten)", style="bold red"),
+        )
     if report.checkpoint is not None and not report.dry_run:
         summary.add_row("checkpoint", report.checkpoint)
     if report.stopped_early:
@@ -626,13 +631,14 @@ async def _backfill(
     *,
     dry_run: bool,
     verify: bool,
+    overwrite_newer: bool,
     limit: int | None,
     answer_within: float,
     progress: Progress,
 ) -> BackfillReport:
     task = progress.add_task("listing", total=None)
     listed = 0
-    counts = {"copied": 0, "equal": 0, "failed": 0}
+    counts = {"copied": 0, "equal": 0, "newer": 0, "failed": 0}
 
     def on_listed(count: int, last: bool) -> None:
         nonlocal listed
@@ -641,7 +647,7 @@ async def _backfill(
 
     def on_result(result: GameResult) -> None:
         counts[result.result] += 1
-        if result.result == "failed":
+        if not result.ok:
             progress.console.print(
                 f"[red]failed[/red] {result.game_id}: {escape(result.detail)}", highlight=False
             )
@@ -650,7 +656,8 @@ async def _backfill(
             task,
             advance=1,
             description=(
-                f"{copied} {counts['copied']} · equal {counts['equal']} · failed {counts['failed']}"
+                f"{copied} {counts['copied']} · equal {counts['equal']}"
+                f" · failed {counts['failed'] + counts['newer']}"
             ),
         )
 
@@ -664,6 +671,7 @@ async def _backfill(
             checkpoint=checkpoint,
             dry_run=dry_run,
             verify=verify,
+            overwrite_newer=overwrite_newer,
             limit=limit,
             on_result=on_result,
             on_listed=on_listed,
@@ -688,6 +696,14 @@ def backfill(
     verify: Annotated[
         bool, typer.Option(help="Read each imported state back and check it is exact.")
     ] = True,
+    overwrite_newer: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite-newer",
+            help="Also import over a target whose version is higher than the source's"
+            " (its newer updates are lost).",
+        ),
+    ] = False,
     secret: SecretOption = "",
     as_json: JsonOption = False,
     timeout: TimeoutOption = 10.0,
@@ -697,7 +713,9 @@ def backfill(
     Through both servers' admin paths (GET_STATE, IMPORT_STATE).
 
     Idempotent: a game whose target state already equals the source's exactly is left
-    alone, so a rerun is always safe. Resumable: with --checkpoint a rerun retries the games
+    alone, and a target whose version is higher than the source's is never overwritten
+    (reported as failed, "newer on target: not overwritten"; --overwrite-newer imports it
+    anyway), so a rerun is safe. Resumable: with --checkpoint a rerun retries the games
     that failed, then continues after the last game handled; once a run went through every
     game, the next one starts again from the first. A game's error is reported and counted,
     never fatal; a checkpoint that cannot be written stops the run before it copies.
@@ -726,6 +744,7 @@ def backfill(
                     mark,
                     dry_run=dry_run,
                     verify=verify,
+                    overwrite_newer=overwrite_newer,
                     limit=limit,
                     answer_within=timeout,
                     progress=progress,
