@@ -414,7 +414,9 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                 if gate_code is not None:
                     return gate_code
                 before = _lowest_share(routes)
-                report = await fleet.switch(wanted, reason=reason or "flip", kind="flip", hold=hold)
+                report = await fleet.switch(
+                    wanted, reason=reason or "flip", kind="flip", hold=hold, expect=routes
+                )
                 _show_switch(out, doc, report, "flip")
                 if not report.ok:
                     return _finish(out, doc, _failed(report))
@@ -472,7 +474,12 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     )
                     return _finish(out, doc, FAILED)
                 report = await fleet.switch(
-                    wanted, reason=reason or "rollback", kind="rollback", hold=hold, resync=True
+                    wanted,
+                    reason=reason or "rollback",
+                    kind="rollback",
+                    hold=hold,
+                    resync=True,
+                    expect=routes,
                 )
                 _show_switch(out, doc, report, "rollback")
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
@@ -545,6 +552,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     kind="ramp",
                     hold=hold,
                     resync=not raising,  # lowering the share is a (partial) rollback
+                    expect=routes,
                 )
                 _show_switch(out, doc, report, f"ramp to {percent:g}%")
                 if report.ok and raising and auto_rollback is not None:

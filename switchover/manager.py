@@ -326,12 +326,17 @@ class Fleet:
         kind: str = "switch",
         hold: float = DEFAULT_HOLD,
         resync: bool = False,
+        expect: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> SwitchReport:
         """Move every proxy to the `wanted` route: prepare all, then commit all, or abort all.
         Success is recorded as a `kind` event (flip, rollback, ramp) in every proxy's history.
 
         With `resync` (the way back), a game that differs is first copied from the current
-        primary into the shadow on each proxy, so a divergence cannot block a rollback."""
+        primary into the shadow on each proxy, so a divergence cannot block a rollback.
+
+        `expect`: each proxy's route as the caller read it when it decided (before its
+        readiness check); a proxy whose route is no longer that refuses (`changed`): another
+        switch went through meanwhile. Without it, the route read just before the switch."""
         report = SwitchReport(ok=False, target=wanted)
         outcomes = {url: ProxyOutcome(url, "unreachable") for url in self.urls}
         report.proxies = list(outcomes.values())
@@ -355,7 +360,10 @@ class Fleet:
             extra = {"resync": True} if resync else {}
             # each proxy's route as read above: one changed since (another operator's
             # switch) refuses, rather than this switch undoing that one unseen
-            expected = {url: {"expect": route} for url, route in before.items()}
+            expected = {
+                url: {"expect": dict(expect[url]) if expect and url in expect else route}
+                for url, route in before.items()
+            }
             answers = await self.each(
                 "PREPARE",
                 list(before),

@@ -13,8 +13,9 @@ import pytest
 
 from proxy.admin import CommandError
 from proxy.route import Route
+from switchover import cli as cli_module
 from switchover.manager import Fleet, target
-from tests.switchover.conftest import ADMIN, Stack
+from tests.switchover.conftest import ADMIN, Stack, cli
 
 
 async def test_a_switch_prepared_after_another_changed_the_route_is_refused(stack: Stack):
@@ -48,3 +49,25 @@ async def test_a_proxy_refuses_a_prepare_that_expects_another_route(stack: Stack
     answer = await proxy.board._prepare("ops", ok)
     await proxy.board.commit(answer["prepared"]["token"])
     assert proxy.route() == Route(primary="new")
+
+
+async def test_a_switch_that_lands_during_a_flips_readiness_check_stops_the_flip(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """A re-run of the rehearsal showed the guard above too narrow: each command read the
+    route again just before its PREPARE, so a rollback that committed during a flip's
+    readiness check (about a second) was taken as the flip's starting point and undone,
+    both commands saying ok. The route a command read when it started is what it expects."""
+    proxy = await stack.add_proxy()
+    gatekeep = cli_module._gatekeep
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> int | None:
+        prepared = await proxy.board.prepare(Route(primary="old", ramp=50.0))  # another one
+        await proxy.board.commit(prepared.token)
+        return await gatekeep(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "_gatekeep", meanwhile)
+    outcome = await cli("flip", "--proxy", proxy.admin, "--force", "--json")
+    assert outcome.code == 1, outcome.doc
+    assert [p["reason"] for p in outcome.doc["switch"]["proxies"]] == ["changed"]
+    assert proxy.route() == Route(primary="old", ramp=50.0)  # the other switch stands
