@@ -460,8 +460,12 @@ class StateComparator:
             if self.resync_game is not None and not isinstance(exc, LookupError):
                 first = game_id not in self._retries
                 wait = self._retry_later(game_id)
-                if first:  # logged in full the first time
+                if first and not isinstance(exc, ConnectionError):  # in full the first time
                     log.exception("resync of %s failed; tried again in %.1f s", game_id, wait)
+                elif first:  # a server that cannot be reached: its traceback says nothing more
+                    log.warning(
+                        "resync of %s failed (%s); tried again in %.1f s", game_id, exc, wait
+                    )
                 else:
                     log.warning(
                         "resync of %s failed again (%s); next in %.1f s", game_id, exc, wait

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from compare.admin import AdminClient
+from compare.admin import AdminClient, AdminUnreachable
 from compare.comparator import StateComparator
 from compare.rules import Rules
 from compare.store import FindingStore
@@ -22,6 +22,7 @@ from compare.sweep import assess, sweep
 from proxy.admin import CommandError, ControlPlane
 from proxy.relay import MirrorProxy
 from proxy.route import other
+from stateshift.control import ControlError
 from stateshift.tokens import mint_token
 
 log = logging.getLogger("stateshift.compare")
@@ -207,6 +208,11 @@ class LiveComparison:
                 continue  # finalized: the old server is retired (every game would be missing)
             try:
                 await self.sweep_now()
+            except (AdminUnreachable, ControlError) as exc:
+                if isinstance(exc, ControlError) and exc.code not in ("UNREACHABLE", "TIMEOUT"):
+                    log.exception("snapshot sweep failed")
+                else:  # a server down: said, without a traceback
+                    log.warning("snapshot sweep skipped: %s", exc)
             except Exception:
                 log.exception("snapshot sweep failed")
 

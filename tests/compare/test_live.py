@@ -161,7 +161,8 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
 ):
     """Compiled, a failed sweep or resync once corrupted its exception (an await in an
     `async with` exit while it was in flight) and the proxy died formatting it (segfault):
-    here each attempt fails, is logged with its traceback, and the process carries on."""
+    here each attempt fails, is logged with its exception, and the process carries on. (A
+    server that cannot be reached is logged without a traceback: it says nothing more.)"""
     async with start_stack(tmp_path, comparator=True, resync=True) as stack:
         live = stack.live
         client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
@@ -174,16 +175,19 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
                 assert await live.comparator._resync("arena", via=live._resync) == -1
 
             def failures() -> int:
-                return sum(r.exc_info is not None for r in caplog.records)
+                return sum(
+                    r.getMessage().startswith(("snapshot sweep", "resync of arena"))
+                    for r in caplog.records
+                )
 
             await wait_until(lambda: failures() >= 25, what="sweeps and resyncs failing")
         finally:
             sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
-        logged = {r.getMessage() for r in caplog.records if r.exc_info}
-        assert "snapshot sweep failed" in logged
-        # with resync on, the first failure is logged in full and tried again later
+        logged = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("snapshot sweep skipped: ") for m in logged), logged
+        # with resync on, the first failure is logged and tried again later
         assert any(m.startswith("resync of arena failed") for m in logged), logged
         with contextlib.suppress(Exception):
             await client.ws.close()
