@@ -15,9 +15,7 @@ matter; no test waits on time, only on answers (bounded by `timeout`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +24,10 @@ from compare.backfill import Checkpoint, backfill
 from legacy.service import LegacyServer
 from server.app import StateServer
 from tests.compare.test_backfill import state
+from tests.compare.test_backfill_reruns import cli
 from tests.proxy.conftest import Client, token
-from tests.support import ROOT, cli_env, timeout
 
 ADMIN = token("ops", "admin")
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    """`stateshift ARGS…` as a user runs it: (exit code, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stateshift",
-        *args,
-        env=cli_env(COLUMNS="200"),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout(120))
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def update(url: str, game_id: str, times: int) -> None:
