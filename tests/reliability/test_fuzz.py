@@ -197,6 +197,10 @@ def fuzz(oracle_factory: Any) -> None:
         path = data.draw(st.sampled_from(["game", "admin"]))
         frames = []
         for msg in data.draw(st.lists(message, min_size=6, max_size=16)):
+            if msg.get("type") == "DISCONNECT":
+                # a valid goodbye ends the connection the examples share (hypothesis also
+                # draws strings it finds in the loaded modules: DISCONNECT is one of them)
+                continue
             text = encode(msg)
             frame = mutate(text, data) if data.draw(st.integers(0, 4)) == 0 else text
             if not isinstance(frame, str) or len(frame.encode()) <= 65_536:
