@@ -23,6 +23,7 @@ from proxy.state import ProxyState
 from proxy.switch import Switchboard
 from proxy.tap import Tap
 from stateshift import native
+from stateshift.control import ws_url_problem
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV, mint_token
 
@@ -41,25 +42,16 @@ def host_port(value: str, option: str) -> tuple[str, int]:
 
 
 def check_ws_url(value: str, option: str) -> None:
-    """Exit 2 unless `value` is a ws:// URL the proxy can connect to: a host, and a port
-    from 1 to 65535 when one is given (a malformed URL would otherwise start the proxy and
-    fail every client's connection with a logged traceback)."""
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # ValueError: not a number, or out of range
-    except ValueError as exc:
-        problem = str(exc)
-    else:
-        if parts.scheme != "ws":
-            problem = "the scheme must be ws"
-        elif not parts.hostname:
-            problem = "no host"
-        elif port == 0:
-            problem = "port 0"
-        else:
-            return
-    typer.echo(f"error: {option} is not a valid ws:// URL: {value!r} ({problem})", err=True)
-    raise typer.Exit(code=2)
+    """Exit 2 unless `value` is a ws:// URL the proxy can connect to (`ws_url_problem`, as
+    every CLI checks it; a malformed URL would otherwise start the proxy and fail every
+    client's connection with a logged traceback). Not wss://: the proxy's health probes
+    speak plain HTTP."""
+    problem = ws_url_problem(value)
+    if problem is None and urlsplit(value).scheme != "ws":
+        problem = "the scheme must be ws"
+    if problem is not None:
+        typer.echo(f"error: {option} is not a valid ws:// URL: {value!r} ({problem})", err=True)
+        raise typer.Exit(code=2)
 
 
 @app.command()
