@@ -287,8 +287,12 @@ class Pairer:
     def forget_game(self, game_id: str) -> None:
         """Drop everything waiting for a game (it stopped being comparable or was resynced).
 
-        An answer's partner may still come (a heartbeat answered across a resync has no
-        version for the resync's floor to skip it by): it is remembered, and dropped too."""
+        A dropped frame's partner may still come, and is dropped too when it does (it is
+        remembered): an answer's (a heartbeat answered across a resync has no version for the
+        resync's floor to skip it by), and a broadcast's: one the primary sent after the
+        resync's import and before this drop is above the floor, and a slow shadow's copy
+        of it came later, alone, and was an unpaired finding; that finding resynced the
+        game, whose next resync did the same (a false finding per game every `timeout`)."""
         self.forget((), (game_id,))
 
     def forget_conn(self, conn_id: int) -> None:
@@ -313,9 +317,8 @@ class Pairer:
                 by_conn.append(key)
         for key in by_game:
             first = self._drop(key)
-            if first.kind == "answer":
-                count = 1 + (len(first.more) if first.more else 0)
-                self._forget(key, first.upstream or first.side, count, first.side)
+            count = 1 + (len(first.more) if first.more else 0)
+            self._forget(key, first.upstream or first.side, count, first.side)
         for key in by_conn:
             self._drop(key)
         if not conns:

@@ -315,3 +315,23 @@ def test_the_late_partner_of_a_broadcast_dropped_for_the_bound_is_not_a_finding(
         assert pairer.add(SHADOW, broadcast(version), 0.5, "g", 1, "new") is not None
     assert pairer.add(SHADOW, broadcast(1), 0.5, "g", 1, "new") is None  # late, under the flood
     assert pairer.expire(100.0) == [], "the dropped broadcast's partner became a finding"
+
+
+def test_the_late_partner_of_a_broadcast_dropped_with_its_game_is_not_a_finding():
+    """A resync ends with `forget_game`. A broadcast the primary sent after the resync's
+    import (above its floor) and before that drop was dropped, and the slow shadow's copy
+    came later, alone: an unpaired finding (missing primary) that resynced the game, whose
+    next resync did the same, once per game every `timeout` (a rehearsal's healthy flip was
+    rolled back for them: a restarted old server with `--fault slow:50` as the shadow)."""
+    pairer = Pairer(timeout=1.0)
+    assert pairer.add(PRIMARY, broadcast(7), 0.0, "g", 1, "new") is None
+    pairer.forget_game("g")
+    assert pairer.add(SHADOW, broadcast(7), 0.5, "g", 2, "old") is None  # the shadow's, late
+    assert pairer.add(SHADOW, broadcast(7), 0.5, "g", 1, "old") is None  # another copy of it
+    assert pairer.expire(100.0) == [], "the dropped broadcast's partner became a finding"
+    # the game pairs on as before
+    assert pairer.add(PRIMARY, broadcast(8), 101.0, "g", 1, "new") is None
+    pair = pairer.add(SHADOW, broadcast(8), 101.0, "g", 1, "old")
+    assert pair is not None
+    assert (pair.version(PRIMARY), pair.version(SHADOW)) == (8, 8)
+    assert pairer.expire(200.0) == []
