@@ -49,8 +49,9 @@ class AdminError(Exception):
         self.message = message
 
 
-class AdminUnreachable(AdminError):
-    """No answer: cannot connect, the connection was lost, or the answer timed out."""
+class AdminUnreachable(AdminError, ConnectionError):
+    """No answer: cannot connect, the connection was lost, or the answer timed out (a
+    `ConnectionError` too: callers that retry a server they cannot reach see it as one)."""
 
 
 def _convert(exc: ControlError) -> AdminError:

@@ -189,6 +189,13 @@ async def test_sweeps_and_resyncs_with_the_shadow_down_fail_and_are_logged_again
         assert any(m.startswith("snapshot sweep skipped: ") for m in logged), logged
         # with resync on, the first failure is logged and tried again later
         assert any(m.startswith("resync of arena failed") for m in logged), logged
+        # an admin connection refused is a ConnectionError too: no traceback for it
+        tracebacks = [
+            r.getMessage()
+            for r in caplog.records
+            if r.getMessage().startswith("resync of arena") and r.exc_info
+        ]
+        assert tracebacks == [], tracebacks
         with contextlib.suppress(Exception):
             await client.ws.close()
 
