@@ -53,13 +53,15 @@ async def test_resyncs_under_load_with_a_slow_shadow_make_no_false_finding(tmp_p
                 acked += 1
                 await asyncio.sleep(PACE)
 
+        async def played(changes: int) -> None:
+            await wait_until(lambda: acked >= changes, what="changes after a resync")
+
         player = asyncio.create_task(play(alice))
         try:
             for _ in range(RESYNCS):
                 # changes committed on the primary while the resync holds the shadow's copies
-                before = acked
                 await live.resync_now("g")
-                await wait_until(lambda b=before: acked >= b + 5, what="changes after a resync")
+                await played(acked + 5)
         finally:
             stop.set()
             async with asyncio.timeout(timeout()):
