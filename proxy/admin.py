@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,7 +38,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from proxy.auth import ControlAuthError, verify_admin
-from proxy.relay import MirrorProxy, plain_response, read_until_eof
+from proxy.reachability import probe
+from proxy.relay import MirrorProxy
 from proxy.route import Route, other
 from proxy.state import ProxyState
 from stateshift.runtime import bound_port
@@ -57,8 +57,6 @@ PROBE_TTL = 1.0
 #: the longest a probe waits for an upstream's answer (capped by the proxy's open_timeout):
 #: a load balancer's health-check timeout should be longer
 PROBE_TIMEOUT = 2.0
-#: the most of an upstream's `/healthz` answer a probe reads
-PROBE_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,38 +74,6 @@ class Probe:
     #: started); probes run only when a health check asks, so `since` of an unreachable
     #: one is when a check first found it down, not when it went down
     reached: float | None = None
-
-
-async def probe(url: str, within: float) -> tuple[bool, str]:
-    """Ask the upstream at `url` (`ws://host:port`) for its `/healthz` over plain HTTP:
-    (reachable, what it answered or why not)."""
-    target = urlsplit(url)
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_connection(target.hostname, target.port or 80)
-            writer.write(
-                f"GET /healthz HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            raw = await read_until_eof(reader, PROBE_LIMIT)
-    except TimeoutError:
-        return False, f"no answer within {within:g} s"
-    except ConnectionRefusedError:
-        return False, "connection refused"
-    except (OSError, ValueError) as exc:  # ValueError: an answer past PROBE_LIMIT
-        return False, str(exc) or type(exc).__name__
-    finally:
-        if writer is not None:
-            writer.close()
-    if not raw.startswith(b"HTTP/"):
-        return False, "answered something that is not HTTP" if raw else "closed without answering"
-    try:
-        answer = plain_response(raw)
-    except (ValueError, IndexError):
-        return True, "answered HTTP"
-    first = answer.body.decode("utf-8", "replace").strip().partition("\n")[0][:80]
-    return True, f"its /healthz: {answer.status_code} {first}".rstrip()
 
 
 class UpstreamWatch:

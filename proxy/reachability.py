@@ -22,6 +22,9 @@ import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
 log = logging.getLogger(__name__)
 
 #: the first probe's delay after an upstream is found down, doubled up to `retry_max`
@@ -41,9 +44,9 @@ class Reachability:
         on_probe_failed: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
+        self.url = url
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
-        self.tls = parts.scheme == "wss"
         self.rate = rate
         self.retry_max = retry_max
         self.open_timeout = open_timeout
@@ -128,18 +131,92 @@ class Reachability:
     async def _answers(self) -> bool:
         """Whether the upstream's address answers HTTP (any status: a server without
         `/healthz` answers 404, which is an answer)."""
-        writer: asyncio.StreamWriter | None = None
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.host, self.port, ssl=True if self.tls else None
-                )
-                request = f"GET /healthz HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
-                writer.write(request.encode())
-                line = await reader.readline()
-            return line.startswith(b"HTTP/")
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            if writer is not None:
-                writer.close()
+        reachable, _ = await probe(self.url, self.open_timeout)
+        return reachable
+
+
+#: the most of an upstream's `/healthz` answer a probe reads
+PROBE_LIMIT = 64 * 1024
+
+
+async def http_get(url: str, path: str, limit: int) -> bytes:
+    """`GET path` from the upstream at `url` (`ws://` over plain HTTP, `wss://` over TLS),
+    asked to close after its answer; everything it answered. Raises OSError (cannot connect,
+    lost), ValueError (an answer longer than `limit`); the caller bounds the wait."""
+    target = urlsplit(url)
+    tls = target.scheme == "wss"
+    # hostname: an IPv6 address without its brackets; no port in the URL: the scheme's
+    reader, writer = await asyncio.open_connection(
+        target.hostname, target.port or (443 if tls else 80), ssl=True if tls else None
+    )
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\nConnection: close\r\n\r\n".encode()
+        )
+        return await read_until_eof(reader, limit)
+    finally:
+        writer.close()
+
+
+async def probe(url: str, within: float) -> tuple[bool, str]:
+    """Ask the upstream at `url` for its `/healthz`: (reachable, what it answered or why
+    not). Any HTTP answer is one (a server without `/healthz` answers 404)."""
+    try:
+        async with asyncio.timeout(within):
+            raw = await http_get(url, "/healthz", PROBE_LIMIT)
+    except TimeoutError:
+        return False, f"no answer within {within:g} s"
+    except ConnectionRefusedError:
+        return False, "connection refused"
+    except (OSError, ValueError) as exc:  # ValueError: an answer past PROBE_LIMIT
+        return False, str(exc) or type(exc).__name__
+    if not raw.startswith(b"HTTP/"):
+        return False, "answered something that is not HTTP" if raw else "closed without answering"
+    try:
+        answer = plain_response(raw)
+    except (ValueError, IndexError):
+        return True, "answered HTTP"
+    first = answer.body.decode("utf-8", "replace").strip().partition("\n")[0][:80]
+    return True, f"its /healthz: {answer.status_code} {first}".rstrip()
+
+
+async def read_until_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """Everything the peer sends until it closes (it was asked `Connection: close`); a
+    response longer than `limit` is not one the proxy relays (ValueError)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("response too long")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def plain_response(raw: bytes) -> Response:
+    """An upstream's HTTP/1.1 response (read to the end) as the proxy's own answer: its
+    status, reason, content type and body (cut at its `Content-Length`). ValueError when it
+    is not a whole response."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no end of headers")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    _, code, reason = ([*status_line.split(" ", 2), ""])[:3]
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        raise ValueError("chunked responses are not relayed")
+    length = fields.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > len(body):
+            raise ValueError("body shorter than its Content-Length")
+        body = body[: int(length)]
+    headers = Headers(
+        [
+            ("Content-Type", fields.get("content-type", "text/plain")),
+            ("Content-Length", str(len(body))),
+        ]
+    )
+    return Response(int(code), reason, headers, body)

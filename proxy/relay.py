@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import connect
@@ -40,7 +39,7 @@ from websockets.typing import Subprotocol
 
 from proxy.frames import ClientSide, UpstreamSide
 from proxy.metrics import ProxyMetrics
-from proxy.reachability import Reachability
+from proxy.reachability import Reachability, http_get, plain_response
 from proxy.route import Route, other
 from proxy.sequencer import Event, ShadowOrder, readable_id
 from proxy.splice import can_splice, end_splice, splice
@@ -134,48 +133,6 @@ def writable(conn: Connection) -> bool:
     (each a whole frame: pongs, close frames). The relay never sends a fragmented message
     with websockets' `send()`, so no frame can land between two fragments."""
     return conn.protocol.state is OPEN and not conn.paused
-
-
-async def read_until_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """Everything the peer sends until it closes (it was asked `Connection: close`); a
-    response longer than `limit` is not one the proxy relays (ValueError)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await reader.read(65_536):
-        size += len(chunk)
-        if size > limit:
-            raise ValueError("response too long")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def plain_response(raw: bytes) -> Response:
-    """An upstream's HTTP/1.1 response (read to the end) as the proxy's own answer: its
-    status, reason, content type and body (cut at its `Content-Length`). ValueError when it
-    is not a whole response."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("no end of headers")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    _, code, reason = ([*status_line.split(" ", 2), ""])[:3]
-    fields = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines)
-    }
-    if "chunked" in fields.get("transfer-encoding", "").lower():
-        raise ValueError("chunked responses are not relayed")
-    length = fields.get("content-length")
-    if length is not None:
-        if not length.isdigit() or int(length) > len(body):
-            raise ValueError("body shorter than its Content-Length")
-        body = body[: int(length)]
-    headers = Headers(
-        [
-            ("Content-Type", fields.get("content-type", "text/plain")),
-            ("Content-Length", str(len(body))),
-        ]
-    )
-    return Response(int(code), reason, headers, body)
 
 
 def game_of(path: str) -> str | None:
@@ -577,18 +534,9 @@ class MirrorProxy:
     async def _plain_http(self, ws: ServerConnection, request: Request) -> Response:
         """A plain HTTP request (health checks): ask the primary, relay its answer."""
         primary = self.route.primary_for(None)
-        target = urlsplit(self.urls[primary])
         try:
             async with asyncio.timeout(self.settings.open_timeout):
-                # hostname: an IPv6 address without its brackets; no port in the URL: 80
-                reader, writer = await asyncio.open_connection(target.hostname, target.port or 80)
-                head = (
-                    f"GET {request.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                    "Connection: close\r\n\r\n"
-                )
-                writer.write(head.encode())
-                raw = await read_until_eof(reader, PLAIN_HTTP_LIMIT)
-                writer.close()
+                raw = await http_get(self.urls[primary], request.path, PLAIN_HTTP_LIMIT)
             return plain_response(raw)
         except (OSError, TimeoutError, ValueError, IndexError):
             return ws.respond(HTTPStatus.BAD_GATEWAY, "primary upstream unreachable\n")
