@@ -437,7 +437,7 @@ class StateComparator:
     def _maybe_resync(self, game_id: str) -> None:
         if self.resync_game is None or game_id in self._resyncing:
             return
-        self._resyncing[game_id] = self._resyncing.get(game_id, 0) + 1
+        self._begin_resync(game_id)
         task = asyncio.create_task(self._resync(game_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -445,8 +445,13 @@ class StateComparator:
     async def resync(self, game_id: str, via: Resync | None = None) -> int:
         """Replace the shadow's copy of a game from the primary, now (on demand, with `via`
         when automatic resync is off); return its version."""
-        self._resyncing[game_id] = self._resyncing.get(game_id, 0) + 1
+        self._begin_resync(game_id)
         return await self._resync(game_id, raise_errors=True, via=via)
+
+    def _begin_resync(self, game_id: str) -> None:
+        """One more resync of the game under way (counted: the first of overlapping ones to
+        end must not let the game be compared while another is still copying it)."""
+        self._resyncing[game_id] = self._resyncing.get(game_id, 0) + 1
 
     async def _resync(
         self, game_id: str, raise_errors: bool = False, via: Resync | None = None
