@@ -99,13 +99,14 @@ RECORDS: Final = (
     ),
     Record(
         "stateshift:server_error_ratio:rate5m",
-        'sum(rate(stateshift_server_errors_total{path="game"}[5m]))\n'
-        '/\nsum(rate(stateshift_server_messages_total{path="game"}[5m]))',
+        # by fleet, as every fleet-wide figure: a fleet's servers are scraped with its label
+        'sum by (fleet) (rate(stateshift_server_errors_total{path="game"}[5m]))\n'
+        '/\nsum by (fleet) (rate(stateshift_server_messages_total{path="game"}[5m]))',
     ),
     Record(
         "stateshift:legacy_error_ratio:rate5m",
-        'sum(rate(stateshift_legacy_errors_total{path="game"}[5m]))\n'
-        '/\nsum(rate(stateshift_legacy_messages_total{path="game"}[5m]))',
+        'sum by (fleet) (rate(stateshift_legacy_errors_total{path="game"}[5m]))\n'
+        '/\nsum by (fleet) (rate(stateshift_legacy_messages_total{path="game"}[5m]))',
     ),
 )
 
@@ -175,19 +176,25 @@ ALERTS: Final = (
     ),
     Alert(
         "StateshiftPrimaryErrorsAfterFlip",
+        # by fleet (see StateshiftProxiesDisagreeOnRoute): one fleet's flip and its new
+        # server's errors page for that fleet, not mixed with another fleet's figures. No
+        # old server's ratio (finalized): the new one's own, less 0 (`* 0` keeps its labels)
         "(\n"
         "  (\n"
         "    stateshift:server_error_ratio:rate5m\n"
-        "    - on () (stateshift:legacy_error_ratio:rate5m >= 0 or on () vector(0))\n"
+        "    - on (fleet) (\n"
+        "      stateshift:legacy_error_ratio:rate5m >= 0\n"
+        "      or on (fleet) stateshift:server_error_ratio:rate5m * 0\n"
+        "    )\n"
         f"  ) > {ALERT_ERROR_RATIO_EXCESS}\n"
-        "  and on () max(stateshift_route_ramp_percent) > 0\n"
+        "  and on (fleet) max by (fleet) (stateshift_route_ramp_percent) > 0\n"
         "  or\n"
         # not `rejected`: a 4xx to one client's handshake is that client's answer; `crash`:
         # a primary lost under its clients (1006, 1011)
-        "  sum(increase(stateshift_proxy_upstream_connect_failures_total"
+        "  sum by (fleet) (increase(stateshift_proxy_upstream_connect_failures_total"
         '{role="primary", reason=~"down|refused|crash"}[5m])) > 0\n'
         ")\n"
-        "and on () max(changes(stateshift_route_ramp_percent[1h])) > 0",
+        "and on (fleet) max by (fleet) (changes(stateshift_route_ramp_percent[1h])) > 0",
         "critical",
         "Primary errors up after a route change",
         "The route changed in the last hour and since then the new server answers with ERROR "
