@@ -173,10 +173,6 @@ class Checkpoint:
     source: str
     target: str
 
-    def load(self) -> str | None:
-        """The game id to resume after (None: start from the first game)."""
-        return self.load_all()[0]
-
     def load_all(self) -> tuple[str | None, list[str], bool]:
         """The game id to resume after, the failed games to retry, and whether the run that
         saved it went through the whole listing."""

@@ -76,14 +76,14 @@ def test_frontier_moves_past_a_failed_game_and_keeps_it_to_retry() -> None:
 def test_checkpoint_round_trips_and_refuses_another_pair_of_servers(tmp_path: Path) -> None:
     path = tmp_path / "ck.json"
     mark = Checkpoint(path, "ws://old", "ws://new")
-    assert mark.load() is None
+    assert mark.load_all()[0] is None
     mark.save("g42")
-    assert mark.load() == "g42"
+    assert mark.load_all()[0] == "g42"
     with pytest.raises(CheckpointError, match="not from ws://other"):
-        Checkpoint(path, "ws://other", "ws://new").load()
+        Checkpoint(path, "ws://other", "ws://new").load_all()
     path.write_text("not json")
     with pytest.raises(CheckpointError):
-        mark.load()
+        mark.load_all()[0]
 
 
 def test_report_counts_and_json() -> None:
@@ -196,12 +196,12 @@ async def test_backfill_resumes_after_its_checkpoint(
     mark = Checkpoint(tmp_path / "backfill.json", old.url, new.url)
     first = await copy(old.url, new.url, checkpoint=mark, limit=5, concurrency=3)
     assert (first.games, first.copied, first.stopped_early) == (5, 5, True)
-    assert first.checkpoint == mark.load() == "g04"
+    assert first.checkpoint == mark.load_all()[0] == "g04"
     assert sorted(await states(new.url)) == GAMES[:5]
     rest = await copy(old.url, new.url, checkpoint=mark)
     assert rest.resumed_after == "g04"
     assert (rest.games, rest.copied, rest.equal, rest.stopped_early) == (7, 7, 0, False)
-    assert mark.load() == "g11"
+    assert mark.load_all()[0] == "g11"
     assert await states(new.url) == await states(old.url)
 
 
