@@ -139,10 +139,11 @@ class Reachability:
 PROBE_LIMIT = 64 * 1024
 
 
-async def http_get(url: str, path: str, limit: int) -> bytes:
+async def http_get(url: str, path: str, limit: int, chunks: list[bytes] | None = None) -> bytes:
     """`GET path` from the upstream at `url` (`ws://` over plain HTTP, `wss://` over TLS),
-    asked to close after its answer; everything it answered. Raises OSError (cannot connect,
-    lost), ValueError (an answer longer than `limit`); the caller bounds the wait."""
+    asked to close after its answer; everything it answered (also in `chunks` as it comes,
+    when given: what came before a timeout). Raises OSError (cannot connect, lost),
+    ValueError (an answer longer than `limit`); the caller bounds the wait."""
     target = urlsplit(url)
     tls = target.scheme == "wss"
     # hostname: an IPv6 address without its brackets; no port in the URL: the scheme's
@@ -153,18 +154,22 @@ async def http_get(url: str, path: str, limit: int) -> bytes:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\nConnection: close\r\n\r\n".encode()
         )
-        return await read_until_eof(reader, limit)
+        return await read_until_eof(reader, limit, [] if chunks is None else chunks)
     finally:
         writer.close()
 
 
 async def probe(url: str, within: float) -> tuple[bool, str]:
     """Ask the upstream at `url` for its `/healthz`: (reachable, what it answered or why
-    not). Any HTTP answer is one (a server without `/healthz` answers 404)."""
+    not). Any HTTP answer is one (a server without `/healthz` answers 404), even when the
+    server keeps the connection open after it."""
+    chunks: list[bytes] = []
     try:
         async with asyncio.timeout(within):
-            raw = await http_get(url, "/healthz", PROBE_LIMIT)
+            raw = await http_get(url, "/healthz", PROBE_LIMIT, chunks)
     except TimeoutError:
+        if b"".join(chunks).startswith(b"HTTP/"):
+            return True, f"answered HTTP, not closed within {within:g} s"
         return False, f"no answer within {within:g} s"
     except ConnectionRefusedError:
         return False, "connection refused"
@@ -180,10 +185,9 @@ async def probe(url: str, within: float) -> tuple[bool, str]:
     return True, f"its /healthz: {answer.status_code} {first}".rstrip()
 
 
-async def read_until_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """Everything the peer sends until it closes (it was asked `Connection: close`); a
-    response longer than `limit` is not one the proxy relays (ValueError)."""
-    chunks: list[bytes] = []
+async def read_until_eof(reader: asyncio.StreamReader, limit: int, chunks: list[bytes]) -> bytes:
+    """Everything the peer sends until it closes (it was asked `Connection: close`), read
+    into `chunks`; a response longer than `limit` is not one the proxy relays (ValueError)."""
     size = 0
     while chunk := await reader.read(65_536):
         size += len(chunk)

@@ -10,9 +10,11 @@ way back takes (a sleep never ends early). Real servers and the proxy on loopbac
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+from proxy.reachability import Reachability, probe
 from server.app import ServerSettings, StateServer
 from tests.proxy.conftest import one_per_game, start_stack
 from tests.support import TEST_SECRET, timeout, wait_until
@@ -103,3 +105,39 @@ async def test_a_resync_into_an_unreachable_shadow_reads_nothing_from_the_primar
                 comparator.retry_resyncs(time.monotonic() + 3600 * attempt)
                 await wait_until(failed, what="a retry")
             assert registry.get_sample_value("stateshift_legacy_messages_total", labels) == reads
+
+
+async def test_a_server_that_answers_http_and_keeps_the_connection_is_reachable():
+    """The loss probe and the admin plane's `/healthz` probe share one HTTP request
+    (`proxy.reachability.probe`). It reads the answer until the server closes (the admin
+    plane shows its body), but an upstream that answers and keeps the connection open,
+    despite `Connection: close`, has answered: it is reachable (the loss probe read only
+    the status line; reading to the end, it would have kept such an upstream down)."""
+    answered = asyncio.Event()
+    hung_up: list[bool] = []
+
+    async def answer_and_stay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            answered.set()
+            await reader.read()  # until the probe hangs up
+        finally:
+            writer.close()
+            hung_up.append(True)
+
+    server = await asyncio.start_server(answer_and_stay, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        # the probe's own bound is what ends its read; the answer came long before it
+        reachable, detail = await probe(url, within=timeout(1.0))
+        assert answered.is_set()
+        assert reachable, detail
+        assert detail.startswith("answered HTTP, not closed"), detail
+        reach = Reachability(url, rate=100.0, retry_max=0.2, open_timeout=timeout(1.0))
+        assert await reach._answers()
+        await wait_until(lambda: len(hung_up) == 2, what="both probes hung up")
+    finally:
+        server.close()
+        await server.wait_closed()
