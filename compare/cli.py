@@ -97,7 +97,10 @@ T = TypeVar("T")
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error on stderr and exit."""
     # the message is text, not markup: `[rules.STATE]` in it must be shown as written
-    err_console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
+    # one line however long (a wrapped line reads as two errors): soft_wrap
+    err_console.print(
+        f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code=code)
 
 

@@ -8,6 +8,11 @@ message type (`"*"` for every type):
 - `exclude_paths`: exact DeepDiff paths (`root['state']['settings']['debug']`);
 - `exclude_regex_paths`: DeepDiff path regexes, anchored with `$` when loaded.
 
+A table names a type of frame the servers send (PROTOCOL.md; `server.rules.ANSWER_TYPES`)
+or `"*"`. Any other name is refused: a misspelt `[rules.STAET]`, or a type clients send
+(`[rules.STATE_UPDATE]`: its answers are `ACK` and `STATE`), would never match a compared
+frame, and the difference it was meant to hide would still count.
+
 The TOML file:
 
     [rules."*"]
@@ -23,7 +28,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from server.rules import ANSWER_TYPES, MESSAGE_TYPES
 
 #: shipped defaults: fields that differ between two correct servers by nature
 DEFAULT_RULES: dict[str, dict[str, list[str]]] = {
@@ -32,6 +39,9 @@ DEFAULT_RULES: dict[str, dict[str, list[str]]] = {
     "ERROR": {"ignore_keys": ["message"]},
 }
 KINDS = ("ignore_keys", "exclude_paths", "exclude_regex_paths")
+#: what a `[rules.TYPE]` table may name: a type of frame the servers send (the comparator
+#: compares only those), or `*` for all
+KNOWN_TYPES: Final = ("*", *sorted(ANSWER_TYPES))
 
 
 class RulesError(ValueError):
@@ -105,6 +115,15 @@ def build(data: dict[str, Any], source: str) -> Rules:
     """Rules from a parsed `{type: {kind: [values]}}` mapping, validated."""
     by_type: dict[str, dict[str, tuple[str, ...]]] = {}
     for message_type, kinds in data.items():
+        if message_type not in KNOWN_TYPES:
+            what = (
+                "a type clients send; rules apply to what the servers send"
+                if message_type in MESSAGE_TYPES
+                else "unknown message type"
+            )
+            raise RulesError(
+                f"rules.{message_type}: {what} {message_type!r} (known: {', '.join(KNOWN_TYPES)})"
+            )
         if not isinstance(kinds, dict):
             raise RulesError(f"rules.{message_type} must be a table")
         entry: dict[str, tuple[str, ...]] = {}

@@ -19,6 +19,7 @@ from demo.scenario import Demo, Options
 from demo.stack import Stack, start_stack
 from loadgen.runner import LoadGen
 from stateshift.control import ADMIN_TOKEN_ENV
+from stateshift.options import finite
 from stateshift.runtime import run
 from stateshift.tokens import SECRET_ENV, mint_token
 
@@ -118,13 +119,18 @@ async def _main(options: Options, keep_running: bool, out: Console) -> int:
 @app.command()
 def demo(
     duration: Annotated[
-        float, typer.Option(min=6.0, help="Seconds of traffic (the whole demo takes ~15 s more).")
+        float,
+        typer.Option(
+            callback=finite, min=6.0, help="Seconds of traffic (the whole demo takes ~15 s more)."
+        ),
     ] = 45.0,
     players: Annotated[int, typer.Option(min=1, max=64, help="Players per game.")] = 4,
     games: Annotated[int, typer.Option(min=1, max=200, help="Games played.")] = 5,
     rate: Annotated[
         float | None,
-        typer.Option(min=0.1, help="Updates per second in all [default: 3 per player]."),
+        typer.Option(
+            callback=finite, min=0.1, help="Updates per second in all [default: 3 per player]."
+        ),
     ] = None,
     no_fault: Annotated[
         bool, typer.Option("--no-fault", help="Do not inject the divergence.")

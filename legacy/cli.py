@@ -23,6 +23,7 @@ import typer
 from legacy.errors import ConfigError, JournalError
 from legacy.faults import Faults, fault_lines, parse_faults
 from legacy.service import Config, LegacyServer
+from stateshift.options import finite
 
 SECRET_ENV = "STATESHIFT_SECRET"
 
@@ -59,21 +60,27 @@ def legacy(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8765,
     rate: Annotated[
-        float, typer.Option(min=0.001, help="Messages per second per connection.")
+        float, typer.Option(callback=finite, min=0.001, help="Messages per second per connection.")
     ] = 50.0,
     burst: Annotated[
-        float, typer.Option(min=1.0, help="Token bucket depth per connection.")
+        float, typer.Option(callback=finite, min=1.0, help="Token bucket depth per connection.")
     ] = 100.0,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to send CONNECT before close 4401.")
+        float,
+        typer.Option(callback=finite, min=0.001, help="Seconds to send CONNECT before close 4401."),
     ] = 10.0,
     idle_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds without a frame or pong before close 4408.")
+        float,
+        typer.Option(
+            callback=finite, min=0.001, help="Seconds without a frame or pong before close 4408."
+        ),
     ] = 60.0,
     ping_interval: Annotated[
         float,
         typer.Option(
-            min=0.001, help="Seconds between server pings (at most a third of --idle-timeout)."
+            callback=finite,
+            min=0.001,
+            help="Seconds between server pings (at most a third of --idle-timeout).",
         ),
     ] = 20.0,
     fault: Annotated[

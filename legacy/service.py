@@ -39,6 +39,7 @@ from legacy.metrics import Metrics
 from legacy.rules import is_identifier
 from legacy.session import Context, Outcome, Session
 from legacy.store import Games
+from stateshift.netloc import listen_url
 from stateshift.wsclose import CLOSE_TIMEOUT, close_within
 
 log = logging.getLogger("stateshift.legacy")
@@ -226,8 +227,7 @@ class LegacyServer:
     @property
     def url(self) -> str:
         """The ws:// URL the server listens on (the real port when started on port 0)."""
-        host = self.config.host
-        return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return listen_url("ws", self.config.host, self.port)
 
     async def start(self) -> None:
         """Replay the log, then listen."""

@@ -13,6 +13,7 @@ from rich.table import Table
 from loadgen.plan import MAX_CONNECTION_RATE
 from loadgen.runner import LoadGen, LoadReport
 from stateshift.control import ws_url_problem
+from stateshift.options import finite
 from stateshift.runtime import run
 from stateshift.tokens import SECRET_ENV
 
@@ -103,17 +104,26 @@ def loadgen(
     rate: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0.0,
             help=f"Updates per second in all (at most {MAX_CONNECTION_RATE:g} per connection, "
             "under the protocol's limit).",
         ),
     ] = 100.0,
-    duration: Annotated[float, typer.Option(min=0.1, help="Seconds of load.")] = 10.0,
+    duration: Annotated[
+        float, typer.Option(callback=finite, min=0.1, help="Seconds of load.")
+    ] = 10.0,
     invalid_ratio: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Share of messages sent invalid on purpose.")
+        float,
+        typer.Option(
+            callback=finite, min=0.0, max=0.5, help="Share of messages sent invalid on purpose."
+        ),
     ] = 0.02,
     reconnect_every: Annotated[
-        float, typer.Option(min=0.0, help="Mean seconds between a player's reconnects (0: none).")
+        float,
+        typer.Option(
+            callback=finite, min=0.0, help="Mean seconds between a player's reconnects (0: none)."
+        ),
     ] = 20.0,
     game_prefix: Annotated[
         str | None, typer.Option(help="Game ids are PREFIX-g0…; default: a fresh random prefix.")

@@ -24,6 +24,8 @@ from proxy.switch import Switchboard
 from proxy.tap import Tap
 from stateshift import native
 from stateshift.control import ws_url_problem
+from stateshift.netloc import listen_url
+from stateshift.options import finite
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV, mint_token
 
@@ -71,15 +73,21 @@ def proxy(
         int, typer.Option(min=1, help="Frames a client may have waiting for its shadow.")
     ] = 1024,
     gap_timeout: Annotated[
-        float, typer.Option(min=0.01, help="Seconds to wait for a version nobody claimed.")
+        float,
+        typer.Option(
+            callback=finite, min=0.01, help="Seconds to wait for a version nobody claimed."
+        ),
     ] = 5.0,
     answer_timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds before a silent shadow is declared stalled."),
+        typer.Option(
+            callback=finite, min=0.01, help="Seconds before a silent shadow is declared stalled."
+        ),
     ] = 5.0,
     shadow_reopen_rate: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=1.0,
             help="Shadow connections reopened after a loss, at most this many a second in "
             "all (a shadow back after a crash is not reconnected for every client at once).",
@@ -88,6 +96,7 @@ def proxy(
     shadow_coalesce_ms: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0,
             help="Milliseconds a shadow copy without a place in its game's order (a "
             "heartbeat) may wait to share a write with the next ones (0: none).",
@@ -101,15 +110,22 @@ def proxy(
     ] = False,
     sweep_interval: Annotated[
         float,
-        typer.Option(min=0, help="Seconds between snapshot sweeps of every game (0: off)."),
+        typer.Option(
+            callback=finite, min=0, help="Seconds between snapshot sweeps of every game (0: off)."
+        ),
     ] = 60.0,
     pair_timeout: Annotated[
         float,
-        typer.Option(min=0.01, help="Seconds before a frame without its partner is unpaired."),
+        typer.Option(
+            callback=finite,
+            min=0.01,
+            help="Seconds before a frame without its partner is unpaired.",
+        ),
     ] = 10.0,
     stall_timeout: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0.01,
             help="Seconds a switch waits on a server that owes an answer (the shadow's to a "
             "client, or the switch's own request) before it refuses ('stalled') rather than "
@@ -119,6 +135,7 @@ def proxy(
     quiesce_timeout: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0.01,
             help="Seconds a switch, clients paused, waits for the answers in flight before it "
             "refuses ('quiesce').",
@@ -127,6 +144,7 @@ def proxy(
     verify_timeout: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0.01,
             help="Seconds a switch, clients paused, may take to compare the active games on "
             "both servers before it refuses ('verify').",
@@ -135,6 +153,7 @@ def proxy(
     drain_timeout: Annotated[
         float,
         typer.Option(
+            callback=finite,
             min=0,
             help="Seconds a SIGTERM lets the clients leave before the proxy stops: /healthz "
             "answers 503 'draining' (the load balancer sends no new clients) while every "
@@ -244,8 +263,9 @@ def proxy(
         await comparison.stop()  # after the commands that read it
 
     def ready() -> None:
-        typer.echo(f"listening on {relay.url}")
-        typer.echo(f"admin on http://{admin_host}:{control.port}")
+        # from the settings, not `relay.url`: an IPv6 host is printed in brackets
+        typer.echo(f"listening on {listen_url('ws', settings.host, relay.port)}")
+        typer.echo(f"admin on {listen_url('http', admin_host, control.port)}")
         typer.echo(f"hot modules: {native.status()}")
 
     try:

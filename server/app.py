@@ -55,6 +55,7 @@ from server.rules import (
     timestamp,
 )
 from server.storage import Storage
+from stateshift.netloc import listen_url
 from stateshift.runtime import bound_port
 from stateshift.wsclose import CLOSE_TIMEOUT, close_within
 
@@ -222,8 +223,8 @@ class StateServer:
 
     @property
     def url(self) -> str:
-        """`ws://host:port` of the listening socket."""
-        return f"ws://{self.settings.host}:{self.port}"
+        """`ws://host:port` of the listening socket (an IPv6 host in brackets)."""
+        return listen_url("ws", self.settings.host, self.port)
 
     async def start(self) -> None:
         """Open the database, start the writer and the sweeper, listen."""

@@ -12,6 +12,8 @@ import typer
 from server.app import ServerSettings, StateServer
 from server.errors import DatabaseError
 from stateshift import native
+from stateshift.netloc import netloc
+from stateshift.options import finite
 from stateshift.runtime import run, serve_until_signalled
 from stateshift.tokens import SECRET_ENV
 
@@ -33,18 +35,22 @@ def serve(
         int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")
     ] = 8765,
     rate: Annotated[
-        float, typer.Option(min=0.001, help="Messages per second per connection.")
+        float, typer.Option(callback=finite, min=0.001, help="Messages per second per connection.")
     ] = 50.0,
     burst: Annotated[int, typer.Option(min=1, help="Token bucket burst per connection.")] = 100,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to send CONNECT.")
+        float, typer.Option(callback=finite, min=0.001, help="Seconds to send CONNECT.")
     ] = 10.0,
     idle_timeout: Annotated[
-        float, typer.Option(min=0.001, help="Seconds of silence before 4408.")
+        float, typer.Option(callback=finite, min=0.001, help="Seconds of silence before 4408.")
     ] = 60.0,
     ping_interval: Annotated[
         float,
-        typer.Option(min=0.001, help="Seconds between pings (at most a third of --idle-timeout)."),
+        typer.Option(
+            callback=finite,
+            min=0.001,
+            help="Seconds between pings (at most a third of --idle-timeout).",
+        ),
     ] = 20.0,
     secret: Annotated[
         str,
@@ -101,8 +107,7 @@ def serve(
         try:
             await server.start()
         except OSError as exc:  # an address in use, not ours, or not on this machine
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            raise CannotListen(f"cannot listen on {where}: {exc}") from exc
+            raise CannotListen(f"cannot listen on {netloc(host, port)}: {exc}") from exc
 
     try:
         code = run(serve_until_signalled(start, server.stop, ready))

@@ -72,6 +72,11 @@ MESSAGE_TYPES: Final = frozenset(
         "IMPORT_STATE",
     }
 )
+#: Every server-to-client message type of PROTOCOL.md: the answers, the `STATE` broadcast and
+#: `ERROR` (the comparator's ignore rules are keyed by these, `compare.rules`).
+ANSWER_TYPES: Final = frozenset(
+    {"CONNECTED", "HEARTBEAT_ACK", "ACK", "STATE", "DISCONNECTED", "GAMES", "ERROR"}
+)
 
 
 def is_identifier(value: object) -> bool:

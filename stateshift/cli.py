@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import typer
@@ -17,6 +16,7 @@ from proxy.cli import app as proxy_app
 from server.cli import app as server_app
 from server.rules import is_identifier
 from stateshift import native
+from stateshift.options import finite
 from stateshift.tokens import ROLES, SECRET_ENV, mint_token
 from switchover.cli import app as switchover_app
 
@@ -42,7 +42,7 @@ def token(
         list[str] | None,
         typer.Option("--game", help="A game the token may open (repeat); default: all (`*`)."),
     ] = None,
-    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 3600.0,
+    ttl: Annotated[float, typer.Option(callback=finite, help="Lifetime in seconds.")] = 3600.0,
     secret: Annotated[
         str, typer.Option(envvar=SECRET_ENV, show_default=False, help="Signing secret.")
     ] = "",
@@ -53,9 +53,6 @@ def token(
         raise typer.Exit(code=2)
     if role not in ROLES:
         typer.echo(f"error: --role must be one of {', '.join(ROLES)}", err=True)
-        raise typer.Exit(code=2)
-    if not math.isfinite(ttl):
-        typer.echo("error: --ttl must be a finite number of seconds", err=True)
         raise typer.Exit(code=2)
     # the servers refuse a token whose ids they cannot read: say so now, not at CONNECT
     ids = [sub, *(g for g in game or [] if g != "*")]
