@@ -10,10 +10,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from conformance.client import unreachable
 from conformance.config import SuiteConfig
+from conformance.registry import REGISTRY, select_checks
 from conformance.report import render
 from conformance.runner import run_suite
 from stateshift.control import ws_url_problem
+from stateshift.options import finite
 
 app = typer.Typer()
 
@@ -36,16 +39,26 @@ def conformance(
         bool, typer.Option("--include-slow/--no-slow", help="Run checks that wait for deadlines.")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
-    connect_timeout: Annotated[float, typer.Option(help="Server's CONNECT deadline (s).")] = 10.0,
-    idle_timeout: Annotated[float, typer.Option(help="Server's idle timeout (s).")] = 60.0,
-    rate: Annotated[float, typer.Option(help="Server's message rate per connection (/s).")] = 50.0,
+    connect_timeout: Annotated[
+        float, typer.Option(callback=finite, help="Server's CONNECT deadline (s).")
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float, typer.Option(callback=finite, help="Server's idle timeout (s).")
+    ] = 60.0,
+    rate: Annotated[
+        float, typer.Option(callback=finite, help="Server's message rate per connection (/s).")
+    ] = 50.0,
     burst: Annotated[int, typer.Option(help="Server's rate-limit burst.")] = 100,
     max_frame: Annotated[
         int, typer.Option(help="Largest frame the server accepts (bytes).")
     ] = 65536,
     concurrency: Annotated[int, typer.Option(help="Checks run at once.")] = 16,
 ) -> None:
-    """Check a server against PROTOCOL.md and the protocol notes; exit 0 only if all pass."""
+    """Check a server against PROTOCOL.md and the protocol notes; exit 0 only if all pass.
+
+    Exit codes: 0 every check passed, 1 some check failed, 2 usage error, or nothing can be
+    reached at --url (no check is run).
+    """
     secret = os.environ.get(secret_env, "")
     if not secret:
         err_console.print(f"error: {secret_env} is not set (the secret shared by both servers)")
@@ -69,10 +82,19 @@ def conformance(
         max_frame=max_frame,
         concurrency=concurrency,
     )
-    report = asyncio.run(run_suite(url, secret, config, only, include_slow=include_slow))
-    if not report.results:
-        err_console.print(f"error: no check matches {only!r}")
+    if not select_checks(REGISTRY.values(), only, include_slow=include_slow):
+        err_console.print(f"error: no check matches {only!r}", markup=False, highlight=False)
         raise typer.Exit(code=2)
+    problem = asyncio.run(unreachable(url, config.answer_timeout))
+    if problem is not None:
+        err_console.print(
+            f"error: cannot connect to {url}: {problem}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,  # one line, however long
+        )
+        raise typer.Exit(code=2)
+    report = asyncio.run(run_suite(url, secret, config, only, include_slow=include_slow))
     if as_json:
         console.print_json(json.dumps(report.to_json()))
     else:

@@ -323,3 +323,23 @@ async def http_get(url: str, path: str, within: float) -> tuple[int, bytes]:
         return wire.status_code(head), body
     finally:
         writer.close()
+
+
+async def unreachable(url: str, within: float) -> str | None:
+    """Why nothing can be reached at `url`'s host and port (a refused connection, a name that
+    does not resolve, no answer within `within` seconds), or None when a TCP connection
+    opens. Run before the checks: against an address where nothing listens, each check
+    would fail on its own connection, burying the one cause under a failure per check."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), within)
+    except TimeoutError:
+        return f"no TCP connection within {within:g}s"
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
