@@ -53,6 +53,22 @@ WAIT: Final = 30.0
 REFRESH: Final = 0.5
 
 
+def why(code: int, doc: dict[str, Any]) -> str:
+    """What a switchover command's document says went wrong: its message or error, else
+    its switch's message and each proxy's outcome (a flip's or a rollback's report)."""
+    said = doc.get("message") or doc.get("error")
+    switch = doc.get("switch")
+    switch = switch if isinstance(switch, dict) else {}
+    proxies = switch.get("proxies")
+    outcomes = [
+        f"{p.get('url')}: {p.get('state')}" + (f" ({p.get('error')})" if p.get("error") else "")
+        for p in (proxies if isinstance(proxies, list) else [])
+        if isinstance(p, dict)
+    ]
+    parts = [str(x) for x in (said, switch.get("message"), *outcomes) if x]
+    return f"exit {code}: " + ("; ".join(parts) or "no message")
+
+
 @dataclass
 class Options:
     """What `stateshift demo` was asked for."""
@@ -420,7 +436,7 @@ class Demo:
             ok,
             f"primary is now {route.primary}{paused}; "
             f"{self.load.stats.unexpected_closes} disconnections so far"
-            + ("" if ok else f" ({doc.get('message') or doc.get('error')})"),
+            + ("" if ok else f" ({why(code, doc)})"),
         )
         return ok
 
@@ -439,7 +455,7 @@ class Demo:
             f"primary is old again{paused}; {on_new} updates acked in the "
             f"{self.load.elapsed - since:.1f} s the new server was primary; "
             f"{self.load.stats.unexpected_closes} disconnections so far"
-            + ("" if ok else f" ({doc.get('message') or doc.get('error')})"),
+            + ("" if ok else f" ({why(code, doc)})"),
         )
 
     async def _verify(self) -> None:
