@@ -42,6 +42,7 @@ from proxy.reachability import probe
 from proxy.relay import MirrorProxy
 from proxy.route import Route, other
 from proxy.state import ProxyState
+from stateshift.netloc import listen_url
 from stateshift.runtime import bound_port
 
 log = logging.getLogger("stateshift.proxy.admin")
@@ -231,7 +232,7 @@ class ControlPlane:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return listen_url("ws", self.host, self.port)
 
     async def start(self) -> None:
         """Listen on the admin address."""

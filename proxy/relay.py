@@ -45,6 +45,7 @@ from proxy.sequencer import Event, ShadowOrder, readable_id
 from proxy.splice import can_splice, end_splice, splice
 from proxy.tap import Tap, TapNotice, TapRecord
 from stateshift.exactjson import exact_json
+from stateshift.netloc import listen_url
 from stateshift.runtime import bound_port
 from stateshift.wsclose import close_within
 
@@ -321,7 +322,7 @@ class MirrorProxy:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.settings.host}:{self.port}"
+        return listen_url("ws", self.settings.host, self.port)
 
     @property
     def serving(self) -> bool:

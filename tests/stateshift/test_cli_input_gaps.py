@@ -34,8 +34,13 @@ from typer.core import TyperOption
 
 from compare.rules import RulesError
 from compare.rules import load as load_rules
+from proxy.admin import ControlPlane
+from proxy.relay import MirrorProxy
+from proxy.route import Route
+from proxy.state import ProxyState
 from stateshift.cli import app
-from tests.support import ADMIN_LINE, LISTENING, ROOT, cli_env, timeout
+from tests.proxy.conftest import Client, proxy_settings, start_legacy, start_new, token
+from tests.support import ADMIN_LINE, LISTENING, ROOT, TEST_SECRET, cli_env, timeout
 
 NON_FINITE = ("nan", "inf", "-inf")
 #: command groups whose float options are checked in each command's body, not while parsing
@@ -296,3 +301,30 @@ def test_the_proxy_on_ipv6_prints_both_urls_in_brackets(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=timeout(15))
+
+
+@needs_ipv6
+async def test_the_proxy_and_its_control_plane_on_ipv6_give_their_urls_in_brackets(
+    tmp_path: Path,
+):
+    """`MirrorProxy.url` and `ControlPlane.url` (what tests, the demo and the admin plane's
+    own links use) built `ws://::1:PORT` too; a client connects through the bracketed URL."""
+    old = await start_legacy(tmp_path)
+    new = await start_new(tmp_path)
+    settings = proxy_settings(tmp_path / "proxy.db", old.url, new.url, host="::1")
+    proxy = MirrorProxy(settings, Route(primary="old"))
+    await proxy.start()
+    control = ControlPlane(proxy, ProxyState(settings.state_path), TEST_SECRET, "::1", 0)
+    await control.start()
+    try:
+        for url, port in ((proxy.url, proxy.port), (control.url, control.port)):
+            assert url == f"ws://[::1]:{port}", url
+        client = await Client.open(f"{proxy.url}/v1/games/v6")
+        answer = await client.request(type="CONNECT", id="c", token=token("p0"))
+        assert answer["type"] == "CONNECTED", answer
+        await client.ws.close()
+    finally:
+        await control.stop()
+        await proxy.stop()
+        await new.stop()
+        await old.stop()
