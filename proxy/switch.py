@@ -474,7 +474,7 @@ class Switchboard:
         """Refuse (SwitchError) while a client's shadow is given up by the proxy (down,
         refused, crashed, stalled or overflowed, and not back yet: `shadow`), or owes an
         answer for longer than `stall_timeout` (`stalled`). Shadows still opening are the
-        verification's business (they usually are open by then)."""
+        verification's business (`_shadows_open` waits for them, bounded)."""
         given_up = 0
         for session in list(self.proxy.sessions.values()):
             if not session.mirrored or session.closed:
@@ -559,6 +559,28 @@ class Switchboard:
                 )
             await asyncio.sleep(0.005)
 
+    async def _shadows_open(self) -> None:
+        """Every client still connected has its shadow open and in step, waiting up to
+        `quiesce_timeout` for those still opening: a client that connected just before or
+        during the pause may have its shadow's handshake still under way (what it sent
+        before the pause kept the quiesce waiting; what it sends now is held). A shadow the
+        proxy gave up refuses at once; else SwitchError("shadow") at the bound."""
+        proxy = self.proxy
+        conns = proxy.order.conns
+        deadline = time.monotonic() + self.quiesce_timeout
+        while True:
+            missing = [
+                s
+                for s in list(proxy.sessions.values())
+                if s.mirrored and not s.closed and not proxy.shadow_ready(s)
+            ]
+            if not missing:
+                return
+            given_up = any((conn := conns.get(s.id)) is not None and conn.dead for s in missing)
+            if given_up or time.monotonic() > deadline:
+                raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
+            await asyncio.sleep(0.005)
+
     async def _verify(self, target: Route, resync: bool = False) -> tuple[int, int]:
         """Every client has its shadow; every active game that `target` moves is equal on
         both servers (after a resync from the current primary when `resync`): the number of
@@ -571,14 +593,8 @@ class Switchboard:
         comparator's findings say which games were not in step). Only the servers that
         `target` makes primary must answer: a rollback off a dead server goes through."""
         proxy = self.proxy
+        await self._shadows_open()
         sessions = [s for s in proxy.sessions.values() if s.mirrored]
-        missing = [
-            s
-            for s in sessions
-            if not s.closed and proxy.sessions.get(s.id) and not proxy.shadow_ready(s)
-        ]
-        if missing:
-            raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
         # only the games that change primary must be equal on both servers: the others stay
         # where they are (a ramp step moves a share of them)
         route = proxy.route

@@ -455,3 +455,69 @@ async def test_a_client_that_already_left_does_not_make_a_switch_fail(tmp_path: 
         assert (await stay.until(lambda f: "re" in f))["re"] == "h"
         await stay.send(type="DISCONNECT", id="bye")
         assert await stay.closed() == 1000
+
+
+async def test_a_client_whose_shadow_is_still_opening_does_not_make_a_switch_fail(
+    tmp_path: Path,
+):
+    """FINDING (the scenario above, once, on a loaded CI machine: "RAMP refused: 1 clients
+    have no shadow connection"). A client that connects just before or during a switch's
+    pause has its shadow's handshake under way while the pause quiesces (nothing of it is
+    in flight); the verification refused it at once instead of waiting for it as the commit
+    does. Here the shadow's handshakes are held until the switch is paused: deterministic."""
+    async with start_stack(tmp_path, tap=False, switchboard=True) as stack:
+        proxy = stack.proxy
+        url = f"{proxy.url}/v1/games/arena"
+        first = await Client.open(url)
+        assert (await first.request(type="CONNECT", id="c", token=token("p0")))[
+            "type"
+        ] == "CONNECTED"
+        await wait_until(proxy.order.idle, what="the shadow to catch up")
+        # A gate in front of the new server (the shadow): connections wait until it opens.
+        opened = asyncio.Event()
+        waiting = asyncio.Event()
+        target = proxy.urls["new"].removeprefix("ws://")
+        host, _, port = target.rpartition(":")
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            waiting.set()
+            await opened.wait()
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        server = await asyncio.start_server(gate, "127.0.0.1", 0)
+        gate_port = server.sockets[0].getsockname()[1]
+        proxy.urls["new"] = f"ws://127.0.0.1:{gate_port}"
+        try:
+            late = await Client.open(url)  # its shadow waits at the gate
+            await asyncio.wait_for(waiting.wait(), timeout())
+            async with ControlClient(stack.control.url, ADMIN, timeout=timeout()) as control:
+                flip = asyncio.ensure_future(control.request("FLIP", reason="review"))
+                await wait_until(
+                    lambda: not proxy.gate.is_set() or flip.done(),
+                    what="the switch to pause the clients",
+                )
+                opened.set()
+                try:
+                    answer = await flip
+                except ControlError as exc:
+                    raise AssertionError(
+                        f"switch refused because of a shadow still opening: {exc}"
+                    ) from exc
+            assert answer["route"]["primary"] == "new"
+            assert (await late.request(type="CONNECT", id="c", token=token("p1")))[
+                "type"
+            ] == "CONNECTED"
+            for client in (first, late):
+                await client.send(type="DISCONNECT", id="bye")
+                assert await client.closed() == 1000
+        finally:
+            opened.set()
+            server.close()
