@@ -668,6 +668,8 @@ class Switchboard:
         """The game's states on both servers are equal (after `resync` of it, when given
         and they were not), else SwitchError("unequal")."""
         states = await self._states(old, new, game_id)
+        if states[0] is None and states[1] is None:
+            return  # on neither: a client on its path has not joined it yet (equal)
         if states[0] is None or states[1] is None:
             side = "old" if states[0] is None else "new"
             raise SwitchError("unequal", f"game {game_id} is missing on the {side} server")

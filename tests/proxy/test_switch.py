@@ -58,9 +58,9 @@ async def player(url: str, name: str, acked: dict[str, int], stop: asyncio.Event
     assert await client.closed() == 1000  # never closed by anyone but itself
 
 
-async def scores(url: str) -> dict:
+async def scores(url: str, game_id: str = "arena") -> dict:
     async with AdminClient(url, mint_token(TEST_SECRET, "ops", "admin")) as admin:
-        state = await admin.get_state("arena")
+        state = await admin.get_state(game_id)
     assert state is not None
     return state
 
@@ -370,3 +370,26 @@ async def test_errors_without_an_id_the_old_shadow_still_owed_never_reach_the_cl
         assert len(nulls) == bad
         with contextlib.suppress(ConnectionClosed):
             await client.ws.close()
+
+
+async def test_a_game_path_whose_game_exists_on_neither_server_does_not_refuse_a_flip(
+    stack: Stack,
+):
+    """A client connected to `/v1/games/not-yet` that has not sent its CONNECT: the game is
+    on neither server, which is equal. The verification called it 'missing on the old
+    server' and refused the flip (`unequal`) for as long as such a client waited. After the
+    flip its CONNECT creates the game on the new primary and, in order, on the shadow."""
+    client = await Client.open(f"{stack.proxy.url}/v1/games/not-yet")
+    await wait_until(lambda: len(stack.proxy.sessions) == 1, what="the session")
+    (session,) = stack.proxy.sessions.values()
+    await wait_until(lambda: stack.proxy.shadow_ready(session), what="its shadow connection")
+    prepared = await stack.board.prepare(Route(primary="new"))
+    await stack.board.commit(prepared.token)
+    assert stack.proxy.route.primary == "new"
+    joined = await client.request(type="CONNECT", id="c", token=token("p0"))
+    assert joined["type"] == "CONNECTED", joined
+    await wait_until(lambda: stack.proxy.order.idle(), what="the shadow to catch up")
+    old_state = await scores(stack.old.url, "not-yet")
+    new_state = await scores(stack.new.url, "not-yet")
+    assert old_state["version"] == new_state["version"]
+    await client.ws.close()
