@@ -70,7 +70,26 @@ TimeoutOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
-HoldOpt = Annotated[float, typer.Option(help="Seconds a prepared proxy waits for the commit.")]
+#: the longest a proxy lets a prepared switch hold its clients (proxy.switch: 0 < hold <= 60)
+MAX_HOLD = 60.0
+
+
+def hold_seconds(value: float) -> float:
+    """`--hold`: what a proxy accepts, checked before any proxy is asked (`nan` reached the
+    proxies, which refused it as a bad message: exit 2 with a connection error's wording)."""
+    positive_seconds(value)
+    if value > MAX_HOLD:
+        raise typer.BadParameter(f"must be at most {MAX_HOLD:g} seconds")
+    return value
+
+
+HoldOpt = Annotated[
+    float,
+    typer.Option(
+        callback=hold_seconds,
+        help=f"Seconds a prepared proxy waits for the commit (at most {MAX_HOLD:g}).",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option(help="TOML file with a \\[readiness] table (the flags win).")
 ]

@@ -108,7 +108,6 @@ async def test_check_is_inconclusive_with_no_traffic_and_is_recorded(stack: Stac
     assert proxy.route().primary == "old"
 
 
-@pytest.mark.slow
 def refusal(outcome: Outcome) -> object:
     """Why a switch was refused, in full: the gates that did not pass (else the whole output)."""
     try:
@@ -123,6 +122,7 @@ def findings(proxy: ProxyStack) -> list[dict[str, object]]:
     return [proxy.live.store.get(f["id"]) or f for f in proxy.live.store.latest(5)]
 
 
+@pytest.mark.slow
 async def test_twenty_flip_rollback_cycles_under_load_close_nothing_lose_nothing(stack: Stack):
     """20 clients in 4 games; every ACKed update is on both servers exactly once."""
     proxy = await stack.add_proxy()

@@ -90,6 +90,20 @@ async def test_the_one_url_check_says_why():
         assert ws_url_problem(bad), bad
 
 
+@pytest.mark.parametrize("hold", ["nan", "inf", "0", "-1", "61"])
+@pytest.mark.parametrize("command", ["flip", "rollback", "ramp"])
+async def test_a_hold_the_proxies_refuse_is_a_usage_error(command: str, hold: str):
+    """`--hold` outside what a proxy accepts (0 < seconds <= 60): a usage error before any
+    proxy is asked. `nan` and `inf` went to the proxies, which refused them as a bad
+    message; 0 and 61 too."""
+    args = [command, *(["50"] if command == "ramp" else [])]
+    code, text = await invoke("switchover", *args, "--hold", hold, "--proxy", "ws://127.0.0.1:1")
+    assert "Traceback" not in text, text
+    assert code == 2, text
+    assert "--hold" in text, text
+    assert "127.0.0.1:1" not in text, text  # refused before connecting
+
+
 # ------------------------------------------------------------------ tokens refused
 
 REFUSED_TOKENS = {
