@@ -163,3 +163,37 @@ def running(args: Sequence[str], log_path: Path, **kwargs: Any) -> Iterator[Serv
         yield server
     finally:
         server.stop()
+
+
+def cli_outcome(
+    args: list[str], tmp_path: Path, name: str, **env: str
+) -> tuple[str, int | None, str, str]:
+    """Run `stateshift …` until it exits or prints its listening line: ("exited", code,
+    stdout, stderr) or ("listening", None, stdout, stderr). The process is gone on return
+    (killed if it still ran: a hang fails the test after a generous bound)."""
+    out_path, err_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stateshift", *args],
+            stdout=out,
+            stderr=err,
+            env=cli_env(COLUMNS="200", **env),
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + timeout(30)
+        while True:
+            code = proc.poll()
+            stdout = out_path.read_text(errors="replace")
+            stderr = err_path.read_text(errors="replace")
+            if code is not None:
+                return "exited", code, stdout, stderr
+            if LISTENING.search(stdout):
+                return "listening", None, stdout, stderr
+            if time.monotonic() > deadline:
+                raise AssertionError(f"neither exited nor listened (killed):\n{stdout}\n{stderr}")
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=timeout(10))

@@ -15,53 +15,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.proxy.conftest import start_legacy, start_new
-from tests.support import LISTENING, ROOT, cli_env, proxy_args, timeout
+from tests.support import cli_outcome, proxy_args
 
 #: upstreams for a proxy that must refuse its options before it connects anywhere
 OLD, NEW = "ws://127.0.0.1:9", "ws://127.0.0.1:10"
-
-
-def outcome(
-    args: list[str], tmp_path: Path, name: str, **env: str
-) -> tuple[str, int | None, str, str]:
-    """Run `stateshift …` until it exits or prints its listening line: ("exited", code,
-    stdout, stderr) or ("listening", None, stdout, stderr). The process is gone on return
-    (killed if it still ran: a hang fails the test after a generous bound)."""
-    out_path, err_path = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stateshift", *args],
-            stdout=out,
-            stderr=err,
-            env=cli_env(COLUMNS="200", **env),
-            cwd=ROOT,
-        )
-    try:
-        deadline = time.monotonic() + timeout(30)
-        while True:
-            code = proc.poll()
-            stdout = out_path.read_text(errors="replace")
-            stderr = err_path.read_text(errors="replace")
-            if code is not None:
-                return "exited", code, stdout, stderr
-            if LISTENING.search(stdout):
-                return "listening", None, stdout, stderr
-            if time.monotonic() > deadline:
-                raise AssertionError(f"neither exited nor listened (killed):\n{stdout}\n{stderr}")
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=timeout(10))
 
 
 def assert_usage_error(result: tuple[str, int | None, str, str], *words: str) -> None:
@@ -96,7 +59,7 @@ def test_serve_on_a_port_in_use_says_so_and_exits(tmp_path: Path, busy_port: int
     SIGTERM could not stop. Now one error line and exit 1, the database closed."""
     db = tmp_path / "busy.db"
     args = ["serve", "--host", "127.0.0.1", "--port", str(busy_port), "--db", str(db)]
-    kind, code, stdout, stderr = outcome(args, tmp_path, "busy")
+    kind, code, stdout, stderr = cli_outcome(args, tmp_path, "busy")
     assert kind == "exited", f"it started anyway:\n{stdout}\n{stderr}"
     assert code == 1, f"exit {code}:\n{stdout}\n{stderr}"
     assert "Traceback" not in stdout + stderr, stderr
@@ -115,7 +78,7 @@ def test_serve_on_an_address_not_on_this_machine_says_so_and_exits(tmp_path: Pat
     """The same bug for an address that cannot be bound (192.0.2.1, TEST-NET-1: never a
     local address): a traceback and a process that never ends."""
     args = ["serve", "--host", "192.0.2.1", "--port", "0", "--db", str(tmp_path / "far.db")]
-    kind, code, stdout, stderr = outcome(args, tmp_path, "far")
+    kind, code, stdout, stderr = cli_outcome(args, tmp_path, "far")
     assert kind == "exited", f"it started anyway:\n{stdout}\n{stderr}"
     assert code == 1, f"exit {code}:\n{stdout}\n{stderr}"
     assert "Traceback" not in stdout + stderr, stderr
@@ -146,7 +109,7 @@ def test_serve_refuses_an_option_out_of_range(tmp_path: Path, option: str, value
     (100 % CPU, nothing acknowledged, SIGTERM never served); `--port 99999` listened on
     34463; the others started a server that closed or pinged every connection at once."""
     args = ["serve", "--port", "0", "--db", str(tmp_path / "s.db"), option, value]
-    assert_usage_error(outcome(args, tmp_path, "range"), option)
+    assert_usage_error(cli_outcome(args, tmp_path, "range"), option)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +131,7 @@ def test_proxy_refuses_an_option_out_of_range(tmp_path: Path, option: str, value
     the port was digits); `--shadow-buffer -1` silently turned mirroring off; the timeouts
     at 0 or below, a negative sweep interval or coalescing delay started a proxy anyway."""
     args = proxy_args(OLD, NEW, tmp_path / "p.db")
-    assert_usage_error(outcome([*args, option, value], tmp_path, "range"), option)
+    assert_usage_error(cli_outcome([*args, option, value], tmp_path, "range"), option)
 
 
 # ----------------------------------------------------------------- proxy: upstream URLs
@@ -190,7 +153,7 @@ def test_proxy_refuses_a_malformed_upstream_url(tmp_path: Path, option: str, url
     `startswith("ws://")` check: the proxy started, and every client's session then failed
     with a logged traceback."""
     old, new = (url, NEW) if option == "--old" else (OLD, url)
-    result = outcome(proxy_args(old, new, tmp_path / "p.db"), tmp_path, "url")
+    result = cli_outcome(proxy_args(old, new, tmp_path / "p.db"), tmp_path, "url")
     assert_usage_error(result, f"error: {option} is not a valid ws:// URL: ")
     assert len(result[3].strip().splitlines()) == 1, result[3]
 
@@ -205,11 +168,11 @@ async def test_a_proxy_whose_secret_the_servers_refuse_does_not_start(tmp_path: 
         args = proxy_args(old.url, new.url, tmp_path / "proxy.db")
         other = "another-secret-of-at-least-32-bytes-xxxxxxx"
         result = await asyncio.to_thread(
-            outcome, args, tmp_path, "wrong-secret", STATESHIFT_SECRET=other
+            cli_outcome, args, tmp_path, "wrong-secret", STATESHIFT_SECRET=other
         )
         assert_usage_error(result, "refused the proxy's admin token", "STATESHIFT_SECRET")
         # the servers' own secret: it starts
-        started = await asyncio.to_thread(outcome, args, tmp_path, "right-secret")
+        started = await asyncio.to_thread(cli_outcome, args, tmp_path, "right-secret")
         assert started[0] == "listening", started
     finally:
         await old.stop()

@@ -40,7 +40,7 @@ from proxy.route import Route
 from proxy.state import ProxyState
 from stateshift.cli import app
 from tests.proxy.conftest import Client, proxy_settings, start_legacy, start_new, token
-from tests.support import ADMIN_LINE, LISTENING, ROOT, TEST_SECRET, cli_env, timeout
+from tests.support import ADMIN_LINE, LISTENING, ROOT, TEST_SECRET, cli_env, cli_outcome, timeout
 
 NON_FINITE = ("nan", "inf", "-inf")
 #: command groups whose float options are checked in each command's body, not while parsing
@@ -63,25 +63,8 @@ def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def run_cli(tmp_path: Path, *args: str) -> tuple[int | None, str]:
     """`stateshift ARGS…` as a subprocess: (exit code, output). A command that starts
     serving instead (it printed its listening line) is stopped: (None, output)."""
-    log = tmp_path / "cli.log"
-    log.write_bytes(b"")
-    proc = start_cli(list(args), log)
-    deadline = time.monotonic() + timeout(20)
-    try:
-        while True:
-            code = proc.poll()
-            output = log.read_text(errors="replace")
-            if code is not None:
-                return code, output
-            if LISTENING.search(output):
-                return None, output
-            if time.monotonic() > deadline:
-                raise AssertionError(f"`stateshift {' '.join(args)}` neither exited nor listened")
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=timeout(10))
+    kind, code, stdout, stderr = cli_outcome(list(args), tmp_path, "cli", STATESHIFT_NATIVE="0")
+    return (None if kind == "listening" else code), stdout + stderr
 
 
 # ------------------------------------------------------------- non-finite float options
