@@ -28,13 +28,14 @@ def closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def conformance(*args: str) -> tuple[int, str, str]:
-    """`stateshift conformance ARGS…` as a subprocess: (exit code, stdout, stderr)."""
+def conformance(*args: str, flags: bool = True, columns: int = 80) -> tuple[int, str, str]:
+    """`stateshift conformance ARGS…` as a subprocess (with the test servers' `cli_flags`
+    unless `flags` is False): (exit code, stdout, stderr)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "stateshift", "conformance", *cli_flags(), *args],
+        [sys.executable, "-m", "stateshift", "conformance", *(cli_flags() if flags else ()), *args],
         capture_output=True,
         text=True,
-        env=cli_env(STATESHIFT_NATIVE="0", COLUMNS="80"),
+        env=cli_env(STATESHIFT_NATIVE="0", COLUMNS=str(columns)),
         cwd=ROOT,
         timeout=timeout(120),
         check=False,
@@ -65,17 +66,9 @@ def test_nothing_listening_is_one_connection_error(closed_port: int, as_json: bo
 
 def test_the_exit_code_is_documented():
     """The help says what exit 2 means here."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "stateshift", "conformance", "--help"],
-        capture_output=True,
-        text=True,
-        env=cli_env(STATESHIFT_NATIVE="0", COLUMNS="200"),
-        cwd=ROOT,
-        timeout=timeout(30),
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "nothing can be reached at --url" in " ".join(proc.stdout.split()), proc.stdout
+    code, out, err = conformance("--help", flags=False, columns=200)
+    assert code == 0, err
+    assert "nothing can be reached at --url" in " ".join(out.split()), out
 
 
 def test_a_usage_error_is_said_before_the_connection_error(closed_port: int):
