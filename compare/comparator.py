@@ -284,7 +284,7 @@ class StateComparator:
         if self._forget_conns or self._forget_games:
             conns, games = self._forget_conns, self._forget_games
             self._forget_conns, self._forget_games = set(), set()
-            self.pairer.forget(conns, games)
+            self.pairer.forget(conns, games, self.floor)
 
     def mark_epoch(self, at: float) -> None:
         """A switch at `at` (the tap's clock): from now on, count apart what was tapped

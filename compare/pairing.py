@@ -10,7 +10,7 @@ shadow's copy was dropped) are announced with `not_mirrored` and expect no pair.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -113,7 +113,7 @@ class Pairer:
     Every waiting frame, a reused request id's later ones included, is in one queue in
     arrival order: expiry walks it from the oldest (each frame expires on its own age), and
     `remember` bounds it (past the bound the oldest frame is dropped, and its partner with
-    it when it is an answer)."""
+    it when it comes)."""
 
     def __init__(self, timeout: float = 10.0, remember: int = 100_000) -> None:
         self.timeout = timeout
@@ -130,7 +130,7 @@ class Pairer:
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         #: primary answers announced as never mirrored and not seen yet (bounded like the rest)
         self._not_mirrored: OrderedDict[tuple[int, str], None] = OrderedDict()
-        #: answers dropped by `forget_game` (a resync, a divergence) or for the bound -> their
+        #: frames dropped by `forget_game` (a resync, a divergence) or for the bound -> their
         #: side: a partner arriving after that has nothing to be compared with
         #: (with how many of its answers: a reused id's chain is dropped whole)
         #: (and the side the dropped frames were on: a lost shadow's answers never come)
@@ -299,11 +299,21 @@ class Pairer:
         """Drop what waits for a connection (its shadow was lost)."""
         self.forget((conn_id,), ())
 
-    def forget(self, conn_ids: Collection[int], game_ids: Collection[str]) -> None:
+    def forget(
+        self,
+        conn_ids: Collection[int],
+        game_ids: Collection[str],
+        floors: Mapping[str, int] | None = None,
+    ) -> None:
         """`forget_conn` of every connection and `forget_game` of every game given, in one
         pass over what waits: a shadow lost under thousands of clients loses them all in a
         few loop turns, and one pass per connection and per game took seconds (every
-        client's frames waiting behind it)."""
+        client's frames waiting behind it).
+
+        `floors`: each resynced game's floor (the comparator's). A broadcast at or below its
+        game's floor is dropped without being remembered: the floor already skips its
+        partner, if one ever comes (the order sends the shadow no copy of what the import
+        holds), and a record of it would only take room from the ones that matter."""
         conns = conn_ids if isinstance(conn_ids, (set, frozenset)) else set(conn_ids)
         games = game_ids if isinstance(game_ids, (set, frozenset)) else set(game_ids)
         if not conns and not games:
@@ -317,6 +327,10 @@ class Pairer:
                 by_conn.append(key)
         for key in by_game:
             first = self._drop(key)
+            if first.kind == "broadcast" and floors:
+                floor = floors.get(key[1])
+                if floor is not None and key[2] <= floor:
+                    continue
             count = 1 + (len(first.more) if first.more else 0)
             self._forget(key, first.upstream or first.side, count, first.side)
         for key in by_conn:

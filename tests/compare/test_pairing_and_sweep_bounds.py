@@ -335,3 +335,19 @@ def test_the_late_partner_of_a_broadcast_dropped_with_its_game_is_not_a_finding(
     assert pair is not None
     assert (pair.version(PRIMARY), pair.version(SHADOW)) == (8, 8)
     assert pairer.expire(200.0) == []
+
+
+def test_broadcasts_at_or_below_a_resyncs_floor_take_no_room_from_other_records():
+    """A resync's drop remembers only what can still come and be wrongly judged: at or
+    below the game's floor the comparator skips a broadcast's partner anyway (and the order
+    sends the shadow no copy of what the import holds). Remembered too, such broadcasts
+    filled the bounded record and pushed out an answer's, whose late partner then expired
+    as an unpaired finding (review of this session's change)."""
+    pairer = Pairer(timeout=1.0, remember=3)
+    assert pairer.add(PRIMARY, ack("u", 1), 0.0, "a", 1, "old") is None
+    pairer.forget_game("a")  # the shadow's answer to `u` is still to come: remembered
+    for version in (3, 4, 5):
+        assert pairer.add(PRIMARY, broadcast(version), 0.0, "g", 2, "old") is None
+    pairer.forget((), {"g"}, {"g": 5})  # g resynced at version 5
+    assert pairer.add(SHADOW, ack("u", 1), 0.5, "a", 1, "new") is None
+    assert pairer.expire(100.0) == [], "the answer's record was pushed out"
