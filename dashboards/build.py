@@ -178,7 +178,11 @@ ALERTS: Final = (
         "StateshiftPrimaryErrorsAfterFlip",
         # by fleet (see StateshiftProxiesDisagreeOnRoute): one fleet's flip and its new
         # server's errors page for that fleet, not mixed with another fleet's figures. No
-        # old server's ratio (finalized): the new one's own, less 0 (`* 0` keeps its labels)
+        # old server's ratio (finalized): the new one's own, less 0 (`* 0` keeps its labels).
+        # Servers scraped without the label (fleet="") are judged against any fleet's route,
+        # as before the label: each route condition also has a label-less element
+        # (`or max(...)`), else labelled proxies and unlabelled servers never matched and the
+        # error ratio could not page at all.
         "(\n"
         "  (\n"
         "    stateshift:server_error_ratio:rate5m\n"
@@ -187,14 +191,20 @@ ALERTS: Final = (
         "      or on (fleet) stateshift:server_error_ratio:rate5m * 0\n"
         "    )\n"
         f"  ) > {ALERT_ERROR_RATIO_EXCESS}\n"
-        "  and on (fleet) max by (fleet) (stateshift_route_ramp_percent) > 0\n"
+        "  and on (fleet) (\n"
+        "    max by (fleet) (stateshift_route_ramp_percent) > 0\n"
+        "    or max(stateshift_route_ramp_percent) > 0\n"
+        "  )\n"
         "  or\n"
         # not `rejected`: a 4xx to one client's handshake is that client's answer; `crash`:
         # a primary lost under its clients (1006, 1011)
         "  sum by (fleet) (increase(stateshift_proxy_upstream_connect_failures_total"
         '{role="primary", reason=~"down|refused|crash"}[5m])) > 0\n'
         ")\n"
-        "and on (fleet) max by (fleet) (changes(stateshift_route_ramp_percent[1h])) > 0",
+        "and on (fleet) (\n"
+        "  max by (fleet) (changes(stateshift_route_ramp_percent[1h])) > 0\n"
+        "  or max(changes(stateshift_route_ramp_percent[1h])) > 0\n"
+        ")",
         "critical",
         "Primary errors up after a route change",
         "The route changed in the last hour and since then the new server answers with ERROR "
@@ -1005,8 +1015,8 @@ SWITCHOVER: Final = Dashboard(
         Panel(
             "Error ratio: new vs old",
             [
-                Target("stateshift:server_error_ratio:rate5m", "new server"),
-                Target("stateshift:legacy_error_ratio:rate5m", "old server"),
+                Target("stateshift:server_error_ratio:rate5m", "new server {{fleet}}"),
+                Target("stateshift:legacy_error_ratio:rate5m", "old server {{fleet}}"),
             ],
             "ERROR frames per message over 5 minutes; both see the same traffic while "
             "mirroring. Alert: new above old by 1 point after a route change.",
