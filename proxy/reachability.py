@@ -154,26 +154,28 @@ async def http_get(url: str, path: str, limit: int, chunks: list[bytes] | None =
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\nConnection: close\r\n\r\n".encode()
         )
-        return await read_until_eof(reader, limit, [] if chunks is None else chunks)
+        return await read_response(reader, limit, [] if chunks is None else chunks)
     finally:
         writer.close()
 
 
 async def probe(url: str, within: float) -> tuple[bool, str]:
     """Ask the upstream at `url` for its `/healthz`: (reachable, what it answered or why
-    not). Any HTTP answer is one (a server without `/healthz` answers 404), even when the
-    server keeps the connection open after it."""
+    not). Any HTTP answer is one (a server without `/healthz` answers 404), whatever comes
+    after its status line."""
     chunks: list[bytes] = []
     try:
         async with asyncio.timeout(within):
             raw = await http_get(url, "/healthz", PROBE_LIMIT, chunks)
-    except TimeoutError:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: past PROBE_LIMIT
         if b"".join(chunks).startswith(b"HTTP/"):
-            return True, f"answered HTTP, not closed within {within:g} s"
-        return False, f"no answer within {within:g} s"
-    except ConnectionRefusedError:
-        return False, "connection refused"
-    except (OSError, ValueError) as exc:  # ValueError: an answer past PROBE_LIMIT
+            # it answered: what came after its status line (a reset, an endless or oversized
+            # body, no close) does not make it unreachable
+            return True, "answered HTTP (its answer not read to the end)"
+        if isinstance(exc, TimeoutError):
+            return False, f"no answer within {within:g} s"
+        if isinstance(exc, ConnectionRefusedError):
+            return False, "connection refused"
         return False, str(exc) or type(exc).__name__
     if not raw.startswith(b"HTTP/"):
         return False, "answered something that is not HTTP" if raw else "closed without answering"
@@ -185,16 +187,44 @@ async def probe(url: str, within: float) -> tuple[bool, str]:
     return True, f"its /healthz: {answer.status_code} {first}".rstrip()
 
 
-async def read_until_eof(reader: asyncio.StreamReader, limit: int, chunks: list[bytes]) -> bytes:
-    """Everything the peer sends until it closes (it was asked `Connection: close`), read
-    into `chunks`; a response longer than `limit` is not one the proxy relays (ValueError)."""
+async def read_response(reader: asyncio.StreamReader, limit: int, chunks: list[bytes]) -> bytes:
+    """One HTTP response, read into `chunks`: up to the end its `Content-Length` gives, else
+    until the peer closes (it was asked `Connection: close`; a server that keeps the
+    connection open after a sized answer is not waited for). A response longer than
+    `limit` is not one the proxy relays (ValueError)."""
     size = 0
-    while chunk := await reader.read(65_536):
+    #: the response's whole size once its head says it (None: not known yet, or until EOF)
+    end: int | None = None
+    head_read = False
+    while end is None or size < end:
+        chunk = await reader.read(65_536)
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise ValueError("response too long")
         chunks.append(chunk)
+        if not head_read:
+            head, sep, _ = b"".join(chunks).partition(b"\r\n\r\n")
+            if sep:
+                head_read = True
+                length = content_length(head)
+                if length is not None:
+                    end = len(head) + len(sep) + length
     return b"".join(chunks)
+
+
+def content_length(head: bytes) -> int | None:
+    """A response head's `Content-Length`, when it has one and no chunked body."""
+    length: int | None = None
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "transfer-encoding" and "chunked" in value.lower():
+            return None
+        if name == "content-length" and value.isdigit():
+            length = int(value)
+    return length
 
 
 def plain_response(raw: bytes) -> Response:

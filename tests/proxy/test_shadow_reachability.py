@@ -11,12 +11,21 @@ way back takes (a sleep never ends early). Real servers and the proxy on loopbac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
+import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from proxy.reachability import Reachability, probe
+from proxy.relay import MirrorProxy
+from proxy.route import Route
 from server.app import ServerSettings, StateServer
-from tests.proxy.conftest import one_per_game, start_stack
+from tests.proxy.conftest import one_per_game, proxy_settings, start_stack
 from tests.support import TEST_SECRET, timeout, wait_until
 
 FAILURES = "stateshift_proxy_upstream_connect_failures_total"
@@ -107,37 +116,95 @@ async def test_a_resync_into_an_unreachable_shadow_reads_nothing_from_the_primar
             assert registry.get_sample_value("stateshift_legacy_messages_total", labels) == reads
 
 
-async def test_a_server_that_answers_http_and_keeps_the_connection_is_reachable():
-    """The loss probe and the admin plane's `/healthz` probe share one HTTP request
-    (`proxy.reachability.probe`). It reads the answer until the server closes (the admin
-    plane shows its body), but an upstream that answers and keeps the connection open,
-    despite `Connection: close`, has answered: it is reachable (the loss probe read only
-    the status line; reading to the end, it would have kept such an upstream down)."""
-    answered = asyncio.Event()
-    hung_up: list[bool] = []
+#: how each test server answers `GET /healthz`, then what it does with the connection
+ANSWERS = {
+    # a sized answer, the connection kept open despite `Connection: close`
+    "sized, kept open": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "stay"),
+    # no size: only the peer's close would end it
+    "unsized, kept open": (b"HTTP/1.1 200 OK\r\n\r\nok", "stay"),
+    # a status line, then a reset
+    "reset after its status line": (b"HTTP/1.1 503 Service Unavailable\r\n", "reset"),
+    # longer than a probe reads
+    "oversized": (
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70000,
+        "stay",
+    ),
+}
 
-    async def answer_and_stay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+
+@contextlib.asynccontextmanager
+async def answering(answer: bytes, then: str) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 that answers every request with `answer`, then keeps the
+    connection until the peer hangs up (`stay`) or resets it (`reset`); its ws:// URL.
+    Every connection's handler has ended on exit."""
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            writer.write(answer)
             await writer.drain()
-            answered.set()
-            await reader.read()  # until the probe hangs up
+            if then == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            await reader.read()  # until the peer hangs up
+        except (OSError, asyncio.IncompleteReadError):
+            pass
         finally:
             writer.close()
-            hung_up.append(True)
 
-    server = await asyncio.start_server(answer_and_stay, "127.0.0.1", 0)
-    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
-        # the probe's own bound is what ends its read; the answer came long before it
-        reachable, detail = await probe(url, within=timeout(1.0))
-        assert answered.is_set()
-        assert reachable, detail
-        assert detail.startswith("answered HTTP, not closed"), detail
-        reach = Reachability(url, rate=100.0, retry_max=0.2, open_timeout=timeout(1.0))
-        assert await reach._answers()
-        await wait_until(lambda: len(hung_up) == 2, what="both probes hung up")
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
+        for task in handlers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout())
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("how", list(ANSWERS))
+async def test_a_server_that_answered_http_is_reachable_whatever_follows(how: str):
+    """The loss probe and the admin plane's `/healthz` probe share one request
+    (`proxy.reachability.probe`), read to the end of the answer (the admin plane shows its
+    body). A server that answered is reachable whatever follows its status line: the loss
+    probe used to read that line only; reading to the end, it called these unreachable and
+    kept such a shadow down (review of this session's change)."""
+    answer, then = ANSWERS[how]
+    async with answering(answer, then) as url:
+        reachable, detail = await probe(url, within=timeout(1.0))
+        assert reachable, detail
+        if how == "sized, kept open":
+            # read to its Content-Length, not cut by the probe's bound
+            assert detail == "its /healthz: 200 ok", detail
+        reach = Reachability(url, rate=100.0, retry_max=0.2, open_timeout=timeout(1.0))
+        assert await reach._answers()
+
+
+async def test_the_relayed_health_check_of_a_server_that_keeps_its_connection_is_its_answer(
+    tmp_path: Path,
+):
+    """A plain HTTP request to the proxy is relayed to the primary. The relay read the
+    primary's answer until it closed: a server that answers with a size and keeps the
+    connection was answered 502 after `open_timeout` (while the admin plane, reading the same
+    answer, called it reachable). It is read to its `Content-Length` now."""
+    answer, then = ANSWERS["sized, kept open"]
+    async with answering(answer, then) as url:
+        settings = proxy_settings(tmp_path / "proxy.db", url, url)
+        proxy = MirrorProxy(settings, Route(primary="old"))
+        await proxy.start()
+        try:
+            status, body = await asyncio.to_thread(health, proxy.port)
+        finally:
+            await proxy.stop()
+    assert (status, body) == (200, b"ok")
+
+
+def health(port: int) -> tuple[int, bytes]:
+    """`GET /healthz` on the proxy's client port: (status, body)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout()) as got:
+        return got.status, got.read()
