@@ -176,14 +176,16 @@ async def test_healthz_reports_a_primarys_own_failing_health_without_failing(tmp
     errors into refused connections. The proxy says 200 and passes its answer on."""
 
     async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        body = b"commits failing\n"
-        writer.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        await writer.drain()
-        writer.close()
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            body = b"commits failing\n"
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        finally:
+            writer.close()
 
     primary = await asyncio.start_server(failing, "127.0.0.1", 0)
     new = await start_new(tmp_path)
