@@ -138,7 +138,8 @@ def proxy(
             callback=finite,
             min=0.01,
             help="Seconds a switch, clients paused, waits for the answers in flight before it "
-            "refuses ('quiesce').",
+            "refuses ('quiesce'), and for clients' connections to the other server still "
+            "opening ('shadow').",
         ),
     ] = 5.0,
     verify_timeout: Annotated[

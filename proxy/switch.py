@@ -42,7 +42,7 @@ from compare.comparator import StateComparator
 from compare.rules import Rules, TypeRules
 from compare.sweep import compare_states
 from proxy.admin import CommandError, ControlPlane, primaries
-from proxy.relay import MirrorProxy
+from proxy.relay import MirrorProxy, Session
 from proxy.route import Route
 from proxy.state import ProxyState
 from stateshift.runtime import settle
@@ -329,9 +329,9 @@ class Switchboard:
         order has not given it up), waiting up to `quiesce_timeout` for those still
         connecting (clients that arrived during the pause); else SwitchError("shadow")."""
         proxy = self.proxy
-        deadline = time.monotonic() + self.quiesce_timeout
-        while True:
-            missing = [
+
+        def missing() -> list[Session]:
+            return [
                 s
                 for s in list(proxy.sessions.values())
                 if s.mirrored
@@ -339,14 +339,30 @@ class Switchboard:
                 and target.primary_for(s.game_id) != s.primary
                 and not proxy.shadow_ready(s, target.primary_for(s.game_id))
             ]
-            if not missing:
+
+        # a shadow lost meanwhile is waited for too: the proxy reopens it (a revived one
+        # answers its client's replayed CONNECT before the swap)
+        await self._until_open(
+            missing, "have no open connection to the upstream they would move to", False
+        )
+
+    async def _until_open(
+        self, missing: Callable[[], list[Session]], what: str, given_up_refuses: bool
+    ) -> None:
+        """Wait, up to `quiesce_timeout`, until `missing()` (clients whose connection to an
+        upstream is not open yet) is empty; SwitchError("shadow", "N clients `what`") at the
+        bound, or at once, when `given_up_refuses`, if the order gave one of them up."""
+        conns = self.proxy.order.conns
+        deadline = time.monotonic() + self.quiesce_timeout
+        while True:
+            left = missing()
+            if not left:
                 return
-            if time.monotonic() > deadline:
-                raise SwitchError(
-                    "shadow",
-                    f"{len(missing)} clients have no open connection to the upstream they "
-                    "would move to",
-                )
+            given_up = given_up_refuses and any(
+                (conn := conns.get(s.id)) is not None and conn.dead for s in left
+            )
+            if given_up or time.monotonic() > deadline:
+                raise SwitchError("shadow", f"{len(left)} clients {what}")
             await asyncio.sleep(0.005)
 
     async def abort(self, token: str) -> Route:
@@ -560,26 +576,30 @@ class Switchboard:
             await asyncio.sleep(0.005)
 
     async def _shadows_open(self) -> None:
-        """Every client still connected has its shadow open and in step, waiting up to
-        `quiesce_timeout` for those still opening: a client that connected just before or
+        """Every client connected when it starts has its shadow open and in step, waiting up
+        to `quiesce_timeout` for those still opening: a client that connected just before or
         during the pause may have its shadow's handshake still under way (what it sent
-        before the pause kept the quiesce waiting; what it sends now is held). A shadow the
-        proxy gave up refuses at once; else SwitchError("shadow") at the bound."""
+        before the pause kept the quiesce waiting; what it sends now is held). Clients that
+        arrive meanwhile are not waited for (under steady churn there would always be one):
+        the commit checks them (`_swappable`). A shadow the proxy gave up refuses at once."""
         proxy = self.proxy
-        conns = proxy.order.conns
-        deadline = time.monotonic() + self.quiesce_timeout
-        while True:
-            missing = [
+        opening = [
+            s.id
+            for s in list(proxy.sessions.values())
+            if s.mirrored and not s.closed and not proxy.shadow_ready(s)
+        ]
+
+        def missing() -> list[Session]:
+            return [
                 s
-                for s in list(proxy.sessions.values())
-                if s.mirrored and not s.closed and not proxy.shadow_ready(s)
+                for sid in opening
+                if (s := proxy.sessions.get(sid)) is not None
+                and not s.closed
+                and not proxy.shadow_ready(s)
             ]
-            if not missing:
-                return
-            given_up = any((conn := conns.get(s.id)) is not None and conn.dead for s in missing)
-            if given_up or time.monotonic() > deadline:
-                raise SwitchError("shadow", f"{len(missing)} clients have no shadow connection")
-            await asyncio.sleep(0.005)
+
+        # as `_check_shadows`: a shadow given up refuses the switch at once
+        await self._until_open(missing, "have no shadow connection", True)
 
     async def _verify(self, target: Route, resync: bool = False) -> tuple[int, int]:
         """Every client has its shadow; every active game that `target` moves is equal on
