@@ -264,8 +264,7 @@ def proxy(
         await comparison.stop()  # after the commands that read it
 
     def ready() -> None:
-        # from the settings, not `relay.url`: an IPv6 host is printed in brackets
-        typer.echo(f"listening on {listen_url('ws', settings.host, relay.port)}")
+        typer.echo(f"listening on {relay.url}")  # an IPv6 host in brackets
         typer.echo(f"admin on {listen_url('http', admin_host, control.port)}")
         typer.echo(f"hot modules: {native.status()}")
 

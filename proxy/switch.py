@@ -45,6 +45,7 @@ from proxy.admin import CommandError, ControlPlane, primaries
 from proxy.relay import MirrorProxy, Session
 from proxy.route import Route
 from proxy.state import ProxyState
+from stateshift.control import MAX_HOLD
 from stateshift.runtime import settle
 from stateshift.tokens import mint_token
 
@@ -926,8 +927,8 @@ class Switchboard:
     async def _prepare(self, actor: str, msg: dict[str, Any]) -> dict[str, Any]:
         target = self._target(msg)
         hold = msg.get("hold", 10.0)
-        if not number(hold) or not 0 < hold <= 60:
-            raise CommandError("BAD_MESSAGE", "`hold` must be 0 < seconds <= 60")
+        if not number(hold) or not 0 < hold <= MAX_HOLD:
+            raise CommandError("BAD_MESSAGE", f"`hold` must be 0 < seconds <= {MAX_HOLD:g}")
         token = msg.get("token")
         if token is not None and (not isinstance(token, str) or not 8 <= len(token) <= 64):
             raise CommandError("BAD_MESSAGE", "`token` must be a string of 8 to 64 characters")

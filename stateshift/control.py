@@ -36,6 +36,8 @@ from websockets.uri import parse_uri
 
 CONTROL_PATH: Final = "/v1/control"
 ADMIN_TOKEN_ENV: Final = "STATESHIFT_ADMIN_TOKEN"
+#: the longest a proxy lets a prepared switch hold its clients (PREPARE's `hold`, seconds)
+MAX_HOLD: Final = 60.0
 DEFAULT_TIMEOUT: Final = 10.0
 #: frames from the peer may be large (full states, findings with both frames)
 MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024

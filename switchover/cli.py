@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stateshift.control import ADMIN_TOKEN_ENV, ControlError, ws_url_problem
+from stateshift.control import ADMIN_TOKEN_ENV, MAX_HOLD, ControlError, ws_url_problem
 from stateshift.options import positive_seconds
 from switchover.gates import Gate, Thresholds, ThresholdsError, evaluate, verdict
 from switchover.manager import (
@@ -70,8 +70,6 @@ TimeoutOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in every proxy's history).")]
-#: the longest a proxy lets a prepared switch hold its clients (proxy.switch: 0 < hold <= 60)
-MAX_HOLD = 60.0
 
 
 def hold_seconds(value: float) -> float:
