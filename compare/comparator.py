@@ -194,7 +194,8 @@ class StateComparator:
         #: "since the switch" (what a watch rolls back on) leave them out: a frame tapped
         #: before the switch and judged unpaired after it (`pair_timeout` later), and any of
         #: a game whose mirroring was disturbed since (`disturbed`: its shadow lost, a gap;
-        #: then resynced: the frames around a resync pair badly whichever server is right)
+        #: then resynced: the frames around a resync pair badly whichever server is right),
+        #: and a frame only the new server sent (the old server's omission: its health)
         self.epoch = 0.0
         self.excluded_since_epoch = 0
         #: the ids of those findings
@@ -363,8 +364,13 @@ class StateComparator:
             self.count(kind, "diverged")
             return
         self.count(kind, result)
-        excluded = (pair.missing is not None and pair.at < self.epoch) or (
-            game_id is not None and time.time() < self.disturbed.get(game_id, 0.0)
+        excluded = (
+            (pair.missing is not None and pair.at < self.epoch)
+            or (game_id is not None and time.time() < self.disturbed.get(game_id, 0.0))
+            # since a switch, a frame only the new server sent is the old server's omission
+            # (a shadow dropping broadcasts or answers): the old server's health, never a
+            # reason to switch back to it (runbooks/rollback.md)
+            or (self.epoch > 0 and pair.missing is not None and pair.upstream == "new")
         )
         if excluded:
             self.excluded_since_epoch += 1

@@ -33,6 +33,8 @@ class Pair:
     missing: str | None
     #: for unpaired: when the frame left alone was tapped (the tap's clock); 0.0 for a pair
     at: float
+    #: for unpaired: the upstream that sent the frame left alone ("old", "new"; "" unknown)
+    upstream: str
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class Pair:
         shadow: dict[str, Any] | None,
         missing: str | None = None,
         at: float = 0.0,
+        upstream: str = "",
     ) -> None:
         self.kind = kind
         self.game_id = game_id
@@ -53,6 +56,7 @@ class Pair:
         self.shadow = shadow
         self.missing = missing
         self.at = at
+        self.upstream = upstream
 
     def version(self, side: str) -> int | None:
         """The version a side's frame shows (top level or in its state), if any."""
@@ -242,6 +246,7 @@ class Pairer:
                     shadow,
                     missing,
                     waiting.at,
+                    waiting.upstream,
                 )
             )
         return expired

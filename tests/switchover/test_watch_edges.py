@@ -290,3 +290,39 @@ async def test_the_figures_p99_is_interpolated_within_its_bucket(tmp_path: Path)
         p99 = stack.board.figures(3600.0)["primary_old_p99"]
         assert p99 == pytest.approx(lower + (upper - lower) * 0.99), (p99, lower, upper)
         assert p99 < upper
+
+
+async def test_broadcasts_the_old_server_drops_as_the_shadow_after_a_flip_are_not_counted(
+    tmp_path: Path,
+):
+    """A rehearsal restarted the old server, the shadow after a flip, with
+    `--fault drop-broadcast:0.3`: each broadcast only the new primary sent was an unpaired
+    mismatch in the figures since the switch, and the watched flip was rolled back onto the
+    faulty server. The old server's health is never a reason to go back to it
+    (runbooks/rollback.md): a frame only the new server sent is left out since the switch,
+    and still counted in the figures over a window (the readiness check's)."""
+    async with start_stack(
+        tmp_path,
+        "drop-broadcast:1",
+        comparator=True,
+        switchboard=True,
+        pair_timeout=3600.0,  # judged when this test says
+    ) as stack:
+        comparator, board = stack.live.comparator, stack.board
+        prepared = await board.prepare(Route(primary="new"))
+        await board.commit(prepared.token)
+        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+        await client.request(type="CONNECT", id="c", token=token("p0"))
+        answer = await client.request(
+            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
+        )
+        assert answer["type"] == "ACK", answer
+        await wait_until(
+            lambda: comparator.counts[("answer", "match")] >= 2, what="CONNECTED and ACK paired"
+        )
+        comparator.expire(time.time() + 7200)  # the old server never sent its copies
+        assert comparator.counts[("broadcast", "unpaired")] >= 1
+        figures = board.figures(3600.0, since_switch=True)
+        assert (figures["mismatches"], figures["diverged"]) == (0, 0), figures
+        everything = board.figures(3600.0)
+        assert everything["mismatches"] >= 1, everything
