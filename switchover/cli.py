@@ -26,6 +26,7 @@ from switchover.gates import Gate, Thresholds, ThresholdsError, evaluate, verdic
 from switchover.manager import (
     DEFAULT_HOLD,
     Fleet,
+    Superseded,
     SwitchReport,
     failure_label,
     same_route,
@@ -448,6 +449,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     hold,
                     reason,
                     doc,
+                    report,
                     back=(before, "rollback"),  # where the fleet was: a ramp's share, or 0
                 )
 
@@ -582,6 +584,7 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                         hold,
                         reason,
                         doc,
+                        report,
                         back=(_lowest_share(routes), "ramp"),
                     )
             return _finish(out, doc, OK if report.ok else _failed(report), quiet=True)
@@ -838,6 +841,7 @@ async def _watch(
     hold: float,
     reason: str,
     doc: dict[str, Any],
+    report: SwitchReport,
     *,
     back: tuple[float, str],
 ) -> int:
@@ -852,7 +856,16 @@ async def _watch(
         done = f"rolled back to {share:g}%" if share else "rolled back"
     if not out.as_json:
         out.console.print(f"watching the gates for {duration:g} s (every {every:g} s)")
-    breach = await fleet.watch(thresholds, duration, every)
+    left = {o.url: o.route for o in report.proxies if o.route is not None}
+    breach = await fleet.watch(thresholds, duration, every, routes=left)
+    if isinstance(breach, Superseded):
+        now = "; ".join(f"{url}: {_route_text(r)}" for url, r in breach.routes.items())
+        doc.update(
+            ok=False,
+            message=f"the route changed {breach.after:.1f} s after the switch (another "
+            f"switch: {now}); the watch stopped, nothing rolled back",
+        )
+        return _finish(out, doc, FAILED)
     if breach is None and not fleet.judged:
         doc.update(
             ok=False,

@@ -192,6 +192,16 @@ class Breach:
     after: float
 
 
+@dataclass
+class Superseded:
+    """Another switch changed a proxy's route while a flip was watched: the watch stopped
+    (it would judge a route nobody is on any more)."""
+
+    #: every proxy's route as read when it was seen
+    routes: dict[str, dict[str, Any]]
+    after: float
+
+
 def _failure(exc: ControlError) -> str:
     reason = exc.extra.get("reason")
     return f"{exc.code}: {exc.message}" + (f" ({reason})" if reason else "")
@@ -520,20 +530,28 @@ class Fleet:
         every: float,
         *,
         on_round: Callable[[float, list[Gate]], Awaitable[None] | None] | None = None,
-    ) -> Breach | None:
+        routes: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Breach | Superseded | None:
         """Re-check the gates every `every` seconds for `duration` seconds after a flip; the
         first round where a gate fails is a breach. The figures count from the switch on each
         proxy (FIGURES `since: "switch"`), so what happened before it can neither hide a
         regression nor set one off: a game diverged before it counts only if it diverges
         again. The gates are those of `after_flip`: the new server is judged, not the old one
         (the shadow now). `judged` says how many rounds could read the figures (none: the
-        switch was not watched)."""
+        switch was not watched).
+
+        `routes`: each proxy's route as the switch left it. A round that finds one changed
+        (another operator's switch) ends the watch: `Superseded`, never "no breach"."""
         started = time.monotonic()
         self.judged = 0
         while True:
             await asyncio.sleep(min(every, max(0.0, started + duration - time.monotonic())))
             elapsed = time.monotonic() - started
             try:
+                if routes is not None:
+                    now = await self.routes()
+                    if not all(same_route(now.get(url), r) for url, r in routes.items()):
+                        return Superseded(now, elapsed)
                 per_proxy, figures = await self.figures(max(1.0, elapsed), since_switch=True)
             except ControlError:
                 gates: list[Gate] = []  # a missed round is not a breach; the next one counts

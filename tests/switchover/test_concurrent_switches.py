@@ -71,3 +71,30 @@ async def test_a_switch_that_lands_during_a_flips_readiness_check_stops_the_flip
     assert outcome.code == 1, outcome.doc
     assert [p["reason"] for p in outcome.doc["switch"]["proxies"]] == ["changed"]
     assert proxy.route() == Route(primary="old", ramp=50.0)  # the other switch stands
+
+
+async def test_a_watched_flip_that_another_switch_undid_says_so(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """A rehearsal: Alice's `flip --auto-rollback` was watching when Bob rolled the fleet
+    back. Her watch went on judging the old server's figures and ended "switched; no breach",
+    exit 0, with every proxy on the old server. A round that finds a proxy's route changed
+    ends the watch and says so (exit 1: the flip did not stick)."""
+    proxy = await stack.add_proxy()
+    watch = Fleet.watch
+
+    async def rolled_back_first(self: Fleet, *args: Any, **kwargs: Any) -> Any:
+        # Bob's rollback, through the control protocol, before the watch's first round
+        report = await self.switch(target("old"), reason="bob's rollback", kind="rollback")
+        assert report.ok, report.to_dict()
+        return await watch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Fleet, "watch", rolled_back_first)
+    outcome = await cli(
+        "flip", "--proxy", proxy.admin, "--force", "--auto-rollback", "2", "--check-every", "0.2",
+        "--json",
+    )  # fmt: skip
+    assert outcome.code == 1, outcome.stdout
+    assert "the route changed" in outcome.doc["message"], outcome.doc
+    assert "nothing rolled back" in outcome.doc["message"], outcome.doc
+    assert proxy.route() == Route(primary="old")
