@@ -63,8 +63,25 @@ err_console = Console(stderr=True)
 SHOWN_IDS: Final = 20
 EXIT_CODES: Final = "Exit codes: 0 ok, 1 {one}, 2 usage or connection errors."
 
+
+def one_proxy(proxies: list[str]) -> list[str]:
+    """`--proxy` given once: these commands read one proxy (a repeated `--proxy` kept only
+    the last, silently: an operator asking a fleet saw one proxy's figures as the fleet's)."""
+    if len(proxies) != 1:
+        raise typer.BadParameter(
+            "give exactly one (these commands read one proxy: run them once per proxy)"
+        )
+    return proxies
+
+
 ProxyOption = Annotated[
-    str, typer.Option("--proxy", help="The proxy's control address, e.g. ws://127.0.0.1:8081.")
+    list[str],
+    typer.Option(
+        "--proxy",
+        callback=one_proxy,
+        help="The proxy's control address, e.g. ws://127.0.0.1:8081 (one).",
+        show_default=False,
+    ),
 ]
 TokenOption = Annotated[
     str,
@@ -488,7 +505,7 @@ def rules_command(rules: RulesOption = None, as_json: JsonOption = False) -> Non
 
 @app.command()
 def status(
-    proxy: ProxyOption,
+    proxies: ProxyOption,
     token: TokenOption = "",
     as_json: JsonOption = False,
     timeout: TimeoutOption = 10.0,
@@ -497,6 +514,7 @@ def status(
 
     Exit codes: 0 ok, 1 some game is currently diverged, 2 usage or connection errors.
     """
+    proxy = proxies[0]
     figures = ask_proxy_for("compare", dict, proxy, token, "COMPARE_STATUS", timeout)
     problem = compare_status_problem(figures)
     if problem is not None:
@@ -510,7 +528,7 @@ def status(
 
 @app.command()
 def show(
-    proxy: ProxyOption,
+    proxies: ProxyOption,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest findings to show.")] = 20,
     token: TokenOption = "",
     as_json: JsonOption = False,
@@ -520,6 +538,7 @@ def show(
 
     Exit codes: 0 ok (with or without findings), 2 usage or connection errors.
     """
+    proxy = proxies[0]
     findings = ask_proxy_for("findings", list, proxy, token, "FINDINGS", timeout, limit=limit)
     if not all(isinstance(finding, dict) for finding in findings):
         fail(f"FINDINGS on {proxy}: BAD_ANSWER: `findings` is not a list of objects")
@@ -532,7 +551,7 @@ def show(
 @app.command()
 def resync(
     game_id: Annotated[str, typer.Argument(help="The game whose shadow copy is replaced.")],
-    proxy: ProxyOption,
+    proxies: ProxyOption,
     token: TokenOption = "",
     as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
@@ -543,6 +562,7 @@ def resync(
 
     Exit codes: 0 resynced, 2 usage or connection errors (or the game does not exist).
     """
+    proxy = proxies[0]
     answer = ask_proxy(proxy, token, "RESYNC", timeout, game_id=game_id)
     resynced = answer_field(answer, "game_id", str, "RESYNC", proxy)
     version = answer_field(answer, "version", int, "RESYNC", proxy)
@@ -560,7 +580,7 @@ def explain(
         int,
         typer.Argument(metavar="ID", min=1, max=2**63 - 1, help="A finding's id (see `show`)."),
     ],
-    proxy: ProxyOption,
+    proxies: ProxyOption,
     token: TokenOption = "",
     as_json: JsonOption = False,
     timeout: TimeoutOption = 10.0,
@@ -571,6 +591,7 @@ def explain(
 
     Exit codes: 0 ok, 2 usage or connection errors, or no such finding (kept ones only).
     """
+    proxy = proxies[0]
     finding = ask_proxy_for(
         "finding", dict, proxy, token, "FINDING", timeout, finding_id=finding_id
     )

@@ -272,3 +272,20 @@ async def test_a_switch_answered_in_another_shape_fails_and_says_so(
     [outcome] = doc["switch"]["proxies"]
     assert outcome["state"] in ("failed", "unknown"), outcome
     assert "BAD_ANSWER" in outcome["error"] or "BAD_ANSWER" in doc["switch"]["message"], doc
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("show",), ("resync", "g1"), ("explain", "1")],
+    ids=lambda c: c[0],
+)
+async def test_compare_commands_refuse_a_repeated_proxy(command: tuple[str, ...]):
+    """`compare resync g --proxy A --proxy B` resynced on B only and said "resynced";
+    `compare status` with two showed B's figures as if the fleet's: a repeated `--proxy`
+    kept the last, silently (a rehearsal). These commands read one proxy: a usage error."""
+    code, text = await invoke(
+        "compare", *command, "--proxy", "ws://127.0.0.1:1", "--proxy", "ws://127.0.0.1:2"
+    )
+    assert "Traceback" not in text, text
+    assert code == 2, text
+    assert "exactly one" in text, text
