@@ -783,10 +783,19 @@ def _show_readiness(out: Output, gates: list[Gate], doc: dict[str, Any]) -> None
         f"readiness over {_fmt(doc['thresholds']['window'])} s "
         f"({proxies} prox{'y' if proxies == 1 else 'ies'})"
     )
+    if figures.get("complete") is False:
+        # a proxy restarted within the window: nothing from before its start is counted
+        title += " (covering less: a proxy started within the window)"
     out.gates(gates, title)
     result = doc["result"]
     word = {"pass": "READY", "fail": "NOT READY", "inconclusive": "INCONCLUSIVE"}[result]
     out.console.print(f"[{RESULT_STYLE[result]}]{word}[/]", highlight=False)
+    if figures.get("complete") is False:
+        out.console.print(
+            "note: a proxy started less than the window ago: its figures (drops, mismatches, "
+            "diverged games) from before it started are not in this check",
+            highlight=False,
+        )
 
 
 async def _gatekeep(

@@ -473,3 +473,13 @@ async def test_status_and_history_show_the_route_figures_and_events(stack: Stack
     assert [e["result"] for e in outcome.doc["events"][:3]] == ["ok", "ok", "forced"]
     await client.ws.close()
     await asyncio.sleep(0)
+
+
+async def test_a_check_over_a_window_longer_than_the_proxy_has_run_says_so(stack: Stack):
+    """A rehearsal: right after a proxy restart, `check` printed "readiness over 300 s" and
+    READY on counters the restart had wiped (the drops of the outage before it). The JSON
+    said `complete: false`; the table said nothing. It says so now, under the table."""
+    proxy = await stack.add_proxy()
+    outcome = await cli("check", "--proxy", proxy.admin, "--window", "3600")
+    assert "covering less: a proxy started within the window" in outcome.stdout, outcome.stdout
+    assert "a proxy started less than the window ago" in outcome.stdout, outcome.stdout
