@@ -440,6 +440,10 @@ class Fleet:
                     outcome.state, outcome.route = "unknown", None
             else:
                 outcome.state, outcome.route = "committed", dict(answer["route"])
+                # the whole pause, PREPARE to COMMIT (the PREPARE's covers only its part)
+                committed_pause = _millis(answer.get("paused_ms"))
+                if committed_pause is not None:
+                    outcome.paused_ms = committed_pause
         if len(committed) == len(self.urls):
             report.ok = True
             n = len(committed)

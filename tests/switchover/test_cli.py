@@ -483,3 +483,16 @@ async def test_a_check_over_a_window_longer_than_the_proxy_has_run_says_so(stack
     outcome = await cli("check", "--proxy", proxy.admin, "--window", "3600")
     assert "covering less: a proxy started within the window" in outcome.stdout, outcome.stdout
     assert "a proxy started less than the window ago" in outcome.stdout, outcome.stdout
+
+
+async def test_a_switchs_paused_figure_is_the_whole_pause_its_proxy_recorded(stack: Stack):
+    """A rehearsal: the flip's table said "paused 4.1 ms" where the proxy's history said
+    8.4 ms. The CLI showed the PREPARE's pause (until the proxy was ready), not the whole
+    pause the COMMIT reports (until the clients were released)."""
+    proxy = await stack.add_proxy()
+    outcome = await cli("flip", "--proxy", proxy.admin, "--force", "--json")
+    assert outcome.code == 0, outcome.stdout
+    (reported,) = [p["paused_ms"] for p in outcome.doc["switch"]["proxies"]]
+    commits = [e for e in await proxy.history() if e["kind"] == "commit"]
+    assert commits, await proxy.history()
+    assert reported == commits[0]["details"]["paused_ms"]
