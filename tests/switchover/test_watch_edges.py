@@ -19,6 +19,7 @@ from proxy.route import Route
 from server.app import StateServer
 from switchover.gates import Thresholds, after_flip, breached, combine
 from tests.proxy.conftest import Client, start_stack, token
+from tests.proxy.conftest import Stack as InProcess
 from tests.support import timeout, wait_until
 from tests.switchover.conftest import Stack, cli, start_players
 
@@ -211,6 +212,18 @@ async def test_a_game_diverged_before_the_switch_counts_again_only_if_it_diverge
         assert (figures["diverged"], figures["diverged_games"]) == (1, ["game7"])
 
 
+async def one_change_paired(stack: InProcess) -> None:
+    """A player joins `arena` and changes it once; both answers (CONNECTED, ACK) paired."""
+    comparator = stack.live.comparator
+    client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
+    await client.request(type="CONNECT", id="c", token=token("p0"))
+    answer = await client.request(type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}})
+    assert answer["type"] == "ACK", answer
+    await wait_until(
+        lambda: comparator.counts[("answer", "match")] >= 2, what="CONNECTED and ACK paired"
+    )
+
+
 async def test_a_frame_tapped_before_the_switch_and_judged_unpaired_after_it_is_not_counted(
     tmp_path: Path,
 ):
@@ -228,15 +241,7 @@ async def test_a_frame_tapped_before_the_switch_and_judged_unpaired_after_it_is_
         pair_timeout=3600.0,  # judged when this test says
     ) as stack:
         comparator, board = stack.live.comparator, stack.board
-        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        answer = await client.request(
-            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
-        )
-        assert answer["type"] == "ACK", answer
-        await wait_until(
-            lambda: comparator.counts[("answer", "match")] >= 2, what="CONNECTED and ACK paired"
-        )
+        await one_change_paired(stack)
         prepared = await board.prepare(Route(primary="old"))
         await board.commit(prepared.token)
         comparator.expire(time.time() + 7200)  # the broadcasts' partners never came
@@ -311,15 +316,7 @@ async def test_broadcasts_the_old_server_drops_as_the_shadow_after_a_flip_are_no
         comparator, board = stack.live.comparator, stack.board
         prepared = await board.prepare(Route(primary="new"))
         await board.commit(prepared.token)
-        client = await Client.open(f"{stack.proxy.url}/v1/games/arena")
-        await client.request(type="CONNECT", id="c", token=token("p0"))
-        answer = await client.request(
-            type="STATE_UPDATE", id="u", updates={"score_deltas": {"p0": 1}}
-        )
-        assert answer["type"] == "ACK", answer
-        await wait_until(
-            lambda: comparator.counts[("answer", "match")] >= 2, what="CONNECTED and ACK paired"
-        )
+        await one_change_paired(stack)
         comparator.expire(time.time() + 7200)  # the old server never sent its copies
         assert comparator.counts[("broadcast", "unpaired")] >= 1
         figures = board.figures(3600.0, since_switch=True)
