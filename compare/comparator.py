@@ -367,10 +367,12 @@ class StateComparator:
         excluded = (
             (pair.missing is not None and pair.at < self.epoch)
             or (game_id is not None and time.time() < self.disturbed.get(game_id, 0.0))
-            # since a switch, a frame only the new server sent is the old server's omission
-            # (a shadow dropping broadcasts or answers): the old server's health, never a
-            # reason to switch back to it (runbooks/rollback.md)
-            or (self.epoch > 0 and pair.missing is not None and pair.upstream == "new")
+            # since a switch, a frame the new server sent as the primary and the old one, the
+            # shadow, never did is the old server's omission (dropping broadcasts or
+            # answers): its health, never a reason to switch back to it
+            # (runbooks/rollback.md). The other way round it stays counted: under a ramp a
+            # frame only the new server sent as the shadow is the new server's own.
+            or (self.epoch > 0 and pair.missing == SHADOW and pair.upstream == "new")
         )
         if excluded:
             self.excluded_since_epoch += 1

@@ -323,3 +323,23 @@ async def test_broadcasts_the_old_server_drops_as_the_shadow_after_a_flip_are_no
         assert (figures["mismatches"], figures["diverged"]) == (0, 0), figures
         everything = board.figures(3600.0)
         assert everything["mismatches"] >= 1, everything
+
+
+async def test_a_frame_only_the_new_server_sent_as_the_shadow_still_counts_since_a_switch(
+    tmp_path: Path,
+):
+    """The other way round (the old server primary for a game, as under a ramp): a frame the
+    new server, the shadow, sent and the old primary did not is the new server's own, and
+    counts in the figures since the switch."""
+    async with start_stack(
+        tmp_path,
+        "drop-broadcast:1",  # the old server, primary here, sends no broadcast
+        comparator=True,
+        pair_timeout=3600.0,
+    ) as stack:
+        comparator = stack.live.comparator
+        comparator.mark_epoch(time.time())  # a switch that left this game's primary old
+        await one_change_paired(stack)
+        comparator.expire(time.time() + 7200)
+        assert comparator.counts[("broadcast", "unpaired")] >= 1
+        assert comparator.excluded_since_epoch == 0
