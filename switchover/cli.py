@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -238,16 +238,31 @@ def thresholds_from(config: Path | None, **flags: float | int | None) -> Thresho
     return base.override(**flags)
 
 
+def disagreement(routes: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """What is wrong when the proxies listed are not all on one route (a switch that reached
+    some of them only, or a proxy left out of one): None when they agree."""
+    known = [(url, r) for url, r in routes.items() if r is not None]
+    if all(same_route(r, known[0][1]) for _, r in known[1:]):
+        return None
+    each = "; ".join(f"{url}: {_route_text(dict(r))}" for url, r in known)
+    return f"the proxies are not on one route ({each}): switch them all to one"
+
+
 async def _readiness(fleet: Fleet, thresholds: Thresholds) -> tuple[list[Gate], dict[str, Any]]:
     per_proxy, figures = await fleet.figures(thresholds.window)
     gates = evaluate(figures, thresholds)
-    doc = {
+    doc: dict[str, Any] = {
         "result": verdict(gates),
         "gates": [g.to_dict() for g in gates],
         "figures": figures,
         "per_proxy": per_proxy,
         "thresholds": thresholds.to_dict(),
     }
+    routes = await fleet.routes()
+    doc["routes"] = routes
+    problem = disagreement(routes)
+    if problem is not None:
+        doc["warning"] = problem
     return gates, doc
 
 
@@ -324,11 +339,18 @@ def make_app(console: Console | None = None, err_console: Console | None = None)
                     failed = st if isinstance(st, ControlError) else (bad[0] if bad else None)
                     if failed is not None:
                         docs[url].update(error=str(failed), failure=failure_label(failed))
+            routes = {
+                url: (doc.get("status") or {}).get("route") if isinstance(doc, dict) else None
+                for url, doc in docs.items()
+            }
+            problem = disagreement(routes)
             if out.as_json:
-                out.json({"proxies": docs})
+                out.json({"proxies": docs, **({"warning": problem} if problem else {})})
             else:
                 for url, doc in docs.items():
                     _render_status(out.console, url, doc)
+                if problem is not None:
+                    out.console.print(f"[bold red]warning:[/] {escape(problem)}", highlight=False)
             return USAGE if any("error" in d for d in docs.values()) else OK
 
         run(as_json, token, proxy, body)
@@ -796,6 +818,8 @@ def _show_readiness(out: Output, gates: list[Gate], doc: dict[str, Any]) -> None
             "diverged games) from before it started are not in this check",
             highlight=False,
         )
+    if doc.get("warning"):
+        out.console.print(f"[bold red]warning:[/] {escape(doc['warning'])}", highlight=False)
 
 
 async def _gatekeep(

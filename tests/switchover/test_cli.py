@@ -496,3 +496,20 @@ async def test_a_switchs_paused_figure_is_the_whole_pause_its_proxy_recorded(sta
     commits = [e for e in await proxy.history() if e["kind"] == "commit"]
     assert commits, await proxy.history()
     assert reported == commits[0]["details"]["paused_ms"]
+
+
+async def test_check_and_status_warn_when_the_proxies_are_not_on_one_route(stack: Stack):
+    """A rehearsal flipped one proxy of two (`flip --proxy A`); `check --proxy A --proxy B`
+    then said READY and `status` showed the two routes without a word: only a Prometheus
+    alert said that a game's clients may be served by two primaries."""
+    first, second = await stack.add_proxy(), await stack.add_proxy()
+    flipped = await cli("flip", "--proxy", first.admin, "--force")
+    assert flipped.code == 0, flipped.stdout
+    fleet = ("--proxy", first.admin, "--proxy", second.admin)
+    check = await cli("check", *fleet, "--json")
+    assert "not on one route" in check.doc["warning"], check.doc
+    status = await cli("status", *fleet)
+    assert "warning: the proxies are not on one route" in status.stdout, status.stdout
+    # one route again: no warning
+    await cli("flip", "--proxy", second.admin, "--force")
+    assert "warning" not in (await cli("status", *fleet)).stdout
