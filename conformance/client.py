@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conformance import wire
 from conformance.registry import ConformanceFailure
+from stateshift.netloc import address
 
 _ids = itertools.count(1)
 _CLOSED = object()
@@ -330,9 +331,7 @@ async def unreachable(url: str, within: float) -> str | None:
     does not resolve, no answer within `within` seconds), or None when a TCP connection
     opens. Run before the checks: against an address where nothing listens, each check
     would fail on its own connection, burying the one cause under a failure per check."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    host, port = address(url)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), within)
     except TimeoutError:

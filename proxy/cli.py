@@ -46,8 +46,8 @@ def host_port(value: str, option: str) -> tuple[str, int]:
 def check_ws_url(value: str, option: str) -> None:
     """Exit 2 unless `value` is a ws:// URL the proxy can connect to (`ws_url_problem`, as
     every CLI checks it; a malformed URL would otherwise start the proxy and fail every
-    client's connection with a logged traceback). Not wss://: the proxy's health probes
-    speak plain HTTP."""
+    client's connection with a logged traceback). Not wss://: the proxy takes no TLS
+    settings for its upstreams, and no test covers one over TLS."""
     problem = ws_url_problem(value)
     if problem is None and urlsplit(value).scheme != "ws":
         problem = "the scheme must be ws"

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from stateshift.netloc import address
+
 log = logging.getLogger(__name__)
 
 #: the first probe's delay after an upstream is found down, doubled up to `retry_max`
@@ -43,10 +45,8 @@ class Reachability:
         open_timeout: float,
         on_probe_failed: Callable[[], None] | None = None,
     ) -> None:
-        parts = urlsplit(url)
         self.url = url
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (443 if parts.scheme == "wss" else 80)
+        self.host, self.port = address(url)
         self.rate = rate
         self.retry_max = retry_max
         self.open_timeout = open_timeout
@@ -146,10 +146,8 @@ async def http_get(url: str, path: str, limit: int, chunks: list[bytes] | None =
     ValueError (an answer longer than `limit`); the caller bounds the wait."""
     target = urlsplit(url)
     tls = target.scheme == "wss"
-    # hostname: an IPv6 address without its brackets; no port in the URL: the scheme's
-    reader, writer = await asyncio.open_connection(
-        target.hostname, target.port or (443 if tls else 80), ssl=True if tls else None
-    )
+    host, port = address(url)
+    reader, writer = await asyncio.open_connection(host, port, ssl=True if tls else None)
     try:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {target.netloc}\r\nConnection: close\r\n\r\n".encode()
